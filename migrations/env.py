@@ -1,0 +1,79 @@
+"""Alembic environment: async, on the database the package's settings name."""
+
+import asyncio
+from logging.config import fileConfig
+from typing import Any
+
+import alembic_postgresql_enum  # noqa: F401 (autogenerate sees enum types and their labels)
+from alembic import context
+from alembic.autogenerate.api import AutogenContext
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlmodel.sql.sqltypes import UTCDateTime
+
+from skill_store.database import database_url
+from skill_store.models import metadata
+from skill_store.models._types import PydanticJSONB
+
+if context.config.config_file_name is not None:
+    fileConfig(context.config.config_file_name, disable_existing_loggers=False)
+
+# Declared by hand in the migrations: autogenerate compares HNSW, operator-class and
+# partial indexes imperfectly, so they are kept out of `alembic check`.
+HAND_WRITTEN_INDEXES = frozenset(
+    {"idx_memory_embedding", "idx_memory_team_type", "idx_memory_expires"}
+)
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    return not (type_ == "index" and name in HAND_WRITTEN_INDEXES)
+
+
+def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
+    """Render the package's column types as plain SQLAlchemy types in new migrations."""
+    if type_ != "type":
+        return False
+    if isinstance(obj, PydanticJSONB):
+        autogen_context.imports.add("from sqlalchemy.dialects import postgresql")
+        return "postgresql.JSONB(astext_type=sa.Text())"
+    if isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
+def configure(**options: Any) -> None:
+    context.configure(
+        target_metadata=metadata,
+        include_object=include_object,
+        render_item=render_item,
+        compare_type=True,
+        **options,
+    )
+
+
+def run_migrations(connection: Connection) -> None:
+    configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_migrations_on(url: str) -> None:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(run_migrations)
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    configure(dialect_name="postgresql", literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+elif (connection := context.config.attributes.get("connection")) is not None:
+    run_migrations(connection)
+else:
+    asyncio.run(run_migrations_on(database_url()))

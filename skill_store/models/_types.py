@@ -1,0 +1,148 @@
+"""Field types and column mixins shared by every model family."""
+
+import math
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from pgvector.sqlalchemy import VECTOR
+from pydantic import AfterValidator, BaseModel, FiniteFloat
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlmodel import Field, SQLModel
+
+from skill_store.settings import get_settings
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+# Names of the constraints that the models do not name themselves, as the migrations name them.
+SQLModel.metadata.naming_convention = {
+    "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+}
+
+
+def _check_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(
+            "text must not contain NUL (\\x00) characters: PostgreSQL cannot store them"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"text must be valid Unicode: lone surrogate at position {error.start}"
+        ) from None
+    return value
+
+
+def _check_json(value: Any) -> Any:
+    if isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("JSON numbers must be finite (no NaN or infinity)")
+    return value
+
+
+def _check_embedding(value: list[float]) -> list[float]:
+    expected = get_settings().embedding_dimensions
+    if len(value) != expected:
+        raise ValueError(
+            f"embedding has {len(value)} dimensions; expected {expected} (EMBEDDING_DIMENSIONS)"
+        )
+    return value
+
+
+PgStr = Annotated[str, AfterValidator(_check_text)]
+"""A string PostgreSQL can store: no NUL characters, no lone surrogates."""
+
+JSONObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
+"""A JSON object PostgreSQL can store in `jsonb`."""
+
+JSONValue = Annotated[dict[str, Any] | list[Any], AfterValidator(_check_json)]
+"""A JSON object or array PostgreSQL can store in `jsonb`."""
+
+Embedding = Annotated[list[FiniteFloat], AfterValidator(_check_embedding)]
+"""A vector of `EMBEDDING_DIMENSIONS` finite floats."""
+
+
+class PydanticJSONB(sa.types.TypeDecorator[ModelT], Generic[ModelT]):
+    """A `jsonb` column that stores a Pydantic model and loads it back as that model.
+
+    SQLAlchemy does not see in-place changes to the loaded model: assign a new value
+    (or call `sqlalchemy.orm.attributes.flag_modified`) for a change to be written.
+    """
+
+    impl = JSONB
+    cache_ok = True
+
+    def __init__(self, model: type[ModelT]) -> None:
+        super().__init__()
+        self.model = model
+
+    def process_bind_param(self, value: ModelT | dict[str, Any] | None, dialect: Any) -> Any:
+        """Validate `value` as the model and dump it to JSON."""
+        if value is None:
+            return None
+        return self.model.model_validate(value).model_dump(mode="json")
+
+    def process_result_value(self, value: Any, dialect: Any) -> ModelT | None:
+        """Load the stored JSON as the model."""
+        return None if value is None else self.model.model_validate(value)
+
+
+class Vector(VECTOR):
+    """`vector(n)`, bound as a list that the driver sends in pgvector's binary format.
+
+    `get_engine` registers pgvector's asyncpg codecs on every connection; pgvector's own
+    type would first turn the list into text, which the binary codec does not accept.
+    """
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: sa.Dialect) -> None:
+        """Pass values through to the driver's codec."""
+        return None
+
+
+TEXT_ARRAY = ARRAY(sa.Text)
+UUID_ARRAY = ARRAY(sa.Uuid)
+EMPTY_JSON = sa.text("'{}'::jsonb")
+EMPTY_TEXT_ARRAY = sa.text("'{}'::text[]")
+
+
+class UUIDPrimaryKey(SQLModel):
+    """Primary key `id`, made in Python so it is known before the row is flushed."""
+
+    id: uuid.UUID = Field(
+        default_factory=uuid.uuid4,
+        primary_key=True,
+        sa_column_kwargs={"server_default": sa.text("gen_random_uuid()")},
+    )
+
+
+class CreatedAt(SQLModel):
+    """`created_at`, set by the database when the row is inserted."""
+
+    created_at: datetime | None = Field(
+        default=None, nullable=False, sa_column_kwargs={"server_default": sa.func.now()}
+    )
+
+    __mapper_args__ = {"eager_defaults": True}
+
+
+class Timestamps(CreatedAt):
+    """`created_at` and `updated_at`; a database trigger keeps `updated_at` current."""
+
+    updated_at: datetime | None = Field(
+        default=None,
+        nullable=False,
+        sa_column_kwargs={"server_default": sa.func.now(), "server_onupdate": sa.FetchedValue()},
+    )

@@ -1,0 +1,149 @@
+"""Conversations between a user and an agent, and their messages.
+
+A database trigger keeps each conversation's `message_count`, `last_message_at` and token
+totals current as messages are inserted: assistant tokens count as output, all others
+as input. The `metadata` column is the Python attribute `metadata_json` (SQLAlchemy
+reserves `metadata`).
+"""
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, Relationship, SQLModel
+
+from skill_store.models._types import (
+    EMPTY_JSON,
+    CreatedAt,
+    JSONObject,
+    JSONValue,
+    PgStr,
+    Timestamps,
+    UUIDPrimaryKey,
+)
+from skill_store.models.enums import ConversationStatus, MessageRole, pg_enum
+
+FeedbackRating = Literal["positive", "negative"]
+
+
+# Shared properties
+class ConversationBase(SQLModel):
+    team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
+    agent_id: uuid.UUID = Field(foreign_key="agent.id")
+    user_id: uuid.UUID = Field(foreign_key="user.id")
+    title: PgStr | None = Field(default=None, max_length=500, sa_type=sa.Text)
+    status: ConversationStatus = Field(
+        default=ConversationStatus.ACTIVE,
+        sa_type=pg_enum(ConversationStatus, "conversation_status"),
+        sa_column_kwargs={"server_default": ConversationStatus.ACTIVE.value},
+    )
+    summary: PgStr | None = Field(default=None, sa_type=sa.Text)
+    metadata_json: JSONObject = Field(
+        default_factory=dict,
+        sa_type=JSONB,
+        sa_column_kwargs={"name": "metadata", "server_default": EMPTY_JSON},
+    )
+
+
+# Database model
+class Conversation(UUIDPrimaryKey, ConversationBase, Timestamps, table=True):
+    """A conversation of a user with an agent, inside one team."""
+
+    __tablename__ = "conversation"
+    __table_args__ = (
+        sa.Index("idx_conversation_team_user", "team_id", "user_id", "last_message_at"),
+        sa.Index("idx_conversation_agent", "agent_id"),
+    )
+
+    message_count: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
+    total_input_tokens: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
+    total_output_tokens: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
+    token_count: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.Integer,
+            sa.Computed("total_input_tokens + total_output_tokens", persisted=True),
+            nullable=False,
+        ),
+    )
+    last_message_at: datetime | None = Field(
+        default=None, nullable=False, sa_column_kwargs={"server_default": sa.func.now()}
+    )
+
+    messages: list["Message"] = Relationship(back_populates="conversation")
+
+
+# Properties to receive on creation
+class ConversationCreate(ConversationBase):
+    pass
+
+
+# Properties to return
+class ConversationRead(ConversationBase):
+    id: uuid.UUID
+    message_count: int
+    total_input_tokens: int
+    total_output_tokens: int
+    token_count: int
+    last_message_at: datetime
+    created_at: datetime
+    updated_at: datetime
+
+
+# Properties to receive on update, all optional
+class ConversationUpdate(SQLModel):
+    title: PgStr | None = Field(default=None, max_length=500)
+    status: ConversationStatus | None = None
+    summary: PgStr | None = None
+    metadata_json: JSONObject | None = None
+
+
+# Shared properties
+class MessageBase(SQLModel):
+    agent_id: uuid.UUID | None = Field(default=None, foreign_key="agent.id")
+    role: MessageRole = Field(sa_type=pg_enum(MessageRole, "message_role"))
+    content: PgStr = Field(sa_type=sa.Text)
+    tool_calls: JSONValue | None = Field(default=None, sa_type=JSONB)
+    tool_results: JSONValue | None = Field(default=None, sa_type=JSONB)
+    token_count: int | None = Field(default=None, ge=0)
+    model: PgStr | None = Field(default=None, max_length=200, sa_type=sa.Text)
+    feedback_rating: FeedbackRating | None = Field(default=None, sa_type=sa.Text)
+    feedback_comment: PgStr | None = Field(default=None, sa_type=sa.Text)
+
+
+# Database model
+class Message(UUIDPrimaryKey, MessageBase, CreatedAt, table=True):
+    """One message of a conversation."""
+
+    __tablename__ = "message"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "feedback_rating IN ('positive', 'negative') OR feedback_rating IS NULL",
+            name="ck_message_feedback_rating",
+        ),
+        sa.Index("idx_message_conversation", "conversation_id", "created_at"),
+    )
+
+    conversation_id: uuid.UUID = Field(foreign_key="conversation.id", ondelete="CASCADE")
+
+    conversation: Conversation = Relationship(back_populates="messages")
+
+
+# Properties to receive on creation (the conversation is named by the caller)
+class MessageCreate(MessageBase):
+    pass
+
+
+# Properties to return
+class MessageRead(MessageBase):
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    created_at: datetime
+
+
+# Properties to receive on update: feedback only, messages are otherwise immutable
+class MessageUpdate(SQLModel):
+    feedback_rating: FeedbackRating | None = None
+    feedback_comment: PgStr | None = None

@@ -1,0 +1,202 @@
+"""Long-term memory: one table for every memory type, its append-only log, and tags.
+
+Every insert, update and delete of a memory writes a `memory_log` row from a database
+trigger (so raw SQL is audited too); `memory_log` itself rejects UPDATE, DELETE and
+TRUNCATE. The `metadata` column is the Python attribute `metadata_json`.
+"""
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+import sqlalchemy as sa
+from pydantic import AwareDatetime, StringConstraints
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, Relationship, SQLModel
+
+from skill_store.models._types import (
+    EMPTY_JSON,
+    UUID_ARRAY,
+    CreatedAt,
+    Embedding,
+    JSONObject,
+    PgStr,
+    Timestamps,
+    UUIDPrimaryKey,
+    Vector,
+)
+from skill_store.models.enums import MemorySource, MemoryStatus, MemoryTier, MemoryType, pg_enum
+from skill_store.settings import get_settings
+
+MAX_CONTENT_LENGTH = 100_000
+"""Longest memory content accepted, in characters."""
+
+Tag = Annotated[PgStr, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+
+
+# Shared properties
+class MemoryBase(SQLModel):
+    team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
+    agent_id: uuid.UUID | None = Field(default=None, foreign_key="agent.id")
+    user_id: uuid.UUID | None = Field(default=None, foreign_key="user.id")
+    memory_type: MemoryType = Field(sa_type=pg_enum(MemoryType, "memory_type_enum"))
+    content: PgStr = Field(min_length=1, max_length=MAX_CONTENT_LENGTH, sa_type=sa.Text)
+    subject: PgStr | None = Field(default=None, max_length=500, sa_type=sa.Text)
+    embedding: Embedding | None = Field(
+        default=None, sa_type=Vector(get_settings().embedding_dimensions)
+    )
+    importance: int = Field(
+        default=5, ge=1, le=10, sa_column_kwargs={"server_default": sa.text("5")}
+    )
+    confidence: float = Field(
+        default=1.0, ge=0.0, le=1.0, sa_column_kwargs={"server_default": sa.text("1.0")}
+    )
+    is_pinned: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    source_type: MemorySource = Field(
+        default=MemorySource.EXTRACTION,
+        sa_type=pg_enum(MemorySource, "memory_source"),
+        sa_column_kwargs={"server_default": MemorySource.EXTRACTION.value},
+    )
+    source_conversation_id: uuid.UUID | None = Field(default=None, foreign_key="conversation.id")
+    source_message_ids: list[uuid.UUID] | None = Field(default=None, sa_type=UUID_ARRAY)
+    extraction_model: PgStr | None = Field(default=None, max_length=200, sa_type=sa.Text)
+    contradicts: list[uuid.UUID] | None = Field(default=None, sa_type=UUID_ARRAY)
+    related_to: list[uuid.UUID] | None = Field(default=None, sa_type=UUID_ARRAY)
+    metadata_json: JSONObject = Field(
+        default_factory=dict,
+        sa_type=JSONB,
+        sa_column_kwargs={"name": "metadata", "server_default": EMPTY_JSON},
+    )
+    tier: MemoryTier = Field(
+        default=MemoryTier.WARM,
+        sa_type=pg_enum(MemoryTier, "memory_tier"),
+        sa_column_kwargs={"server_default": MemoryTier.WARM.value},
+    )
+    expires_at: AwareDatetime | None = None
+
+
+# Database model
+class Memory(UUIDPrimaryKey, MemoryBase, Timestamps, table=True):
+    """One memory of a team, optionally owned by an agent and about a user."""
+
+    __tablename__ = "memory"
+    __table_args__ = (
+        sa.CheckConstraint("importance BETWEEN 1 AND 10", name="ck_memory_importance"),
+        sa.CheckConstraint("confidence BETWEEN 0.0 AND 1.0", name="ck_memory_confidence"),
+        sa.Index("idx_memory_agent", "agent_id"),
+        sa.Index("idx_memory_user", "user_id"),
+        sa.Index("idx_memory_superseded_by", "superseded_by"),
+        sa.Index("idx_memory_source_conversation", "source_conversation_id"),
+    )
+
+    access_count: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
+    version: int = Field(default=1, sa_column_kwargs={"server_default": sa.text("1")})
+    superseded_by: uuid.UUID | None = Field(default=None, foreign_key="memory.id")
+    status: MemoryStatus = Field(
+        default=MemoryStatus.ACTIVE,
+        sa_type=pg_enum(MemoryStatus, "memory_status"),
+        sa_column_kwargs={"server_default": MemoryStatus.ACTIVE.value},
+    )
+    last_accessed_at: datetime | None = Field(
+        default=None, nullable=False, sa_column_kwargs={"server_default": sa.func.now()}
+    )
+
+
+# Properties to receive on creation
+class MemoryCreate(MemoryBase):
+    tags: list[Tag] = Field(default_factory=list)
+
+
+# Properties to return
+class MemoryRead(MemoryBase):
+    id: uuid.UUID
+    access_count: int
+    version: int
+    superseded_by: uuid.UUID | None
+    status: MemoryStatus
+    created_at: datetime
+    updated_at: datetime
+    last_accessed_at: datetime
+
+
+# Properties to receive on update, all optional
+class MemoryUpdate(SQLModel):
+    content: PgStr | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_LENGTH)
+    subject: PgStr | None = Field(default=None, max_length=500)
+    embedding: Embedding | None = None
+    importance: int | None = Field(default=None, ge=1, le=10)
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    is_pinned: bool | None = None
+    contradicts: list[uuid.UUID] | None = None
+    related_to: list[uuid.UUID] | None = None
+    metadata_json: JSONObject | None = None
+    tier: MemoryTier | None = None
+    status: MemoryStatus | None = None
+    expires_at: AwareDatetime | None = None
+
+
+# Shared properties
+class MemoryLogBase(SQLModel):
+    memory_id: uuid.UUID
+    action: PgStr = Field(min_length=1, max_length=50, sa_type=sa.Text)
+    old_content: PgStr | None = Field(default=None, sa_type=sa.Text)
+    new_content: PgStr | None = Field(default=None, sa_type=sa.Text)
+    old_importance: int | None = None
+    new_importance: int | None = None
+    old_tier: PgStr | None = Field(default=None, sa_type=sa.Text)
+    new_tier: PgStr | None = Field(default=None, sa_type=sa.Text)
+    old_status: PgStr | None = Field(default=None, sa_type=sa.Text)
+    new_status: PgStr | None = Field(default=None, sa_type=sa.Text)
+    changed_by: PgStr = Field(min_length=1, max_length=200, sa_type=sa.Text)
+    reason: PgStr | None = Field(default=None, sa_type=sa.Text)
+    conversation_id: uuid.UUID | None = None
+    related_memory_ids: list[uuid.UUID] | None = Field(default=None, sa_type=UUID_ARRAY)
+
+
+# Database model: append-only, no foreign key so the history outlives the memory
+class MemoryLog(UUIDPrimaryKey, MemoryLogBase, CreatedAt, table=True):
+    """One change of a memory, written by the database."""
+
+    __tablename__ = "memory_log"
+    __table_args__ = (sa.Index("idx_memory_log_memory", "memory_id", "created_at"),)
+
+
+# Properties to receive on creation: an event recorded by hand (changes log themselves)
+class MemoryLogCreate(MemoryLogBase):
+    pass
+
+
+# Properties to return
+class MemoryLogRead(MemoryLogBase):
+    id: uuid.UUID
+    created_at: datetime
+
+
+# Shared properties
+class MemoryTagBase(SQLModel):
+    memory_id: uuid.UUID = Field(foreign_key="memory.id", ondelete="CASCADE")
+    tag: Tag = Field(sa_type=sa.Text)
+
+
+# Database model
+class MemoryTag(UUIDPrimaryKey, MemoryTagBase, CreatedAt, table=True):
+    """A label on a memory; each tag once per memory."""
+
+    __tablename__ = "memory_tag"
+    __table_args__ = (
+        sa.UniqueConstraint("memory_id", "tag", name="uq_memory_tag"),
+        sa.Index("idx_memory_tag_tag", "tag"),
+    )
+
+    memory: Memory = Relationship()
+
+
+# Properties to receive on creation
+class MemoryTagCreate(MemoryTagBase):
+    pass
+
+
+# Properties to return
+class MemoryTagRead(MemoryTagBase):
+    id: uuid.UUID
+    created_at: datetime

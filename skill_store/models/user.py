@@ -1,0 +1,172 @@
+"""Users, teams (the tenants) and team memberships."""
+
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+import sqlalchemy as sa
+from pydantic import EmailStr, SecretStr, StringConstraints
+from pydantic import Field as PydanticField
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, Relationship, SQLModel
+
+from skill_store.models._types import (
+    EMPTY_JSON,
+    EMPTY_TEXT_ARRAY,
+    TEXT_ARRAY,
+    CreatedAt,
+    JSONObject,
+    PgStr,
+    Timestamps,
+    UUIDPrimaryKey,
+)
+from skill_store.models.enums import UserRole, pg_enum
+
+if TYPE_CHECKING:
+    from skill_store.models.agent import Agent
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=100)]
+Password = Annotated[SecretStr, PydanticField(min_length=8, max_length=1024)]
+
+
+# Shared properties
+class UserBase(SQLModel):
+    email: EmailStr = Field(max_length=320, sa_type=sa.Text)
+    display_name: PgStr = Field(min_length=1, max_length=200, sa_type=sa.Text)
+    is_active: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
+
+
+# Database model
+class User(UUIDPrimaryKey, UserBase, Timestamps, table=True):
+    """A person who signs in; emails are unique regardless of case."""
+
+    __tablename__ = "user"
+    __table_args__ = (
+        sa.CheckConstraint(r"email ~* '^[^@]+@[^@]+\.[^@]+$'", name="ck_user_email_format"),
+        sa.Index("uq_user_email", sa.func.lower(sa.column("email")), unique=True),
+    )
+
+    password_hash: str = Field(sa_type=sa.Text)
+
+    memberships: list["TeamMembership"] = Relationship(back_populates="user")
+
+
+# Properties to receive on creation: a password, never a hash
+class UserCreate(UserBase):
+    password: Password
+
+
+# Properties to return
+class UserRead(UserBase):
+    id: uuid.UUID
+    created_at: datetime
+    updated_at: datetime
+
+
+# Properties to receive on update, all optional
+class UserUpdate(SQLModel):
+    email: EmailStr | None = Field(default=None, max_length=320)
+    display_name: PgStr | None = Field(default=None, min_length=1, max_length=200)
+    is_active: bool | None = None
+    password: Password | None = None
+
+
+# Shared properties
+class TeamBase(SQLModel):
+    name: PgStr = Field(min_length=1, max_length=200, sa_type=sa.Text)
+    slug: Slug = Field(sa_type=sa.Text)
+    owner_id: uuid.UUID = Field(foreign_key="user.id")
+    settings: JSONObject = Field(
+        default_factory=dict, sa_type=JSONB, sa_column_kwargs={"server_default": EMPTY_JSON}
+    )
+    shared_skill_names: list[PgStr] = Field(
+        default_factory=list,
+        sa_type=TEXT_ARRAY,
+        sa_column_kwargs={"server_default": EMPTY_TEXT_ARRAY},
+    )
+    webhook_url: PgStr | None = Field(default=None, max_length=2048, sa_type=sa.Text)
+    conversation_retention_days: int = Field(
+        default=90, ge=1, sa_column_kwargs={"server_default": sa.text("90")}
+    )
+
+
+# Database model
+class Team(UUIDPrimaryKey, TeamBase, Timestamps, table=True):
+    """A tenant: agents, conversations and memories all belong to one team."""
+
+    __tablename__ = "team"
+    __table_args__ = (
+        sa.UniqueConstraint("slug", name="uq_team_slug"),
+        sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="ck_team_slug_format"),
+    )
+
+    webhook_secret: str | None = Field(default=None, sa_type=sa.Text)
+
+    memberships: list["TeamMembership"] = Relationship(back_populates="team")
+    agents: list["Agent"] = Relationship(back_populates="team")
+
+
+# Properties to receive on creation
+class TeamCreate(TeamBase):
+    webhook_secret: PgStr | None = None
+
+
+# Properties to return: never the webhook secret
+class TeamRead(TeamBase):
+    id: uuid.UUID
+    created_at: datetime
+    updated_at: datetime
+
+
+# Properties to receive on update, all optional
+class TeamUpdate(SQLModel):
+    name: PgStr | None = Field(default=None, min_length=1, max_length=200)
+    slug: Slug | None = None
+    owner_id: uuid.UUID | None = None
+    settings: JSONObject | None = None
+    shared_skill_names: list[PgStr] | None = None
+    webhook_url: PgStr | None = Field(default=None, max_length=2048)
+    webhook_secret: PgStr | None = None
+    conversation_retention_days: int | None = Field(default=None, ge=1)
+
+
+# Shared properties
+class TeamMembershipBase(SQLModel):
+    user_id: uuid.UUID = Field(foreign_key="user.id", ondelete="CASCADE")
+    team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
+    role: UserRole = Field(
+        default=UserRole.MEMBER,
+        sa_type=pg_enum(UserRole, "user_role"),
+        sa_column_kwargs={"server_default": UserRole.MEMBER.value},
+    )
+
+
+# Database model
+class TeamMembership(UUIDPrimaryKey, TeamMembershipBase, CreatedAt, table=True):
+    """A user's role in a team; one membership per user and team."""
+
+    __tablename__ = "team_membership"
+    __table_args__ = (
+        sa.UniqueConstraint("user_id", "team_id", name="uq_team_membership"),
+        sa.Index("idx_team_membership_team", "team_id"),
+    )
+
+    user: User = Relationship(back_populates="memberships")
+    team: Team = Relationship(back_populates="memberships")
+
+
+# Properties to receive on creation
+class TeamMembershipCreate(TeamMembershipBase):
+    pass
+
+
+# Properties to return
+class TeamMembershipRead(TeamMembershipBase):
+    id: uuid.UUID
+    created_at: datetime
+
+
+# Properties to receive on update
+class TeamMembershipUpdate(SQLModel):
+    role: UserRole | None = None

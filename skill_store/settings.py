@@ -1,0 +1,99 @@
+"""Configuration read from the environment and an optional `.env` file."""
+
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import platformdirs
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_ASYNC_SCHEME = "postgresql+asyncpg"
+_ACCEPTED_SCHEMES = ("postgres", "postgresql", _ASYNC_SCHEME)
+
+
+def normalize_database_url(url: str) -> str:
+    """Return `url` with the asyncpg driver, the only one this package uses.
+
+    Args:
+        url: A PostgreSQL URL: `postgres://`, `postgresql://` or `postgresql+asyncpg://`.
+
+    Returns:
+        The same URL with the scheme `postgresql+asyncpg`.
+
+    Raises:
+        ValueError: If the URL is not a PostgreSQL URL.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in _ACCEPTED_SCHEMES:
+        accepted = ", ".join(f"{scheme}://" for scheme in _ACCEPTED_SCHEMES)
+        raise ValueError(
+            f"database URL must start with one of {accepted}; got scheme {parts.scheme!r}"
+        )
+    return urlunsplit(parts._replace(scheme=_ASYNC_SCHEME))
+
+
+def mask_password(url: str) -> str:
+    """Return `url` with its password, if any, replaced by `***`.
+
+    Args:
+        url: A database URL.
+
+    Returns:
+        The URL, safe to print.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class Settings(BaseSettings):
+    """Settings of the store, from environment variables (case-insensitive) or `.env`."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL; unset means the embedded server in `embedded_data_dir`.",
+    )
+    database_pool_size: int = Field(default=5, ge=1, le=50)
+    database_pool_overflow: int = Field(default=10, ge=0, le=100)
+    embedding_model: str = Field(default="text-embedding-3-small")
+    embedding_api_key: SecretStr | None = Field(default=None)
+    embedding_dimensions: int = Field(
+        default=1536,
+        ge=1,
+        le=2000,
+        description="Length of every embedding; 2000 is the most an HNSW index on `vector` takes.",
+    )
+    embedded_data_dir: Path = Field(
+        default_factory=lambda: platformdirs.user_data_path("skill_store") / "pgdata",
+        description="Data directory of the embedded PostgreSQL server.",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_url(cls, value: str | None) -> str | None:
+        return normalize_database_url(value) if value else None
+
+
+def load_settings() -> Settings:
+    """Read the settings afresh from the environment and `.env`.
+
+    Returns:
+        A new `Settings`.
+    """
+    return Settings()
+
+
+@cache
+def get_settings() -> Settings:
+    """Return the settings read once per process (clear with `get_settings.cache_clear()`).
+
+    Returns:
+        The cached `Settings`.
+    """
+    return load_settings()
