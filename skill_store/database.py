@@ -2,21 +2,30 @@
 
 import asyncio
 import warnings
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from pgvector.asyncpg import register_vector
 from sqlalchemy import Connection, event
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.errors import DatabaseUnreachableError
 from skill_store.settings import Settings, get_settings, normalize_database_url
+
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(str(files("skill_store._migrations")))
 """The alembic script directory, inside the installed package."""
@@ -113,6 +122,33 @@ def get_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
+@asynccontextmanager
+async def begin(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """Open a connection and a transaction on `engine`, committed when the block succeeds.
+
+    Args:
+        engine: The engine to connect with.
+
+    Yields:
+        The connection.
+
+    Raises:
+        DatabaseUnreachableError: If no connection can be made (URL shown without password).
+    """
+    try:
+        connection = await engine.connect()
+    except (OSError, DBAPIError) as error:
+        reason = error.orig if isinstance(error, DBAPIError) else error
+        raise DatabaseUnreachableError(
+            str(engine.url), str(reason) or type(reason).__name__
+        ) from error
+    try:
+        async with connection.begin():
+            yield connection
+    finally:
+        await connection.close()
+
+
 def alembic_config(connection: Connection | None = None) -> Config:
     """Return an alembic `Config` for the packaged migrations.
 
@@ -129,13 +165,16 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 async def run_alembic(
-    action: Callable[[Config], object], engine_or_url: AsyncEngine | str | None = None
-) -> None:
+    action: Callable[[Config], T], engine_or_url: AsyncEngine | str | None = None
+) -> T:
     """Run an alembic command against a database, in one transaction.
 
     Args:
         action: Called with the config, e.g. `lambda config: command.upgrade(config, "head")`.
         engine_or_url: The database: an engine, a URL, or by default the configured one.
+
+    Returns:
+        What `action` returns.
     """
     if isinstance(engine_or_url, AsyncEngine):
         url: Any = engine_or_url.url
@@ -145,13 +184,14 @@ async def run_alembic(
         url = await asyncio.to_thread(database_url)
     migration_engine = create_async_engine(url, poolclass=NullPool)
     try:
-        async with migration_engine.begin() as connection:
-            await connection.run_sync(lambda sync: action(alembic_config(sync)))
+        async with begin(migration_engine) as connection:
+            result = await connection.run_sync(lambda sync: action(alembic_config(sync)))
     finally:
         await migration_engine.dispose()
     if isinstance(engine_or_url, AsyncEngine):
         # Pooled connections opened before the `vector` type existed lack its codec.
         await engine_or_url.dispose()
+    return result
 
 
 async def migrate(engine_or_url: AsyncEngine | str | None = None, revision: str = "head") -> None:

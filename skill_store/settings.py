@@ -43,7 +43,7 @@ def mask_password(url: str) -> str:
         The URL, safe to print.
     """
     parts = urlsplit(url)
-    if parts.password is None:
+    if not parts.password:
         return url
     userinfo, _, host = parts.netloc.rpartition("@")
     user = userinfo.partition(":")[0]

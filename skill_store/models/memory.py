@@ -25,7 +25,9 @@ from skill_store.models._types import (
     UUIDPrimaryKey,
     Vector,
 )
+from skill_store.models.agent import Agent
 from skill_store.models.enums import MemorySource, MemoryStatus, MemoryTier, MemoryType, pg_enum
+from skill_store.models.user import Team
 from skill_store.settings import get_settings
 
 MAX_CONTENT_LENGTH = 100_000
@@ -100,6 +102,9 @@ class Memory(UUIDPrimaryKey, MemoryBase, Timestamps, table=True):
     last_accessed_at: datetime | None = Field(
         default=None, nullable=False, sa_column_kwargs={"server_default": sa.func.now()}
     )
+
+    team: Team = Relationship()
+    agent: Agent | None = Relationship()
 
 
 # Properties to receive on creation

@@ -50,6 +50,7 @@ class User(UUIDPrimaryKey, UserBase, Timestamps, table=True):
     password_hash: str = Field(sa_type=sa.Text)
 
     memberships: list["TeamMembership"] = Relationship(back_populates="user")
+    owned_teams: list["Team"] = Relationship(back_populates="owner")
 
 
 # Properties to receive on creation: a password, never a hash
@@ -103,6 +104,7 @@ class Team(UUIDPrimaryKey, TeamBase, Timestamps, table=True):
 
     webhook_secret: str | None = Field(default=None, sa_type=sa.Text)
 
+    owner: User = Relationship(back_populates="owned_teams")
     memberships: list["TeamMembership"] = Relationship(back_populates="team")
     agents: list["Agent"] = Relationship(back_populates="team")
 

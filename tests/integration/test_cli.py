@@ -1,0 +1,89 @@
+"""The `skill-store db` commands, run as a user runs them: a process, outside the repository."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SKILL_STORE = Path(sys.executable).with_name("skill-store")
+
+
+def skill_store(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | env
+    return subprocess.run(
+        [str(SKILL_STORE), *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_upgrade_current_check_downgrade(tmp_path: Path, empty_database_url: str) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return skill_store(tmp_path, "db", *args, DATABASE_URL=empty_database_url)
+
+    not_migrated = run("current")
+    assert not_migrated.returncode == 1
+    assert "not migrated" in not_migrated.stderr
+    assert "skill-store db upgrade" in not_migrated.stderr
+
+    upgraded = run("upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "schema at revision 0001" in upgraded.stdout
+    assert "schema at revision 0001 (latest)" in run("current").stdout
+
+    checked = run("check")
+    assert checked.returncode == 0, checked.stderr
+    assert "no drift" in checked.stdout
+
+    downgraded = run("downgrade", "base")
+    assert downgraded.returncode == 0, downgraded.stderr
+    assert "base (empty)" in downgraded.stdout
+    assert run("current").returncode == 1
+
+
+def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> None:
+    result = skill_store(
+        tmp_path, "db", "upgrade", DATABASE_URL="postgresql://bob:s3cret@127.0.0.1:1/store"
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot reach the database at ")
+    assert "bob:***@127.0.0.1:1/store" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DATABASE_URL", "mysql://x@y/z", "DATABASE_URL: Value error, database URL must start"),
+        ("DATABASE_POOL_SIZE", "0", "DATABASE_POOL_SIZE: Input should be greater than or equal"),
+    ],
+)
+def test_bad_configuration_is_named(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    result = skill_store(tmp_path, "db", "url", **{variable: value})
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_url_masks_the_password(tmp_path: Path) -> None:
+    result = skill_store(tmp_path, "db", "url", DATABASE_URL="postgres://bob:s3cret@db.example/x")
+    assert result.returncode == 0
+    assert result.stdout.strip() == "postgresql+asyncpg://bob:***@db.example/x"
+
+
+def test_url_starts_the_embedded_server_without_database_url(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data" / "pgdata"
+    result = skill_store(tmp_path, "db", "url", EMBEDDED_DATA_DIR=str(data_dir))
+    assert result.returncode == 0, result.stderr
+    assert f"(embedded server in {data_dir})" in result.stdout
+    assert (data_dir / "PG_VERSION").read_text().strip() == "18"
