@@ -24,13 +24,13 @@ def normalize_database_url(url: str) -> str:
     Raises:
         ValueError: If the URL is not a PostgreSQL URL.
     """
-    parts = urlsplit(url)
-    if parts.scheme not in _ACCEPTED_SCHEMES:
-        accepted = ", ".join(f"{scheme}://" for scheme in _ACCEPTED_SCHEMES)
-        raise ValueError(
-            f"database URL must start with one of {accepted}; got scheme {parts.scheme!r}"
-        )
-    return urlunsplit(parts._replace(scheme=_ASYNC_SCHEME))
+    scheme = urlsplit(url).scheme
+    _, separator, rest = url.partition("://")
+    if not separator or scheme not in _ACCEPTED_SCHEMES:
+        accepted = ", ".join(f"{name}://" for name in _ACCEPTED_SCHEMES)
+        raise ValueError(f"database URL must start with one of {accepted}; got scheme {scheme!r}")
+    # Rebuilt by hand: urlunsplit drops the `//` of an empty host (`postgresql:///db`).
+    return f"{_ASYNC_SCHEME}://{rest}"
 
 
 def mask_password(url: str) -> str:

@@ -110,8 +110,12 @@ CREATE FUNCTION trigger_log_memory_change() RETURNS trigger LANGUAGE plpgsql AS 
 DECLARE
     actor text := coalesce(nullif(current_setting('skill_store.actor', true), ''), 'system');
     why text := nullif(current_setting('skill_store.reason', true), '');
-    logged_at timestamptz := now();
+    logged_at timestamptz;
 BEGIN
+    SELECT GREATEST(now(), max(created_at) + interval '1 microsecond')
+    INTO logged_at FROM memory_log
+    WHERE memory_id = CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END;
+
     IF TG_OP = 'INSERT' THEN
         INSERT INTO memory_log (memory_id, action, new_content, new_importance, new_tier,
                                 new_status, changed_by, reason, conversation_id, created_at)
@@ -120,14 +124,11 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    SELECT GREATEST(logged_at, max(created_at) + interval '1 microsecond')
-    INTO logged_at FROM memory_log WHERE memory_id = OLD.id;
-
     IF TG_OP = 'DELETE' THEN
         INSERT INTO memory_log (memory_id, action, old_content, old_importance, old_tier,
-                                old_status, changed_by, reason, created_at)
+                                old_status, changed_by, reason, conversation_id, created_at)
         VALUES (OLD.id, 'deleted', OLD.content, OLD.importance, OLD.tier::text,
-                OLD.status::text, actor, why, logged_at);
+                OLD.status::text, actor, why, OLD.source_conversation_id, logged_at);
         RETURN NULL;
     END IF;
 
@@ -161,17 +162,23 @@ BEGIN
 END
 $$""",
     # Rows are locked in id order, so concurrent calls with overlapping ids cannot deadlock.
+    # The flag tells the audit trigger that these updates are access bookkeeping.
     "update_memory_access(uuid[])": """
-CREATE FUNCTION update_memory_access(memory_ids uuid[]) RETURNS integer LANGUAGE sql AS $$
+CREATE FUNCTION update_memory_access(memory_ids uuid[]) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    touched integer;
+BEGIN
+    PERFORM set_config('skill_store.recording_access', 'on', true);
     WITH locked AS (
         SELECT id FROM memory WHERE id = ANY(memory_ids) ORDER BY id FOR UPDATE
-    ), touched AS (
-        UPDATE memory AS m
-        SET access_count = m.access_count + 1, last_accessed_at = now()
-        FROM locked WHERE m.id = locked.id
-        RETURNING m.id
     )
-    SELECT count(*)::integer FROM touched
+    UPDATE memory AS m
+    SET access_count = m.access_count + 1, last_accessed_at = now()
+    FROM locked WHERE m.id = locked.id;
+    GET DIAGNOSTICS touched = ROW_COUNT;
+    PERFORM set_config('skill_store.recording_access', '', true);
+    RETURN touched;
+END
 $$""",
     "reconstruct_memory_at(uuid, timestamptz)": """
 CREATE FUNCTION reconstruct_memory_at(target_memory_id uuid, at timestamptz)
@@ -204,13 +211,11 @@ TRIGGERS = {
         "AFTER INSERT OR DELETE ON memory FOR EACH ROW"
         " EXECUTE FUNCTION trigger_log_memory_change()",
     ),
-    # Access bookkeeping (update_memory_access) alone is not a change worth auditing.
+    # Access bookkeeping (update_memory_access) is not a change worth auditing.
     "trg_memory_log_update": (
         "memory",
         "AFTER UPDATE ON memory FOR EACH ROW"
-        " WHEN (OLD.access_count IS NOT DISTINCT FROM NEW.access_count"
-        " OR (OLD.content, OLD.importance, OLD.tier, OLD.status)"
-        " IS DISTINCT FROM (NEW.content, NEW.importance, NEW.tier, NEW.status))"
+        " WHEN (current_setting('skill_store.recording_access', true) IS DISTINCT FROM 'on')"
         " EXECUTE FUNCTION trigger_log_memory_change()",
     ),
     "trg_memory_log_no_change": (
@@ -379,7 +384,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["team_id"], ["team.id"], name="fk_conversation_team_id_team", ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(["agent_id"], ["agent.id"], name="fk_conversation_agent_id_agent"),
+        sa.ForeignKeyConstraint(
+            ["agent_id"], ["agent.id"], name="fk_conversation_agent_id_agent", ondelete="CASCADE"
+        ),
         sa.ForeignKeyConstraint(["user_id"], ["user.id"], name="fk_conversation_user_id_user"),
     )
     op.create_index(
@@ -400,7 +407,12 @@ def upgrade() -> None:
         sa.Column("model", sa.Text(), nullable=True),
         sa.Column("feedback_rating", sa.Text(), nullable=True),
         sa.Column("feedback_comment", sa.Text(), nullable=True),
-        timestamp_column("created_at"),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.func.clock_timestamp(),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_message"),
         sa.ForeignKeyConstraint(
             ["conversation_id"],
@@ -408,7 +420,9 @@ def upgrade() -> None:
             name="fk_message_conversation_id_conversation",
             ondelete="CASCADE",
         ),
-        sa.ForeignKeyConstraint(["agent_id"], ["agent.id"], name="fk_message_agent_id_agent"),
+        sa.ForeignKeyConstraint(
+            ["agent_id"], ["agent.id"], name="fk_message_agent_id_agent", ondelete="SET NULL"
+        ),
         sa.CheckConstraint(
             "feedback_rating IN ('positive', 'negative') OR feedback_rating IS NULL",
             name="ck_message_feedback_rating",
@@ -451,12 +465,15 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["team_id"], ["team.id"], name="fk_memory_team_id_team", ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(["agent_id"], ["agent.id"], name="fk_memory_agent_id_agent"),
+        sa.ForeignKeyConstraint(
+            ["agent_id"], ["agent.id"], name="fk_memory_agent_id_agent", ondelete="CASCADE"
+        ),
         sa.ForeignKeyConstraint(["user_id"], ["user.id"], name="fk_memory_user_id_user"),
         sa.ForeignKeyConstraint(
             ["source_conversation_id"],
             ["conversation.id"],
             name="fk_memory_source_conversation_id_conversation",
+            ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(
             ["superseded_by"], ["memory.id"], name="fk_memory_superseded_by_memory"

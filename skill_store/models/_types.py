@@ -7,7 +7,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from pgvector.sqlalchemy import VECTOR
-from pydantic import AfterValidator, BaseModel, FiniteFloat
+from pydantic import AfterValidator, BaseModel, FiniteFloat, JsonValue
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
 
@@ -22,7 +22,8 @@ SQLModel.metadata.naming_convention = {
 }
 
 
-def _check_text(value: str) -> str:
+def check_text(value: str) -> str:
+    """Return `value` if PostgreSQL can store it, else raise ValueError saying why."""
     if "\x00" in value:
         raise ValueError(
             "text must not contain NUL (\\x00) characters: PostgreSQL cannot store them"
@@ -38,10 +39,10 @@ def _check_text(value: str) -> str:
 
 def _check_json(value: Any) -> Any:
     if isinstance(value, str):
-        _check_text(value)
+        check_text(value)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_text(key)
+            check_text(key)
             _check_json(item)
     elif isinstance(value, list):
         for item in value:
@@ -57,20 +58,22 @@ def _check_embedding(value: list[float]) -> list[float]:
         raise ValueError(
             f"embedding has {len(value)} dimensions; expected {expected} (EMBEDDING_DIMENSIONS)"
         )
+    if not any(value):
+        raise ValueError("embedding must not be all zeros: its cosine similarity is undefined")
     return value
 
 
-PgStr = Annotated[str, AfterValidator(_check_text)]
+PgStr = Annotated[str, AfterValidator(check_text)]
 """A string PostgreSQL can store: no NUL characters, no lone surrogates."""
 
-JSONObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
-"""A JSON object PostgreSQL can store in `jsonb`."""
+JSONObject = Annotated[dict[str, JsonValue], AfterValidator(_check_json)]
+"""A JSON object PostgreSQL can store in `jsonb`: JSON types only (no tuples, sets, UUIDs)."""
 
-JSONValue = Annotated[dict[str, Any] | list[Any], AfterValidator(_check_json)]
+JSONValue = Annotated[dict[str, JsonValue] | list[JsonValue], AfterValidator(_check_json)]
 """A JSON object or array PostgreSQL can store in `jsonb`."""
 
 Embedding = Annotated[list[FiniteFloat], AfterValidator(_check_embedding)]
-"""A vector of `EMBEDDING_DIMENSIONS` finite floats."""
+"""A vector of `EMBEDDING_DIMENSIONS` finite floats, not all zero."""
 
 
 class PydanticJSONB(sa.types.TypeDecorator[ModelT], Generic[ModelT]):

@@ -31,7 +31,7 @@ FeedbackRating = Literal["positive", "negative"]
 # Shared properties
 class ConversationBase(SQLModel):
     team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
-    agent_id: uuid.UUID = Field(foreign_key="agent.id")
+    agent_id: uuid.UUID = Field(foreign_key="agent.id", ondelete="CASCADE")
     user_id: uuid.UUID = Field(foreign_key="user.id")
     title: PgStr | None = Field(default=None, max_length=500, sa_type=sa.Text)
     status: ConversationStatus = Field(
@@ -102,7 +102,7 @@ class ConversationUpdate(SQLModel):
 
 # Shared properties
 class MessageBase(SQLModel):
-    agent_id: uuid.UUID | None = Field(default=None, foreign_key="agent.id")
+    agent_id: uuid.UUID | None = Field(default=None, foreign_key="agent.id", ondelete="SET NULL")
     role: MessageRole = Field(sa_type=pg_enum(MessageRole, "message_role"))
     content: PgStr = Field(sa_type=sa.Text)
     tool_calls: JSONValue | None = Field(default=None, sa_type=JSONB)
@@ -127,6 +127,10 @@ class Message(UUIDPrimaryKey, MessageBase, CreatedAt, table=True):
     )
 
     conversation_id: uuid.UUID = Field(foreign_key="conversation.id", ondelete="CASCADE")
+    # The clock, not the transaction start, so messages written together keep their order.
+    created_at: datetime | None = Field(
+        default=None, nullable=False, sa_column_kwargs={"server_default": sa.func.clock_timestamp()}
+    )
 
     conversation: Conversation = Relationship(back_populates="messages")
 

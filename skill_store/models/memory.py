@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated
 
 import sqlalchemy as sa
-from pydantic import AwareDatetime, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, StringConstraints
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, Relationship, SQLModel
 
@@ -24,29 +24,33 @@ from skill_store.models._types import (
     Timestamps,
     UUIDPrimaryKey,
     Vector,
+    check_text,
 )
 from skill_store.models.agent import Agent
 from skill_store.models.enums import MemorySource, MemoryStatus, MemoryTier, MemoryType, pg_enum
 from skill_store.models.user import Team
-from skill_store.settings import get_settings
 
 MAX_CONTENT_LENGTH = 100_000
 """Longest memory content accepted, in characters."""
 
-Tag = Annotated[PgStr, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+Tag = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(check_text),
+]
 
 
 # Shared properties
 class MemoryBase(SQLModel):
     team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
-    agent_id: uuid.UUID | None = Field(default=None, foreign_key="agent.id")
+    agent_id: uuid.UUID | None = Field(default=None, foreign_key="agent.id", ondelete="CASCADE")
     user_id: uuid.UUID | None = Field(default=None, foreign_key="user.id")
     memory_type: MemoryType = Field(sa_type=pg_enum(MemoryType, "memory_type_enum"))
     content: PgStr = Field(min_length=1, max_length=MAX_CONTENT_LENGTH, sa_type=sa.Text)
     subject: PgStr | None = Field(default=None, max_length=500, sa_type=sa.Text)
-    embedding: Embedding | None = Field(
-        default=None, sa_type=Vector(get_settings().embedding_dimensions)
-    )
+    # The column's dimension is EMBEDDING_DIMENSIONS when the migration ran; the validator
+    # checks lengths against the setting, the repository against the column.
+    embedding: Embedding | None = Field(default=None, sa_type=Vector())
     importance: int = Field(
         default=5, ge=1, le=10, sa_column_kwargs={"server_default": sa.text("5")}
     )
@@ -59,7 +63,9 @@ class MemoryBase(SQLModel):
         sa_type=pg_enum(MemorySource, "memory_source"),
         sa_column_kwargs={"server_default": MemorySource.EXTRACTION.value},
     )
-    source_conversation_id: uuid.UUID | None = Field(default=None, foreign_key="conversation.id")
+    source_conversation_id: uuid.UUID | None = Field(
+        default=None, foreign_key="conversation.id", ondelete="SET NULL"
+    )
     source_message_ids: list[uuid.UUID] | None = Field(default=None, sa_type=UUID_ARRAY)
     extraction_model: PgStr | None = Field(default=None, max_length=200, sa_type=sa.Text)
     contradicts: list[uuid.UUID] | None = Field(default=None, sa_type=UUID_ARRAY)
@@ -122,6 +128,11 @@ class MemoryRead(MemoryBase):
     created_at: datetime
     updated_at: datetime
     last_accessed_at: datetime
+
+
+# A search hit: the memory and its cosine similarity to the query (1 is identical)
+class MemorySearchResult(MemoryRead):
+    similarity: float
 
 
 # Properties to receive on update, all optional
