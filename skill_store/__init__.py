@@ -5,7 +5,14 @@ with `*Create`, `*Read` and `*Update` variants beside it.
 """
 
 from skill_store.database import get_engine, get_session_factory, migrate
-from skill_store.errors import DatabaseUnreachableError, SkillStoreError
+from skill_store.errors import (
+    ConflictError,
+    DatabaseUnreachableError,
+    EmbeddingDimensionError,
+    NotFoundError,
+    SchemaNotMigratedError,
+    SkillStoreError,
+)
 from skill_store.models import (
     MAX_CONTENT_LENGTH,
     Agent,
@@ -29,6 +36,7 @@ from skill_store.models import (
     MemoryLogCreate,
     MemoryLogRead,
     MemoryRead,
+    MemorySearchResult,
     MemorySource,
     MemoryStatus,
     MemoryTag,
@@ -58,6 +66,14 @@ from skill_store.models import (
     UserUpdate,
     VoiceExample,
 )
+from skill_store.repositories import (
+    AgentRepository,
+    ConversationRepository,
+    MemoryRepository,
+    Repository,
+    TeamRepository,
+    UserRepository,
+)
 from skill_store.settings import Settings, get_settings, load_settings
 
 __all__ = [
@@ -70,20 +86,26 @@ __all__ = [
     "AgentModelConfig",
     "AgentPersonality",
     "AgentRead",
+    "AgentRepository",
     "AgentStatus",
     "AgentUpdate",
+    "ConflictError",
     "Conversation",
     "ConversationCreate",
     "ConversationRead",
+    "ConversationRepository",
     "ConversationStatus",
     "ConversationUpdate",
     "DatabaseUnreachableError",
+    "EmbeddingDimensionError",
     "Memory",
     "MemoryCreate",
     "MemoryLog",
     "MemoryLogCreate",
     "MemoryLogRead",
     "MemoryRead",
+    "MemoryRepository",
+    "MemorySearchResult",
     "MemorySource",
     "MemoryStatus",
     "MemoryTag",
@@ -97,7 +119,10 @@ __all__ = [
     "MessageRead",
     "MessageRole",
     "MessageUpdate",
+    "NotFoundError",
+    "Repository",
     "RetrievalWeights",
+    "SchemaNotMigratedError",
     "Settings",
     "SkillStoreError",
     "Team",
@@ -107,10 +132,12 @@ __all__ = [
     "TeamMembershipRead",
     "TeamMembershipUpdate",
     "TeamRead",
+    "TeamRepository",
     "TeamUpdate",
     "User",
     "UserCreate",
     "UserRead",
+    "UserRepository",
     "UserRole",
     "UserUpdate",
     "VoiceExample",

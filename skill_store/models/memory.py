@@ -50,7 +50,7 @@ class MemoryBase(SQLModel):
     subject: PgStr | None = Field(default=None, max_length=500, sa_type=sa.Text)
     # The column's dimension is EMBEDDING_DIMENSIONS when the migration ran; the validator
     # checks lengths against the setting, the repository against the column.
-    embedding: Embedding | None = Field(default=None, sa_type=Vector())
+    embedding: Embedding | None = Field(default=None, sa_type=Vector(), repr=False)
     importance: int = Field(
         default=5, ge=1, le=10, sa_column_kwargs={"server_default": sa.text("5")}
     )

@@ -1,0 +1,244 @@
+"""The generic repository: typed CRUD for one table, and the one place driver errors become ours."""
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm.attributes import flag_modified
+from sqlmodel import SQLModel, col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from skill_store.errors import ConflictError, NotFoundError, SchemaNotMigratedError
+
+ModelT = TypeVar("ModelT", bound=SQLModel)
+CreateT = TypeVar("CreateT", bound=SQLModel)
+UpdateT = TypeVar("UpdateT", bound=SQLModel)
+
+UNIQUE_MESSAGES = {
+    "uq_user_email": "a user with email {email} already exists",
+    "uq_team_slug": "a team with slug '{slug}' already exists",
+    "uq_agent_team_slug": "an agent with slug '{slug}' already exists in team {team_id}",
+    "uq_team_membership": "user {user_id} is already a member of team {team_id}",
+    "uq_memory_tag": "memory {memory_id} already has tag '{tag}'",
+}
+_KEY = re.compile(r"Key \((?P<columns>.+?)\)=\((?P<values>.*)\)")
+_REFERENCED_TABLE = re.compile(r'present in table "(?P<table>[^"]+)"')
+_DELETED_TABLE = re.compile(r'on table "(?P<table>[^"]+)"')
+_UNDEFINED_OBJECT_STATES = {"42P01", "42883", "42704"}  # table, function, type
+
+
+def _key_values(detail: str) -> dict[str, str]:
+    """`Key (lower(email))=(a@b.c)` → {"email": "a@b.c"}; only the last value may hold commas."""
+    match = _KEY.search(detail)
+    if match is None:
+        return {}
+    columns = [re.sub(r"^\w+\((\w+)\)$", r"\1", name) for name in match["columns"].split(", ")]
+    values = match["values"].split(", ", len(columns) - 1)
+    return dict(zip(columns, values, strict=False))
+
+
+def _driver_error(error: DBAPIError) -> BaseException | None:
+    """The driver's own exception (asyncpg's, behind SQLAlchemy's adapter)."""
+    return getattr(error.orig, "__cause__", None) or error.orig
+
+
+def _describe_integrity_error(error: DBAPIError) -> ConflictError:
+    """Name the broken rule in words, from the driver's error."""
+    cause = _driver_error(error)
+    constraint = getattr(cause, "constraint_name", None)
+    detail = getattr(cause, "detail", None) or ""
+    message = str(cause)
+    state = getattr(error.orig, "sqlstate", None)
+    values = _key_values(detail)
+    if state == "23505" and constraint in UNIQUE_MESSAGES:
+        return ConflictError(UNIQUE_MESSAGES[constraint].format_map(values), constraint)
+    if state == "23503" and (referenced := _REFERENCED_TABLE.search(detail)):
+        column, value = next(iter(values.items()), ("reference", "?"))
+        table = getattr(cause, "table_name", "?")
+        return ConflictError(
+            f"{referenced['table']} {value} does not exist (referenced by {table}.{column})",
+            constraint,
+        )
+    if state == "23503" and (deleted := _DELETED_TABLE.search(message)):
+        value = next(iter(values.values()), "?")
+        table = getattr(cause, "table_name", "?")
+        return ConflictError(
+            f"{deleted['table']} {value} is still referenced by {table}", constraint
+        )
+    return ConflictError(f"the change breaks the database rule {constraint or state}: {message}")
+
+
+@asynccontextmanager
+async def translated_errors() -> AsyncIterator[None]:
+    """Raise the package's errors instead of the driver's for what a caller can cause."""
+    try:
+        yield
+    except DBAPIError as error:
+        state = getattr(error.orig, "sqlstate", None) or ""
+        if state.startswith("23"):
+            raise _describe_integrity_error(error) from error
+        if state in _UNDEFINED_OBJECT_STATES:
+            raise SchemaNotMigratedError(str(_driver_error(error))) from error
+        raise
+
+
+def null_errors(model: type[SQLModel], values: Mapping[str, Any]) -> ValidationError | None:
+    """A validation error for every value that is None where the table allows no NULL."""
+    columns = sa.inspect(model).columns
+    problems = [
+        InitErrorDetails(
+            type="value_error",
+            loc=(name,),
+            input=None,
+            ctx={"error": ValueError(f"{name} cannot be null")},
+        )
+        for name, value in values.items()
+        if value is None and not columns[name].nullable
+    ]
+    return ValidationError.from_exception_data(model.__name__, problems) if problems else None
+
+
+RowT = TypeVar("RowT", bound=SQLModel)
+
+
+async def get_or_raise(session: AsyncSession, model: type[RowT], id: uuid.UUID) -> RowT:
+    """Return the `model` row with this id.
+
+    Raises:
+        NotFoundError: If there is none.
+    """
+    async with translated_errors():
+        row = await session.get(model, id)
+    if row is None:
+        raise NotFoundError(str(model.__tablename__), id)
+    return row
+
+
+class Repository(Generic[ModelT, CreateT, UpdateT]):
+    """CRUD for one table. Subclasses set `model`, `create_model` and `update_model`.
+
+    A repository never commits: the caller owns the transaction. Every write runs in a
+    savepoint, so a failed write leaves the caller's transaction as it was.
+    """
+
+    model: type[ModelT]
+    create_model: type[CreateT]
+    update_model: type[UpdateT]
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def entity(self) -> str:
+        """The table name, used in messages."""
+        return str(self.model.__tablename__)
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        """A savepoint whose driver errors are translated; flushed on success."""
+        async with translated_errors(), self.session.begin_nested():
+            yield
+            await self.session.flush()
+
+    def build(self, data: CreateT) -> ModelT:
+        """The row to insert for validated create data (subclasses add server-side fields)."""
+        return self.model.model_validate(data)
+
+    async def get_by_id(self, id: uuid.UUID) -> ModelT | None:
+        """Return the row with this id, or None."""
+        async with translated_errors():
+            return await self.session.get(self.model, id)
+
+    async def get_or_raise(self, id: uuid.UUID) -> ModelT:
+        """Return the row with this id.
+
+        Raises:
+            NotFoundError: If there is none.
+        """
+        return await get_or_raise(self.session, self.model, id)
+
+    async def create(self, data: CreateT | Mapping[str, Any]) -> ModelT:
+        """Validate `data` as the create model and insert it.
+
+        Raises:
+            pydantic.ValidationError: If the data is invalid (nothing is sent to the database).
+            ConflictError: If it clashes with a unique key or names a missing row.
+        """
+        row = self.build(self.create_model.model_validate(data))
+        async with self.writing():
+            self.session.add(row)
+        return row
+
+    async def update(self, id: uuid.UUID, data: UpdateT | Mapping[str, Any]) -> ModelT:
+        """Apply the fields set in `data` to the row with this id.
+
+        Sub-configs and other JSON values are written even when the caller changed them in
+        place, since every field set in `data` is written.
+
+        Raises:
+            pydantic.ValidationError: If the data is invalid, or sets a required field to None.
+            NotFoundError: If there is no such row.
+            ConflictError: If the change breaks a database rule.
+        """
+        validated = self.update_model.model_validate(data)
+        changes = {name: getattr(validated, name) for name in validated.model_fields_set}
+        if (error := null_errors(self.model, changes)) is not None:
+            raise error
+        row = await self.get_or_raise(id)
+        async with self.writing():
+            for name, value in changes.items():
+                setattr(row, name, value)
+                flag_modified(row, name)
+        return row
+
+    async def delete(self, id: uuid.UUID) -> bool:
+        """Delete the row with this id (the database cascades to its dependants).
+
+        Returns:
+            Whether a row was deleted.
+
+        Raises:
+            ConflictError: If other rows still reference it.
+        """
+        statement = sa.delete(self.model).where(col(self.model.id) == id)  # type: ignore[attr-defined]
+        async with self.writing():
+            result = await self.session.exec(statement)
+        return bool(result.rowcount)
+
+    def _filtered(self, statement: Any, filters: Mapping[str, Any]) -> Any:
+        columns = sa.inspect(self.model).columns
+        for name, value in filters.items():
+            if name not in columns:
+                raise ValueError(f"{self.model.__name__} has no column {name!r} to filter on")
+            statement = statement.where(columns[name] == value)
+        return statement
+
+    async def list(self, limit: int = 50, offset: int = 0, **filters: Any) -> Sequence[ModelT]:
+        """Rows whose columns equal `filters`, oldest first.
+
+        Raises:
+            ValueError: If a filter names no column.
+        """
+        statement = self._filtered(select(self.model), filters)
+        statement = statement.order_by(self.model.created_at, self.model.id)  # type: ignore[attr-defined]
+        async with translated_errors():
+            rows: Sequence[ModelT] = (
+                await self.session.exec(statement.limit(limit).offset(offset))
+            ).all()
+        return rows
+
+    async def count(self, **filters: Any) -> int:
+        """How many rows have columns equal to `filters`.
+
+        Raises:
+            ValueError: If a filter names no column.
+        """
+        statement = self._filtered(select(func.count()).select_from(self.model), filters)
+        async with translated_errors():
+            return int((await self.session.exec(statement)).one())

@@ -1,0 +1,448 @@
+"""Long-term memory: team-scoped vector search, versions, links, tags and history.
+
+Every read that takes a `team_id` returns only that team's memories. Mutating methods take
+`actor` and `reason`, which the database's audit trigger writes to `memory_log`.
+"""
+
+import math
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import TypeAdapter
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import col, func, or_, select
+
+from skill_store.errors import ConflictError, EmbeddingDimensionError, NotFoundError
+from skill_store.models import (
+    Memory,
+    MemoryCreate,
+    MemoryLog,
+    MemorySearchResult,
+    MemoryStatus,
+    MemoryTag,
+    MemoryTier,
+    MemoryType,
+    MemoryUpdate,
+)
+from skill_store.models.memory import Tag
+from skill_store.repositories.base import Repository, translated_errors
+
+EXACT_SEARCH_MAX_ROWS = 10_000
+"""Teams with at most this many candidate memories are searched exactly, without the index."""
+
+HNSW_EF_SEARCH_MIN = 100
+"""Candidate list size of an HNSW scan (`hnsw.ef_search`); raised to the `limit` if larger."""
+
+_tags = TypeAdapter(list[Tag])
+
+
+class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
+    """Memories of teams, searched by cosine similarity of their embeddings."""
+
+    model = Memory
+    create_model = MemoryCreate
+    update_model = MemoryUpdate
+
+    _dimensions: int | None = None
+
+    # -- attribution and checks ---------------------------------------------------------
+
+    @asynccontextmanager
+    async def writing_as(self, actor: str | None, reason: str | None) -> AsyncIterator[None]:
+        """A write whose audit rows name `actor` and `reason` (default `system`, none)."""
+        attributed = actor is not None or reason is not None
+        async with self.writing():
+            if attributed:
+                await self._attribute(actor or "", reason or "")
+            yield
+        if attributed:
+            await self._attribute("", "")
+
+    async def _attribute(self, actor: str, reason: str) -> None:
+        statement = select(
+            func.set_config("skill_store.actor", actor, True),
+            func.set_config("skill_store.reason", reason, True),
+        )
+        await self.session.exec(statement)
+
+    async def column_dimensions(self) -> int:
+        """The dimension of the database's `memory.embedding` column."""
+        if self._dimensions is None:
+            statement = sa.text(
+                "SELECT atttypmod FROM pg_attribute"
+                " WHERE attrelid = 'memory'::regclass AND attname = 'embedding'"
+            )
+            async with translated_errors():
+                connection = await self.session.connection()
+                self._dimensions = int(await connection.scalar(statement))
+        return self._dimensions
+
+    async def _check_embedding(self, embedding: Sequence[float]) -> list[float]:
+        expected = await self.column_dimensions()
+        if len(embedding) != expected:
+            raise EmbeddingDimensionError(expected=expected, got=len(embedding))
+        values = [float(value) for value in embedding]
+        if not all(math.isfinite(value) for value in values):
+            raise ValueError("embedding values must be finite (no NaN or infinity)")
+        return values
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def create(
+        self,
+        data: MemoryCreate | Mapping[str, Any],
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> Memory:
+        """Insert a memory and its tags, together or not at all.
+
+        Raises:
+            pydantic.ValidationError: If the data is invalid.
+            EmbeddingDimensionError: If the embedding's length differs from the column's.
+            ConflictError: If the team, agent, user or source conversation does not exist.
+        """
+        validated = MemoryCreate.model_validate(data)
+        if validated.embedding is not None:
+            await self._check_embedding(validated.embedding)
+        memory = Memory.model_validate(validated)
+        async with self.writing_as(actor, reason):
+            self.session.add(memory)
+            await self.session.flush()
+            await self._insert_tags(memory.id, validated.tags)
+        return memory
+
+    async def update(
+        self,
+        id: uuid.UUID,
+        data: MemoryUpdate | Mapping[str, Any],
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> Memory:
+        """Apply the fields set in `data` (see `Repository.update`), attributed for the audit."""
+        validated = MemoryUpdate.model_validate(data)
+        if validated.embedding is not None:
+            await self._check_embedding(validated.embedding)
+        if actor is None and reason is None:
+            return await super().update(id, validated)
+        await self._attribute(actor or "", reason or "")
+        try:
+            return await super().update(id, validated)
+        finally:
+            await self._attribute("", "")
+
+    async def delete(
+        self, id: uuid.UUID, *, actor: str | None = None, reason: str | None = None
+    ) -> bool:
+        """Delete the memory (its history stays in `memory_log`)."""
+        statement = sa.delete(Memory).where(col(Memory.id) == id)
+        async with self.writing_as(actor, reason):
+            result = await self.session.exec(statement)
+        return bool(result.rowcount)
+
+    async def supersede(
+        self,
+        memory_id: uuid.UUID,
+        data: MemoryCreate | Mapping[str, Any],
+        reason: str | None = None,
+        *,
+        actor: str | None = None,
+    ) -> Memory:
+        """Replace an active memory by a new version of it, in one step.
+
+        The new memory gets `version + 1`; the old one becomes `superseded`, pointing to it.
+
+        Raises:
+            NotFoundError: If there is no such memory.
+            ConflictError: If it is not active (e.g. superseded meanwhile), or the new memory
+                belongs to another team.
+        """
+        validated = MemoryCreate.model_validate(data)
+        if validated.embedding is not None:
+            await self._check_embedding(validated.embedding)
+        async with self.writing_as(actor, reason):
+            old = await self._locked(memory_id)
+            if old.status != MemoryStatus.ACTIVE:
+                raise ConflictError(f"memory {memory_id} is {old.status.value}, not active")
+            if validated.team_id != old.team_id:
+                raise ConflictError(f"memory {memory_id} belongs to another team")
+            new = Memory.model_validate(validated, update={"version": old.version + 1})
+            self.session.add(new)
+            await self.session.flush()
+            await self._insert_tags(new.id, validated.tags)
+            old.status = MemoryStatus.SUPERSEDED
+            old.superseded_by = new.id
+        return new
+
+    async def _locked(self, memory_id: uuid.UUID) -> Memory:
+        memory = await self.session.get(
+            Memory, memory_id, with_for_update=True, populate_existing=True
+        )
+        if memory is None:
+            raise NotFoundError("memory", memory_id)
+        return memory
+
+    async def _link(
+        self, a: uuid.UUID, b: uuid.UUID, field: str, status: MemoryStatus | None, **audit: Any
+    ) -> tuple[Memory, Memory]:
+        if a == b:
+            raise ValueError("a memory cannot be linked to itself")
+        async with self.writing_as(**audit):
+            first, second = [await self._locked(id) for id in sorted((a, b))]
+            if first.team_id != second.team_id:
+                raise ConflictError(f"memories {a} and {b} belong to different teams")
+            for memory, other in ((first, second), (second, first)):
+                links = getattr(memory, field) or []
+                setattr(memory, field, list(dict.fromkeys([*links, other.id])))
+                if status is not None:
+                    memory.status = status
+        return (first, second) if first.id == a else (second, first)
+
+    async def mark_contradiction(
+        self, a: uuid.UUID, b: uuid.UUID, *, actor: str | None = None, reason: str | None = None
+    ) -> tuple[Memory, Memory]:
+        """Record that two memories of a team contradict each other; both become `disputed`."""
+        return await self._link(
+            a, b, "contradicts", MemoryStatus.DISPUTED, actor=actor, reason=reason
+        )
+
+    async def relate(
+        self, a: uuid.UUID, b: uuid.UUID, *, actor: str | None = None, reason: str | None = None
+    ) -> tuple[Memory, Memory]:
+        """Link two memories of a team as related, both ways."""
+        return await self._link(a, b, "related_to", None, actor=actor, reason=reason)
+
+    async def pin(self, memory_id: uuid.UUID, **audit: str | None) -> Memory:
+        """Pin the memory (retrieval keeps pinned memories)."""
+        return await self.update(memory_id, {"is_pinned": True}, **audit)
+
+    async def unpin(self, memory_id: uuid.UUID, **audit: str | None) -> Memory:
+        """Unpin the memory."""
+        return await self.update(memory_id, {"is_pinned": False}, **audit)
+
+    async def set_tier(self, memory_id: uuid.UUID, tier: MemoryTier, **audit: str | None) -> Memory:
+        """Move the memory to a storage tier (logged as promoted or demoted)."""
+        return await self.update(memory_id, {"tier": tier}, **audit)
+
+    async def archive(self, memory_id: uuid.UUID, **audit: str | None) -> Memory:
+        """Archive the memory: it stays, with its history, but is no longer retrieved."""
+        return await self.update(memory_id, {"status": MemoryStatus.ARCHIVED}, **audit)
+
+    async def update_access(self, memory_ids: Iterable[uuid.UUID]) -> int:
+        """Count one retrieval of each memory (atomic under concurrency).
+
+        Returns:
+            How many memories were touched.
+        """
+        statement = select(func.update_memory_access(sa.cast(list(memory_ids), sa.ARRAY(sa.Uuid))))
+        async with translated_errors():
+            touched = int((await self.session.exec(statement)).one())
+        return touched
+
+    async def expire(self, now: datetime | None = None, **audit: str | None) -> int:
+        """Archive every active memory whose `expires_at` has passed.
+
+        Returns:
+            How many memories were archived.
+        """
+        moment = now if now is not None else func.now()
+        statement = (
+            sa.update(Memory)
+            .where(col(Memory.status) == MemoryStatus.ACTIVE, col(Memory.expires_at) <= moment)
+            .values(status=MemoryStatus.ARCHIVED)
+            .execution_options(synchronize_session=False)
+        )
+        async with self.writing_as(**audit):
+            result = await self.session.exec(statement)
+        return int(result.rowcount)
+
+    # -- tags ---------------------------------------------------------------------------
+
+    async def _insert_tags(self, memory_id: uuid.UUID, tags: Iterable[str]) -> None:
+        rows = [
+            {"id": uuid.uuid4(), "memory_id": memory_id, "tag": tag} for tag in dict.fromkeys(tags)
+        ]
+        if rows:
+            statement = (
+                insert(MemoryTag).values(rows).on_conflict_do_nothing(constraint="uq_memory_tag")
+            )
+            await self.session.exec(statement)
+
+    async def add_tags(self, memory_id: uuid.UUID, tags: Iterable[str]) -> list[str]:
+        """Add tags to the memory (ones it has already are kept once).
+
+        Returns:
+            All the memory's tags.
+        """
+        valid = _tags.validate_python(list(tags))
+        async with self.writing():
+            await self._insert_tags(memory_id, valid)
+        return await self.tags(memory_id)
+
+    async def remove_tags(self, memory_id: uuid.UUID, tags: Iterable[str]) -> int:
+        """Remove tags from the memory.
+
+        Returns:
+            How many were removed.
+        """
+        statement = sa.delete(MemoryTag).where(
+            col(MemoryTag.memory_id) == memory_id, col(MemoryTag.tag).in_(list(tags))
+        )
+        async with self.writing():
+            result = await self.session.exec(statement)
+        return int(result.rowcount)
+
+    async def tags(self, memory_id: uuid.UUID) -> list[str]:
+        """The memory's tags, alphabetically."""
+        statement = (
+            select(MemoryTag.tag)
+            .where(MemoryTag.memory_id == memory_id)
+            .order_by(col(MemoryTag.tag))
+        )
+        async with translated_errors():
+            return list((await self.session.exec(statement)).all())
+
+    async def with_tag(self, team_id: uuid.UUID, tag: str, limit: int = 100) -> Sequence[Memory]:
+        """The team's memories with this tag, newest first."""
+        statement = (
+            select(Memory)
+            .join(MemoryTag, col(MemoryTag.memory_id) == col(Memory.id))
+            .where(Memory.team_id == team_id, MemoryTag.tag == tag)
+            .order_by(col(Memory.created_at).desc(), col(Memory.id))
+            .limit(limit)
+        )
+        async with translated_errors():
+            return (await self.session.exec(statement)).all()
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def get(self, memory_id: uuid.UUID, team_id: uuid.UUID) -> Memory:
+        """The team's memory with this id.
+
+        Raises:
+            NotFoundError: If the team has no such memory (another team's is not revealed).
+        """
+        statement = select(Memory).where(Memory.id == memory_id, Memory.team_id == team_id)
+        async with translated_errors():
+            memory = (await self.session.exec(statement)).first()
+        if memory is None:
+            raise NotFoundError("memory", memory_id)
+        return memory
+
+    def _retrievable(
+        self,
+        team_id: uuid.UUID,
+        agent_id: uuid.UUID | None,
+        user_id: uuid.UUID | None,
+        memory_types: Iterable[MemoryType] | None,
+    ) -> list[Any]:
+        conditions: list[Any] = [
+            Memory.team_id == team_id,
+            Memory.status == MemoryStatus.ACTIVE,
+            col(Memory.embedding).is_not(None),
+            or_(col(Memory.expires_at).is_(None), col(Memory.expires_at) > func.now()),
+        ]
+        if memory_types is not None:
+            conditions.append(col(Memory.memory_type).in_([MemoryType(t) for t in memory_types]))
+        if agent_id is None:
+            conditions.append(Memory.memory_type != MemoryType.AGENT_PRIVATE)
+        else:
+            conditions.append(or_(Memory.agent_id == agent_id, col(Memory.agent_id).is_(None)))
+            conditions.append(
+                or_(Memory.memory_type != MemoryType.AGENT_PRIVATE, Memory.agent_id == agent_id)
+            )
+        if user_id is not None:
+            conditions.append(or_(Memory.user_id == user_id, col(Memory.user_id).is_(None)))
+        return conditions
+
+    async def search_by_embedding(
+        self,
+        embedding: Sequence[float],
+        team_id: uuid.UUID,
+        agent_id: uuid.UUID | None = None,
+        user_id: uuid.UUID | None = None,
+        memory_types: Iterable[MemoryType] | None = None,
+        limit: int = 20,
+        min_similarity: float | None = None,
+    ) -> list[MemorySearchResult]:
+        """The team's active, unexpired memories most similar to `embedding`, best first.
+
+        With `agent_id`: that agent's memories and the team-wide ones (no agent);
+        `agent_private` memories only ever reach their own agent. With `user_id`: memories
+        about that user and those about no one.
+
+        A team with at most `EXACT_SEARCH_MAX_ROWS` candidates is searched exactly; a larger
+        one through the HNSW index with an iterative scan, so the filter cannot starve it.
+
+        Raises:
+            EmbeddingDimensionError: If the embedding's length differs from the column's.
+        """
+        query = await self._check_embedding(embedding)
+        conditions = self._retrievable(team_id, agent_id, user_id, memory_types)
+        distance = col(Memory.embedding).op("<=>", return_type=sa.Float)(query)  # cosine distance
+        if min_similarity is not None:
+            conditions.append(distance <= 1 - min_similarity)
+        candidates = select(Memory.id).where(*conditions).limit(EXACT_SEARCH_MAX_ROWS + 1)
+        statement = select(Memory, (1 - distance).label("similarity")).where(*conditions)
+        async with translated_errors():
+            count = (
+                await self.session.exec(select(func.count()).select_from(candidates.subquery()))
+            ).one()
+            if count <= EXACT_SEARCH_MAX_ROWS:
+                # Ordering by similarity, not distance, keeps the planner off the HNSW index.
+                statement = statement.order_by(sa.desc("similarity"), col(Memory.id))
+            else:
+                ef_search = str(min(max(HNSW_EF_SEARCH_MIN, limit), 1000))
+                await self.session.exec(
+                    select(
+                        func.set_config("hnsw.ef_search", ef_search, True),
+                        func.set_config("hnsw.iterative_scan", "strict_order", True),
+                    )
+                )
+                statement = statement.order_by(distance)
+            rows = (await self.session.exec(statement.limit(limit))).all()
+        return [
+            MemorySearchResult.model_validate(memory, update={"similarity": float(similarity)})
+            for memory, similarity in rows
+        ]
+
+    async def find_similar(
+        self,
+        embedding: Sequence[float],
+        team_id: uuid.UUID,
+        threshold: float = 0.92,
+        agent_id: uuid.UUID | None = None,
+        memory_types: Iterable[MemoryType] | None = None,
+        limit: int = 10,
+    ) -> list[MemorySearchResult]:
+        """The team's memories at least `threshold` similar to `embedding`: near-duplicates."""
+        return await self.search_by_embedding(
+            embedding,
+            team_id,
+            agent_id=agent_id,
+            memory_types=memory_types,
+            limit=limit,
+            min_similarity=threshold,
+        )
+
+    async def history(self, memory_id: uuid.UUID) -> Sequence[MemoryLog]:
+        """The memory's audit trail, oldest first (it outlives the memory)."""
+        statement = (
+            select(MemoryLog)
+            .where(MemoryLog.memory_id == memory_id)
+            .order_by(col(MemoryLog.created_at), col(MemoryLog.id))
+        )
+        async with translated_errors():
+            return (await self.session.exec(statement)).all()
+
+    async def content_at(self, memory_id: uuid.UUID, at: datetime) -> str | None:
+        """The memory's content at a moment, from its history; None if it did not exist."""
+        statement = select(func.reconstruct_memory_at(memory_id, at))
+        async with translated_errors():
+            content = (await self.session.exec(statement)).one()
+        return None if content is None else str(content)
