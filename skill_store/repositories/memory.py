@@ -384,19 +384,13 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         """
         query = await self._check_embedding(embedding)
         conditions = self._retrievable(team_id, agent_id, user_id, memory_types)
-        distance = col(Memory.embedding).op("<=>", return_type=sa.Float)(query)  # cosine distance
-        if min_similarity is not None:
-            conditions.append(distance <= 1 - min_similarity)
         candidates = select(Memory.id).where(*conditions).limit(EXACT_SEARCH_MAX_ROWS + 1)
-        statement = select(Memory, (1 - distance).label("similarity")).where(*conditions)
         async with translated_errors():
             count = (
                 await self.session.exec(select(func.count()).select_from(candidates.subquery()))
             ).one()
-            if count <= EXACT_SEARCH_MAX_ROWS:
-                # Ordering by similarity, not distance, keeps the planner off the HNSW index.
-                statement = statement.order_by(sa.desc("similarity"), col(Memory.id))
-            else:
+            exact = count <= EXACT_SEARCH_MAX_ROWS
+            if not exact:
                 ef_search = str(min(max(HNSW_EF_SEARCH_MIN, limit), 1000))
                 await self.session.exec(
                     select(
@@ -404,12 +398,32 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
                         func.set_config("hnsw.iterative_scan", "strict_order", True),
                     )
                 )
-                statement = statement.order_by(distance)
-            rows = (await self.session.exec(statement.limit(limit))).all()
+            statement = self._search_statement(query, conditions, limit, min_similarity, exact)
+            rows = (await self.session.exec(statement)).all()
         return [
             MemorySearchResult.model_validate(memory, update={"similarity": float(similarity)})
             for memory, similarity in rows
         ]
+
+    @staticmethod
+    def _search_statement(
+        query: list[float],
+        conditions: list[Any],
+        limit: int,
+        min_similarity: float | None,
+        exact: bool,
+    ) -> Any:
+        """Memories and their similarity to `query`: an exact scan, or an HNSW index scan."""
+        distance = col(Memory.embedding).op("<=>", return_type=sa.Float)(query)  # cosine distance
+        if min_similarity is not None:
+            conditions = [*conditions, distance <= 1 - min_similarity]
+        statement = select(Memory, (1 - distance).label("similarity")).where(*conditions)
+        if exact:
+            # Ordering by similarity, not distance, keeps the planner off the HNSW index.
+            statement = statement.order_by(sa.desc("similarity"), col(Memory.id))
+        else:
+            statement = statement.order_by(distance)
+        return statement.limit(limit)
 
     async def find_similar(
         self,
