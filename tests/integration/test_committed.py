@@ -1,0 +1,254 @@
+"""Behaviour that needs committed data: concurrent writers and filtered vector search at scale.
+
+These tests commit, so they run in a database of their own.
+"""
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from skill_store import (
+    AgentCreate,
+    AgentPersonality,
+    AgentRepository,
+    ConversationCreate,
+    ConversationRepository,
+    MemoryCreate,
+    MemoryRepository,
+    MemoryType,
+    MessageCreate,
+    MessageRole,
+    TeamCreate,
+    TeamRepository,
+    UserCreate,
+    UserRepository,
+    get_engine,
+    get_session_factory,
+    migrate,
+)
+from skill_store.repositories import memory as memory_module
+from skill_store.settings import get_settings
+
+from .conftest import create_database, drop_database
+
+DIMENSIONS = get_settings().embedding_dimensions
+OTHER_TEAMS_MEMORIES = 5_000
+
+
+@dataclass
+class World:
+    factory: async_sessionmaker[AsyncSession]
+    team_id: uuid.UUID
+    other_team_id: uuid.UUID
+    conversation_id: uuid.UUID
+
+
+@pytest.fixture(scope="module")
+async def engine(server_url: str) -> AsyncIterator[AsyncEngine]:
+    url = await create_database(server_url, "skill_store_committed")
+    engine = await get_engine(url)
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+    await drop_database(server_url, "skill_store_committed")
+
+
+@pytest.fixture(scope="module")
+async def world(engine: AsyncEngine) -> World:
+    factory = get_session_factory(engine)
+    async with factory() as session:
+        owner = await UserRepository(session).create(
+            UserCreate(email="owner@example.com", display_name="Owner", password="correct horse")
+        )
+        teams = TeamRepository(session)
+        team = await teams.create(TeamCreate(name="Small", slug="small", owner_id=owner.id))
+        other = await teams.create(TeamCreate(name="Big", slug="big", owner_id=owner.id))
+        agent = await AgentRepository(session).create(
+            AgentCreate(
+                team_id=team.id,
+                name="Kyra",
+                slug="kyra",
+                personality=AgentPersonality(system_prompt_template="You are Kyra."),
+            )
+        )
+        conversation = await ConversationRepository(session).create(
+            ConversationCreate(team_id=team.id, agent_id=agent.id, user_id=owner.id)
+        )
+        await session.commit()
+    return World(factory, team.id, other.id, conversation.id)
+
+
+def random_vector(rng: random.Random) -> list[float]:
+    return [rng.uniform(-1, 1) for _ in range(DIMENSIONS)]
+
+
+def near(vector: list[float], rng: random.Random, noise: float) -> list[float]:
+    return [value + rng.uniform(-noise, noise) for value in vector]
+
+
+async def test_concurrent_messages_are_all_counted(world: World) -> None:
+    async def add(index: int) -> None:
+        async with world.factory() as session:
+            await ConversationRepository(session).add_message(
+                world.conversation_id,
+                MessageCreate(role=MessageRole.USER, content=f"message {index}", token_count=3),
+            )
+            await session.commit()
+
+    await asyncio.gather(*(add(index) for index in range(20)))
+    async with world.factory() as session:
+        conversation = await ConversationRepository(session).get_or_raise(world.conversation_id)
+        messages = await ConversationRepository(session).messages(world.conversation_id, limit=100)
+    assert (conversation.message_count, conversation.total_input_tokens) == (20, 60)
+    assert len(messages) == 20
+
+
+async def test_concurrent_access_updates_are_exact(world: World) -> None:
+    async with world.factory() as session:
+        memory = await MemoryRepository(session).create(
+            MemoryCreate(team_id=world.team_id, memory_type=MemoryType.SEMANTIC, content="Tea")
+        )
+        await session.commit()
+
+    async def touch() -> None:
+        async with world.factory() as session:
+            assert await MemoryRepository(session).update_access([memory.id]) == 1
+            await session.commit()
+
+    await asyncio.gather(*(touch() for _ in range(50)))
+    async with world.factory() as session:
+        reloaded = await MemoryRepository(session).get_or_raise(memory.id)
+    assert reloaded.access_count == 50
+
+
+@pytest.fixture(scope="module")
+async def crowded(world: World) -> tuple[list[float], list[uuid.UUID]]:
+    """A query, and a cluster around it: five memories of the small team among 5,000 of another.
+
+    Almost every near neighbour of the query belongs to the other team, so an index scan that
+    stopped after `ef_search` candidates would find few or none of the small team's memories.
+    """
+    rng = random.Random(7)
+    query = random_vector(rng)
+    async with world.factory() as session:
+        memories = MemoryRepository(session)
+        own = [
+            await memories.create(
+                MemoryCreate(
+                    team_id=world.team_id,
+                    memory_type=MemoryType.SEMANTIC,
+                    content=f"own {index}",
+                    embedding=near(query, rng, noise=0.3),
+                )
+            )
+            for index in range(5)
+        ]
+        rows = [
+            {
+                "team_id": world.other_team_id,
+                "content": f"other {index}",
+                "embedding": near(query, rng, noise=0.3),
+            }
+            for index in range(OTHER_TEAMS_MEMORIES)
+        ]
+        await session.exec(
+            text(
+                "INSERT INTO memory (team_id, memory_type, content, embedding)"
+                " VALUES (:team_id, 'semantic', :content, CAST(:embedding AS vector))"
+            ),
+            params=rows,
+        )
+        await session.commit()
+        await session.exec(text("ANALYZE memory"))
+        await session.commit()
+    return query, [memory.id for memory in own]
+
+
+async def exact_order(session: AsyncSession, query: list[float], team_id: uuid.UUID) -> list[Any]:
+    """The team's memory ids by a sequential scan, the ground truth."""
+    await session.exec(text("SET LOCAL enable_indexscan = off"))
+    await session.exec(text("SET LOCAL enable_bitmapscan = off"))
+    result = await session.exec(
+        text(
+            "SELECT id FROM memory WHERE team_id = :team_id AND embedding IS NOT NULL"
+            " ORDER BY embedding <=> CAST(:query AS vector)"
+        ),
+        params={"team_id": team_id, "query": query},
+    )
+    return [row[0] for row in result.all()]
+
+
+def plan_uses_hnsw(plan: list[Any]) -> bool:
+    return "idx_memory_embedding" in "\n".join(str(line[0]) for line in plan)
+
+
+async def explain(session: AsyncSession, statement: Any) -> list[Any]:
+    compiled = statement.compile(
+        dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
+    )
+    return list((await session.exec(text(f"EXPLAIN {compiled}"))).all())
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact-scan", "hnsw-iterative-scan"])
+async def test_filtered_search_finds_all_of_a_small_team_in_exact_order(
+    world: World,
+    crowded: tuple[list[float], list[uuid.UUID]],
+    monkeypatch: pytest.MonkeyPatch,
+    exact: bool,
+) -> None:
+    query, own_ids = crowded
+    async with world.factory() as session:
+        expected = await exact_order(session, query, world.team_id)
+    async with world.factory() as session:
+        if not exact:
+            # Left alone, the planner scans a five-memory team through its btree index; make
+            # the HNSW index the only way to the order, and check the search still finds all.
+            monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
+            await session.exec(text("SET LOCAL enable_sort = off"))
+        repository = MemoryRepository(session)
+        hits = await repository.search_by_embedding(query, world.team_id, limit=10)
+        conditions = repository._retrievable(world.team_id, None, None, None)
+        plan = await explain(
+            session, repository._search_statement(query, conditions, 10, None, exact)
+        )
+    assert plan_uses_hnsw(plan) is not exact
+    assert [hit.id for hit in hits] == expected
+    assert sorted(expected) == sorted(own_ids)
+    similarities = [hit.similarity for hit in hits]
+    assert similarities == sorted(similarities, reverse=True)
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact-scan", "hnsw-iterative-scan"])
+async def test_search_statement_shape(
+    world: World, crowded: tuple[list[float], list[uuid.UUID]], exact: bool
+) -> None:
+    """The exact statement never touches the HNSW index; the other one uses it."""
+    query, _ = crowded
+    async with world.factory() as session:
+        repository = MemoryRepository(session)
+        conditions = repository._retrievable(world.other_team_id, None, None, None)
+        statement = repository._search_statement(query, conditions, 10, None, exact)
+        plan = await explain(session, statement)
+    assert plan_uses_hnsw(plan) is not exact
+
+
+async def test_unmet_min_similarity_returns_nothing_from_a_large_team(
+    world: World, crowded: tuple[list[float], list[uuid.UUID]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    query, _ = crowded
+    monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
+    opposite = [-value for value in query]
+    async with world.factory() as session:
+        hits = await MemoryRepository(session).search_by_embedding(
+            opposite, world.other_team_id, min_similarity=0.99
+        )
+    assert hits == []
