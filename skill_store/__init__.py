@@ -4,7 +4,7 @@ Each entity is one SQLModel class that is both the table and the validated schem
 with `*Create`, `*Read` and `*Update` variants beside it.
 """
 
-from skill_store.database import get_engine, get_session_factory, migrate
+from skill_store.database import get_engine, get_session_factory, get_sync_engine, migrate
 from skill_store.errors import (
     ConflictError,
     DatabaseUnreachableError,
@@ -144,6 +144,7 @@ __all__ = [
     "get_engine",
     "get_session_factory",
     "get_settings",
+    "get_sync_engine",
     "load_settings",
     "migrate",
 ]

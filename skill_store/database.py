@@ -10,8 +10,12 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from pgvector.asyncpg import register_vector
-from sqlalchemy import Connection, event
+from pgvector.psycopg import register_vector as register_vector_sync
+from psycopg import ProgrammingError
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -22,7 +26,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from skill_store.errors import DatabaseUnreachableError
+from skill_store.errors import DatabaseUnreachableError, SchemaNotMigratedError
 from skill_store.settings import Settings, get_settings, normalize_database_url
 
 T = TypeVar("T")
@@ -110,6 +114,37 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
     return engine
 
 
+def _register_vector_types_sync(dbapi_connection: Any, _connection_record: Any) -> None:
+    try:
+        register_vector_sync(dbapi_connection)
+    except ProgrammingError:  # before the first migration the `vector` type does not exist
+        dbapi_connection.rollback()
+
+
+def get_sync_engine(url: str | None = None, *, settings: Settings | None = None) -> Engine:
+    """Create a synchronous engine (psycopg 3), for notebooks, scripts and `pandas.read_sql`.
+
+    Use it with `sqlmodel.Session`; vectors round-trip as `list[float]` as with `get_engine`.
+
+    Args:
+        url: A PostgreSQL URL; by default `DATABASE_URL`, or the embedded server when unset.
+        settings: Settings for the URL and the pool size; by default `get_settings()`.
+
+    Returns:
+        A new `Engine`; `engine.dispose()` when done.
+    """
+    settings = settings or get_settings()
+    resolved = normalize_database_url(url) if url else database_url(settings)
+    engine = create_engine(
+        resolved.replace("postgresql+asyncpg://", "postgresql+psycopg://", 1),
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_overflow,
+        pool_pre_ping=True,
+    )
+    event.listen(engine, "connect", _register_vector_types_sync)
+    return engine
+
+
 def get_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Return a factory of SQLModel `AsyncSession`s on `engine` that keep objects loaded on commit.
 
@@ -192,6 +227,26 @@ async def run_alembic(
         # Pooled connections opened before the `vector` type existed lack its codec.
         await engine_or_url.dispose()
     return result
+
+
+def revisions(config: Config) -> tuple[str | None, str | None]:
+    """The database's current revision and the latest one, for `run_alembic`."""
+    context = MigrationContext.configure(config.attributes["connection"])
+    return context.get_current_revision(), ScriptDirectory.from_config(config).get_current_head()
+
+
+async def ensure_migrated(engine: AsyncEngine) -> None:
+    """Check that the schema is at the latest revision.
+
+    Raises:
+        SchemaNotMigratedError: If it is not (the message says which command to run).
+        DatabaseUnreachableError: If the database cannot be reached.
+    """
+    async with begin(engine) as connection:
+        current, head = await connection.run_sync(lambda sync: revisions(alembic_config(sync)))
+    if current != head:
+        state = f"at revision {current}" if current else "not migrated"
+        raise SchemaNotMigratedError(f"{state}; the latest is {head}")
 
 
 async def migrate(engine_or_url: AsyncEngine | str | None = None, revision: str = "head") -> None:

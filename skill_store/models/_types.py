@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import sqlalchemy as sa
+from pgvector import Vector as PgVector
 from pgvector.sqlalchemy import VECTOR
 from pydantic import AfterValidator, BaseModel, FiniteFloat, JsonValue
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -102,17 +103,21 @@ class PydanticJSONB(sa.types.TypeDecorator[ModelT], Generic[ModelT]):
 
 
 class Vector(VECTOR):
-    """`vector(n)`, bound as a list that the driver sends in pgvector's binary format.
+    """`vector(n)`, sent by the driver in pgvector's binary format.
 
-    `get_engine` registers pgvector's asyncpg codecs on every connection; pgvector's own
-    type would first turn the list into text, which the binary codec does not accept.
+    The engines register pgvector's codecs (asyncpg or psycopg) on every connection; both
+    take `pgvector.Vector` values, whereas pgvector's own column type would send text.
     """
 
     cache_ok = True
 
-    def bind_processor(self, dialect: sa.Dialect) -> None:
-        """Pass values through to the driver's codec."""
-        return None
+    def bind_processor(self, dialect: sa.Dialect) -> Any:
+        """Wrap lists (and arrays) as `pgvector.Vector` for the driver's binary codec."""
+
+        def process(value: Any) -> PgVector | None:
+            return value if value is None or isinstance(value, PgVector) else PgVector(value)
+
+        return process
 
 
 TEXT_ARRAY = ARRAY(sa.Text)
