@@ -5,10 +5,13 @@ with `*Create`, `*Read` and `*Update` variants beside it.
 """
 
 from skill_store.database import get_engine, get_session_factory, get_sync_engine, migrate
+from skill_store.embeddings import Embedder, HashingEmbedder, OpenAIEmbedder, embedder_from_settings
 from skill_store.errors import (
     ConflictError,
     DatabaseUnreachableError,
     EmbeddingDimensionError,
+    EmbeddingServiceError,
+    MemoryFileError,
     NotFoundError,
     SchemaNotMigratedError,
     SkillStoreError,
@@ -97,9 +100,13 @@ __all__ = [
     "ConversationStatus",
     "ConversationUpdate",
     "DatabaseUnreachableError",
+    "Embedder",
     "EmbeddingDimensionError",
+    "EmbeddingServiceError",
+    "HashingEmbedder",
     "Memory",
     "MemoryCreate",
+    "MemoryFileError",
     "MemoryLog",
     "MemoryLogCreate",
     "MemoryLogRead",
@@ -120,6 +127,7 @@ __all__ = [
     "MessageRole",
     "MessageUpdate",
     "NotFoundError",
+    "OpenAIEmbedder",
     "Repository",
     "RetrievalWeights",
     "SchemaNotMigratedError",
@@ -141,6 +149,7 @@ __all__ = [
     "UserRole",
     "UserUpdate",
     "VoiceExample",
+    "embedder_from_settings",
     "get_engine",
     "get_session_factory",
     "get_settings",

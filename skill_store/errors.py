@@ -26,9 +26,28 @@ class EmbeddingDimensionError(SkillStoreError, ValueError):
     """An embedding's length differs from the database column's dimension."""
 
     def __init__(self, expected: int, got: int) -> None:
-        super().__init__(f"embedding has {got} dimensions; the database expects {expected}")
+        super().__init__(f"embedding has {got} dimensions; expected {expected}")
         self.expected = expected
         self.got = got
+
+
+class EmbeddingServiceError(SkillStoreError):
+    """The embedding service could not be reached or did not return embeddings."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class MemoryFileError(SkillStoreError, ValueError):
+    """Lines of a memory file are not valid memories; nothing was imported."""
+
+    def __init__(self, path: object, problems: list[str]) -> None:
+        shown = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
+        super().__init__(f"{path}: {len(problems)} bad line(s), nothing imported: {shown}")
+        self.problems = problems
 
 
 class SchemaNotMigratedError(SkillStoreError):
@@ -54,6 +73,8 @@ __all__ = [
     "ConflictError",
     "DatabaseUnreachableError",
     "EmbeddingDimensionError",
+    "EmbeddingServiceError",
+    "MemoryFileError",
     "NotFoundError",
     "SchemaNotMigratedError",
     "SkillStoreError",

@@ -8,6 +8,7 @@ import platformdirs
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_EMBEDDING_BASE_URL = "https://api.openai.com/v1"
 _ASYNC_SCHEME = "postgresql+asyncpg"
 _ACCEPTED_SCHEMES = ("postgres", "postgresql", _ASYNC_SCHEME)
 
@@ -63,6 +64,10 @@ class Settings(BaseSettings):
     database_pool_overflow: int = Field(default=10, ge=0, le=100)
     embedding_model: str = Field(default="text-embedding-3-small")
     embedding_api_key: SecretStr | None = Field(default=None)
+    embedding_base_url: str = Field(
+        default=DEFAULT_EMBEDDING_BASE_URL,
+        description="An OpenAI-compatible embeddings service; local servers work too.",
+    )
     embedding_dimensions: int = Field(
         default=1536,
         ge=1,
