@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from sqlmodel import col, select
 
 from skill_store.models import Agent, AgentCreate, AgentDNA, AgentStatus, AgentUpdate, Team
+from skill_store.models._types import check_text
 from skill_store.repositories.base import Repository, translated_errors
 
 
@@ -18,7 +19,7 @@ class AgentRepository(Repository[Agent, AgentCreate, AgentUpdate]):
 
     async def get_by_slug(self, team_id: uuid.UUID, slug: str) -> Agent | None:
         """The team's agent with this slug, or None."""
-        statement = select(Agent).where(Agent.team_id == team_id, Agent.slug == slug)
+        statement = select(Agent).where(Agent.team_id == team_id, Agent.slug == check_text(slug))
         async with translated_errors():
             return (await self.session.exec(statement)).first()
 

@@ -7,14 +7,19 @@ from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from skill_store.errors import ConflictError, NotFoundError, SchemaNotMigratedError
+from skill_store.errors import (
+    ConflictError,
+    NotFoundError,
+    SchemaNotMigratedError,
+    SkillStoreError,
+)
 
 ModelT = TypeVar("ModelT", bound=SQLModel)
 CreateT = TypeVar("CreateT", bound=SQLModel)
@@ -88,23 +93,45 @@ async def translated_errors() -> AsyncIterator[None]:
         raise
 
 
+def none_error(title: str, names: Sequence[str]) -> ValidationError:
+    """A validation error saying that each named field cannot be None."""
+    return ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(
+                type="value_error",
+                loc=(name,),
+                input=None,
+                ctx={"error": ValueError(f"{name} cannot be null")},
+            )
+            for name in names
+        ],
+    )
+
+
 def null_errors(model: type[SQLModel], values: Mapping[str, Any]) -> ValidationError | None:
     """A validation error for every value that is None where the table allows no NULL."""
     columns = sa.inspect(model).columns
-    problems = [
-        InitErrorDetails(
-            type="value_error",
-            loc=(name,),
-            input=None,
-            ctx={"error": ValueError(f"{name} cannot be null")},
-        )
-        for name, value in values.items()
-        if value is None and not columns[name].nullable
-    ]
-    return ValidationError.from_exception_data(model.__name__, problems) if problems else None
+    names = [name for name, value in values.items() if value is None and not columns[name].nullable]
+    return none_error(model.__name__, names) if names else None
 
 
 RowT = TypeVar("RowT", bound=SQLModel)
+SchemaT = TypeVar("SchemaT", bound=SQLModel)
+
+
+def validate(schema: type[SchemaT], data: SchemaT | Mapping[str, Any]) -> SchemaT:
+    """`data` as a validated `schema`; an instance is kept, with the fields its caller set.
+
+    (`model_validate` of an instance would return a copy with every field marked as set.)
+    """
+    return data if isinstance(data, schema) else schema.model_validate(data)
+
+
+def check_page(limit: int, offset: int = 0) -> None:
+    """Raise ValueError for a negative page size or offset, before any SQL."""
+    if limit < 0 or offset < 0:
+        raise ValueError(f"limit and offset must not be negative (got {limit}, {offset})")
 
 
 async def get_or_raise(session: AsyncSession, model: type[RowT], id: uuid.UUID) -> RowT:
@@ -170,7 +197,7 @@ class Repository(Generic[ModelT, CreateT, UpdateT]):
             pydantic.ValidationError: If the data is invalid (nothing is sent to the database).
             ConflictError: If it clashes with a unique key or names a missing row.
         """
-        row = self.build(self.create_model.model_validate(data))
+        row = self.build(validate(self.create_model, data))
         async with self.writing():
             self.session.add(row)
         return row
@@ -186,15 +213,19 @@ class Repository(Generic[ModelT, CreateT, UpdateT]):
             NotFoundError: If there is no such row.
             ConflictError: If the change breaks a database rule.
         """
-        validated = self.update_model.model_validate(data)
+        validated = validate(self.update_model, data)
         changes = {name: getattr(validated, name) for name in validated.model_fields_set}
         if (error := null_errors(self.model, changes)) is not None:
             raise error
         row = await self.get_or_raise(id)
-        async with self.writing():
-            for name, value in changes.items():
-                setattr(row, name, value)
-                flag_modified(row, name)
+        try:
+            async with self.writing():
+                for name, value in changes.items():
+                    setattr(row, name, value)
+                    flag_modified(row, name)
+        except SkillStoreError:
+            await self.session.refresh(row)  # the savepoint's rollback expired it
+            raise
         return row
 
     async def delete(self, id: uuid.UUID) -> bool:
@@ -212,19 +243,23 @@ class Repository(Generic[ModelT, CreateT, UpdateT]):
         return bool(result.rowcount)
 
     def _filtered(self, statement: Any, filters: Mapping[str, Any]) -> Any:
+        """`statement` where each column equals its filter value, validated as the field."""
         columns = sa.inspect(self.model).columns
         for name, value in filters.items():
             if name not in columns:
                 raise ValueError(f"{self.model.__name__} has no column {name!r} to filter on")
-            statement = statement.where(columns[name] == value)
+            field: TypeAdapter[Any] = TypeAdapter(self.model.model_fields[name].annotation or Any)
+            statement = statement.where(columns[name] == field.validate_python(value))
         return statement
 
     async def list(self, limit: int = 50, offset: int = 0, **filters: Any) -> Sequence[ModelT]:
         """Rows whose columns equal `filters`, oldest first.
 
         Raises:
-            ValueError: If a filter names no column.
+            ValueError: If a filter names no column, or limit or offset is negative.
+            pydantic.ValidationError: If a filter value is not valid for its column.
         """
+        check_page(limit, offset)
         statement = self._filtered(select(self.model), filters)
         statement = statement.order_by(self.model.created_at, self.model.id)  # type: ignore[attr-defined]
         async with translated_errors():
@@ -238,6 +273,7 @@ class Repository(Generic[ModelT, CreateT, UpdateT]):
 
         Raises:
             ValueError: If a filter names no column.
+            pydantic.ValidationError: If a filter value is not valid for its column.
         """
         statement = self._filtered(select(func.count()).select_from(self.model), filters)
         async with translated_errors():

@@ -16,7 +16,13 @@ from skill_store.models import (
     MessageUpdate,
 )
 from skill_store.models.conversation import FeedbackRating
-from skill_store.repositories.base import Repository, get_or_raise, translated_errors
+from skill_store.repositories.base import (
+    Repository,
+    check_page,
+    get_or_raise,
+    translated_errors,
+    validate,
+)
 
 
 class ConversationRepository(Repository[Conversation, ConversationCreate, ConversationUpdate]):
@@ -36,7 +42,7 @@ class ConversationRepository(Repository[Conversation, ConversationCreate, Conver
             ConflictError: If the conversation (or the message's agent) does not exist.
         """
         message = Message.model_validate(
-            MessageCreate.model_validate(data), update={"conversation_id": conversation_id}
+            validate(MessageCreate, data), update={"conversation_id": conversation_id}
         )
         async with self.writing():
             self.session.add(message)
@@ -58,6 +64,7 @@ class ConversationRepository(Repository[Conversation, ConversationCreate, Conver
             before: A message id; the page ends just before it (pass the first id of the
                 previous page to go back in time).
         """
+        check_page(limit)
         statement = select(Message).where(Message.conversation_id == conversation_id)
         if before is not None:
             anchor = select(Message.created_at, Message.id).where(Message.id == before)

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import TypeAdapter
+from pydantic import AwareDatetime, TypeAdapter
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, func, or_, select
 
@@ -29,7 +29,7 @@ from skill_store.models import (
     MemoryUpdate,
 )
 from skill_store.models.memory import Tag
-from skill_store.repositories.base import Repository, translated_errors
+from skill_store.repositories.base import Repository, check_page, translated_errors, validate
 
 EXACT_SEARCH_MAX_ROWS = 10_000
 """Teams with at most this many candidate memories are searched exactly, without the index."""
@@ -37,6 +37,8 @@ EXACT_SEARCH_MAX_ROWS = 10_000
 HNSW_EF_SEARCH_MIN = 100
 """Candidate list size of an HNSW scan (`hnsw.ef_search`); raised to the `limit` if larger."""
 
+_tag = TypeAdapter(Tag)
+_moment = TypeAdapter(AwareDatetime)
 _tags = TypeAdapter(list[Tag])
 
 
@@ -52,7 +54,9 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
     # -- attribution and checks ---------------------------------------------------------
 
     @asynccontextmanager
-    async def writing_as(self, actor: str | None, reason: str | None) -> AsyncIterator[None]:
+    async def writing_as(
+        self, actor: str | None = None, reason: str | None = None
+    ) -> AsyncIterator[None]:
         """A write whose audit rows name `actor` and `reason` (default `system`, none)."""
         attributed = actor is not None or reason is not None
         async with self.writing():
@@ -88,6 +92,8 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         values = [float(value) for value in embedding]
         if not all(math.isfinite(value) for value in values):
             raise ValueError("embedding values must be finite (no NaN or infinity)")
+        if not any(values):
+            raise ValueError("embedding must not be all zeros: its cosine similarity is undefined")
         return values
 
     # -- writes -------------------------------------------------------------------------
@@ -106,7 +112,7 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             EmbeddingDimensionError: If the embedding's length differs from the column's.
             ConflictError: If the team, agent, user or source conversation does not exist.
         """
-        validated = MemoryCreate.model_validate(data)
+        validated = validate(MemoryCreate, data)
         if validated.embedding is not None:
             await self._check_embedding(validated.embedding)
         memory = Memory.model_validate(validated)
@@ -125,7 +131,7 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         reason: str | None = None,
     ) -> Memory:
         """Apply the fields set in `data` (see `Repository.update`), attributed for the audit."""
-        validated = MemoryUpdate.model_validate(data)
+        validated = validate(MemoryUpdate, data)
         if validated.embedding is not None:
             await self._check_embedding(validated.embedding)
         if actor is None and reason is None:
@@ -162,7 +168,7 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             ConflictError: If it is not active (e.g. superseded meanwhile), or the new memory
                 belongs to another team.
         """
-        validated = MemoryCreate.model_validate(data)
+        validated = validate(MemoryCreate, data)
         if validated.embedding is not None:
             await self._check_embedding(validated.embedding)
         async with self.writing_as(actor, reason):
@@ -250,7 +256,7 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         Returns:
             How many memories were archived.
         """
-        moment = now if now is not None else func.now()
+        moment = _moment.validate_python(now) if now is not None else func.now()
         statement = (
             sa.update(Memory)
             .where(col(Memory.status) == MemoryStatus.ACTIVE, col(Memory.expires_at) <= moment)
@@ -291,7 +297,8 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             How many were removed.
         """
         statement = sa.delete(MemoryTag).where(
-            col(MemoryTag.memory_id) == memory_id, col(MemoryTag.tag).in_(list(tags))
+            col(MemoryTag.memory_id) == memory_id,
+            col(MemoryTag.tag).in_(_tags.validate_python(list(tags))),
         )
         async with self.writing():
             result = await self.session.exec(statement)
@@ -309,10 +316,11 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
 
     async def with_tag(self, team_id: uuid.UUID, tag: str, limit: int = 100) -> Sequence[Memory]:
         """The team's memories with this tag, newest first."""
+        check_page(limit)
         statement = (
             select(Memory)
             .join(MemoryTag, col(MemoryTag.memory_id) == col(Memory.id))
-            .where(Memory.team_id == team_id, MemoryTag.tag == tag)
+            .where(Memory.team_id == team_id, MemoryTag.tag == _tag.validate_python(tag))
             .order_by(col(Memory.created_at).desc(), col(Memory.id))
             .limit(limit)
         )
@@ -382,6 +390,7 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         Raises:
             EmbeddingDimensionError: If the embedding's length differs from the column's.
         """
+        check_page(limit)
         query = await self._check_embedding(embedding)
         conditions = self._retrievable(team_id, agent_id, user_id, memory_types)
         candidates = select(Memory.id).where(*conditions).limit(EXACT_SEARCH_MAX_ROWS + 1)
@@ -456,7 +465,7 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
 
     async def content_at(self, memory_id: uuid.UUID, at: datetime) -> str | None:
         """The memory's content at a moment, from its history; None if it did not exist."""
-        statement = select(func.reconstruct_memory_at(memory_id, at))
+        statement = select(func.reconstruct_memory_at(memory_id, _moment.validate_python(at)))
         async with translated_errors():
             content = (await self.session.exec(statement)).one()
         return None if content is None else str(content)

@@ -16,7 +16,8 @@ from skill_store.models import (
     TeamUpdate,
     UserRole,
 )
-from skill_store.repositories.base import Repository, translated_errors
+from skill_store.models._types import check_text
+from skill_store.repositories.base import Repository, translated_errors, validate
 
 
 class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
@@ -28,7 +29,7 @@ class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
 
     async def create(self, data: TeamCreate | Mapping[str, Any]) -> Team:
         """Insert the team and its owner's membership, together or not at all."""
-        team = self.build(TeamCreate.model_validate(data))
+        team = self.build(validate(TeamCreate, data))
         owner = TeamMembership(user_id=team.owner_id, team_id=team.id, role=UserRole.OWNER)
         async with self.writing():
             self.session.add(team)
@@ -39,7 +40,8 @@ class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
     async def get_by_slug(self, slug: str) -> Team | None:
         """The team with this slug, or None."""
         async with translated_errors():
-            return (await self.session.exec(select(Team).where(Team.slug == slug))).first()
+            statement = select(Team).where(Team.slug == check_text(slug))
+            return (await self.session.exec(statement)).first()
 
     async def add_member(
         self, team_id: uuid.UUID, user_id: uuid.UUID, role: UserRole = UserRole.MEMBER

@@ -11,7 +11,8 @@ from pydantic import SecretStr
 from sqlmodel import func, select
 
 from skill_store.models import User, UserCreate, UserUpdate
-from skill_store.repositories.base import Repository, translated_errors
+from skill_store.models._types import check_text
+from skill_store.repositories.base import Repository, none_error, translated_errors, validate
 
 _hasher = PasswordHasher()
 
@@ -39,7 +40,9 @@ class UserRepository(Repository[User, UserCreate, UserUpdate]):
 
     async def update(self, id: uuid.UUID, data: UserUpdate | Mapping[str, Any]) -> User:
         """Apply the fields set in `data`; a new `password` is stored as its hash."""
-        validated = UserUpdate.model_validate(data)
+        validated = validate(UserUpdate, data)
+        if "password" in validated.model_fields_set and validated.password is None:
+            raise none_error(UserUpdate.__name__, ["password"])
         profile = validated.model_dump(exclude={"password"}, exclude_unset=True)
         user = await super().update(id, profile)
         if validated.password is not None:
@@ -48,14 +51,21 @@ class UserRepository(Repository[User, UserCreate, UserUpdate]):
         return user
 
     async def get_by_email(self, email: str) -> User | None:
-        """The user with this email, compared case-insensitively."""
-        statement = select(User).where(func.lower(User.email) == email.lower())
+        """The user with this email, compared case-insensitively.
+
+        Raises:
+            ValueError: If the email holds characters PostgreSQL cannot store.
+        """
+        statement = select(User).where(func.lower(User.email) == check_text(email).lower())
         async with translated_errors():
             return (await self.session.exec(statement)).first()
 
     async def authenticate(self, email: str, password: str) -> User | None:
         """The active user with this email and password, or None."""
-        user = await self.get_by_email(email)
+        try:
+            user = await self.get_by_email(email)
+        except ValueError:
+            user = None
         try:
             _hasher.verify(user.password_hash if user else _unknown_user_hash(), password)
         except (VerifyMismatchError, InvalidHashError):
