@@ -4,16 +4,20 @@ Every read that takes a `team_id` returns only that team's memories. Mutating me
 `actor` and `reason`, which the database's audit trigger writes to `memory_log`.
 """
 
+import json
 import math
+import os
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
 from pydantic import AwareDatetime, TypeAdapter
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, func, or_, select
 
 from skill_store.errors import ConflictError, EmbeddingDimensionError, NotFoundError
@@ -40,6 +44,36 @@ HNSW_EF_SEARCH_MIN = 100
 _tag = TypeAdapter(Tag)
 _moment = TypeAdapter(AwareDatetime)
 _tags = TypeAdapter(list[Tag])
+_many = TypeAdapter(list[MemoryCreate])
+
+_COPY_COLUMNS = (
+    "id",
+    "team_id",
+    "agent_id",
+    "user_id",
+    "memory_type",
+    "content",
+    "subject",
+    "embedding",
+    "importance",
+    "confidence",
+    "is_pinned",
+    "source_type",
+    "source_conversation_id",
+    "source_message_ids",
+    "extraction_model",
+    "contradicts",
+    "related_to",
+    "metadata",
+    "tier",
+    "expires_at",
+)
+"""The `memory` columns `add_many` copies: every field of `MemoryCreate` but the tags, and the id.
+
+The others (`status`, `version`, `access_count`, the timestamps...) take their defaults.
+"""
+
+_TAG_COPY_COLUMNS = ("id", "memory_id", "tag")
 
 
 class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
@@ -267,6 +301,64 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             result = await self.session.exec(statement)
         return int(result.rowcount)
 
+    # -- bulk -------------------------------------------------------------------------
+
+    async def add_many(
+        self,
+        items: Iterable[MemoryCreate | Mapping[str, Any]],
+        *,
+        batch_size: int = 1000,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> int:
+        """Insert many memories and their tags with PostgreSQL `COPY`, all or none of them.
+
+        Every item is validated as `MemoryCreate` (tags included), and every embedding's
+        length checked against the column, before anything is sent. The rows are then
+        copied in batches of `batch_size` in one savepoint: on any error nothing of the call
+        remains and the caller's transaction stays usable. The audit trigger writes a
+        `created` row to `memory_log` for each memory, naming `actor` and `reason`.
+        Items that are already `MemoryCreate` instances are taken as validated, as by
+        `create`. The session's connection must have pgvector's codecs (`get_engine`
+        registers them); memories inserted are not loaded into the session.
+
+        Returns:
+            How many memories were inserted.
+
+        Raises:
+            pydantic.ValidationError: If any item is invalid; every error's `loc` starts with
+                the item's position in `items` (0-based), e.g. `(17, "content")`.
+            EmbeddingDimensionError: If an embedding's length differs from the column's (a
+                note names the first such item's position).
+            ConflictError: If a team, agent, user or source conversation does not exist.
+            ValueError: If `batch_size` is less than 1.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        validated = _many.validate_python(list(items))
+        if not validated:
+            return 0
+        expected = await self.column_dimensions()
+        for position, item in enumerate(validated):
+            if item.embedding is not None and len(item.embedding) != expected:
+                error = EmbeddingDimensionError(expected=expected, got=len(item.embedding))
+                error.add_note(f"item {position} of the items to add")
+                raise error
+        async with self.writing_as(actor, reason):
+            connection = await self.session.connection()
+            driver = (await connection.get_raw_connection()).driver_connection
+            for start in range(0, len(validated), batch_size):
+                tags: list[tuple[uuid.UUID, str]] = []
+                memories = _memory_records(validated[start : start + batch_size], tags)
+                await _copy(driver, "memory", memories, _COPY_COLUMNS)
+                if tags:
+                    tag_rows = [
+                        (tag_id, memory_id, tag)
+                        for tag_id, (memory_id, tag) in zip(_uuid4s(len(tags)), tags, strict=True)
+                    ]
+                    await _copy(driver, "memory_tag", tag_rows, _TAG_COPY_COLUMNS)
+        return len(validated)
+
     # -- tags ---------------------------------------------------------------------------
 
     async def _insert_tags(self, memory_id: uuid.UUID, tags: Iterable[str]) -> None:
@@ -469,3 +561,56 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         async with translated_errors():
             content = (await self.session.exec(statement)).one()
         return None if content is None else str(content)
+
+
+def _uuid4s(count: int) -> list[uuid.UUID]:
+    """`count` random UUIDs as `uuid.uuid4()` makes them, from one read of the OS's source."""
+    random = os.urandom(16 * count)
+    return [uuid.UUID(bytes=random[at : at + 16], version=4) for at in range(0, 16 * count, 16)]
+
+
+def _memory_records(
+    items: Sequence[MemoryCreate], tags: list[tuple[uuid.UUID, str]]
+) -> Iterator[tuple[Any, ...]]:
+    """The `memory` rows of `items` in `_COPY_COLUMNS` order, with new ids.
+
+    A generator, so that asyncpg encodes and sends rows while the next are made; each
+    memory's distinct tags are appended to `tags` as (memory id, tag).
+    """
+    for item, memory_id in zip(items, _uuid4s(len(items)), strict=True):
+        tags.extend((memory_id, tag) for tag in dict.fromkeys(item.tags))
+        yield (
+            memory_id,
+            item.team_id,
+            item.agent_id,
+            item.user_id,
+            item.memory_type.value,
+            item.content,
+            item.subject,
+            item.embedding,
+            item.importance,
+            item.confidence,
+            item.is_pinned,
+            item.source_type.value,
+            item.source_conversation_id,
+            item.source_message_ids,
+            item.extraction_model,
+            item.contradicts,
+            item.related_to,
+            json.dumps(item.metadata_json),
+            item.tier.value,
+            item.expires_at,
+        )
+
+
+async def _copy(driver: Any, table: str, records: Iterable[Any], columns: Sequence[str]) -> None:
+    """`COPY table (columns) FROM STDIN (FORMAT binary)` on the asyncpg connection.
+
+    asyncpg raises its own exceptions here, not SQLAlchemy's: they are wrapped as
+    SQLAlchemy's `DBAPIError`, as for any other statement, so that `translated_errors`
+    turns a foreign-key violation into `ConflictError`.
+    """
+    try:
+        await driver.copy_records_to_table(table, records=records, columns=list(columns))
+    except asyncpg.PostgresError as error:
+        raise DBAPIError(f"COPY {table} FROM STDIN", None, error) from error
