@@ -1,32 +1,65 @@
-"""The `skill-store` command."""
+"""The `skill-store` command: the demo, the schema, and the store from the terminal."""
 
 import asyncio
-from collections.abc import Callable, Iterator
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from sqlalchemy import text
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from skill_store.database import database_url, run_alembic
-from skill_store.errors import SkillStoreError
+from skill_store import demo as demo_data
+from skill_store.database import (
+    database_url,
+    ensure_migrated,
+    get_engine,
+    get_session_factory,
+    migrate,
+    revisions,
+    run_alembic,
+)
+from skill_store.embeddings import embedder_from_settings
+from skill_store.errors import NotFoundError, SkillStoreError
+from skill_store.models import Agent, Memory, MemoryType, Team
+from skill_store.portability import export_memories, import_memories
+from skill_store.repositories import AgentRepository, MemoryRepository, TeamRepository
 from skill_store.settings import get_settings, mask_password
 
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Persistence layer of a multi-agent platform: users, teams, agents, memory.",
+    help="Users, teams, agents with a typed identity, and their long-term memory.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
 db = typer.Typer(help="Create, upgrade and inspect the database schema.", no_args_is_help=True)
-app.add_typer(db, name="db")
+teams = typer.Typer(help="Teams in the store.", no_args_is_help=True)
+agents = typer.Typer(help="A team's agents and their AgentDNA.", no_args_is_help=True)
+memories = typer.Typer(help="A team's memories: list, search, history, import, export.")
+memories.info.no_args_is_help = True
+for name, group in (("db", db), ("teams", teams), ("agents", agents), ("memories", memories)):
+    app.add_typer(group, name=name)
+
+console = Console()
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+TeamSlug = Annotated[str, typer.Option("--team", help="The team's slug.")]
+TABLES = (
+    *("user", "team", "team_membership", "agent", "conversation", "message"),
+    *("memory", "memory_log", "memory_tag"),
+)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -40,13 +73,22 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except ValidationError as error:
+        settings = error.title == "Settings"
+
+        def field(loc: tuple[int | str, ...]) -> str:
+            name = ".".join(map(str, loc)) or "value"
+            return name.upper() if settings else name  # settings come from upper-case variables
+
         problems = "; ".join(
-            f"{'.'.join(map(str, problem['loc'])).upper()}: {problem['msg']}"
-            for problem in error.errors()
+            f"{field(problem['loc'])}: {problem['msg']}" for problem in error.errors()
         )
-        raise _fail(f"invalid configuration: {problems}") from None
-    except (SkillStoreError, CommandError) as error:
+        raise _fail(f"invalid {'configuration' if settings else error.title}: {problems}") from None
+    except (SkillStoreError, CommandError, OSError) as error:
         raise _fail(str(error)) from None
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
 
 def _on_database(action: Callable[[Config], T]) -> T:
@@ -57,9 +99,136 @@ def _on_database(action: Callable[[Config], T]) -> T:
         return asyncio.run(run_alembic(action, url))
 
 
-def _revisions(config: Config) -> tuple[str | None, str | None]:
-    context = MigrationContext.configure(config.attributes["connection"])
-    return context.get_current_revision(), ScriptDirectory.from_config(config).get_current_head()
+def _in_session(work: Callable[[AsyncSession], Awaitable[T]], *, upgrade: bool = False) -> T:
+    """Run `work` in one committed transaction on the configured database."""
+
+    async def main() -> T:
+        engine = await get_engine()
+        try:
+            await (migrate(engine) if upgrade else ensure_migrated(engine))
+            async with get_session_factory(engine)() as session:
+                result = await work(session)
+                await session.commit()
+                return result
+        finally:
+            await engine.dispose()
+
+    with _user_errors():
+        return asyncio.run(main())
+
+
+async def _team(session: AsyncSession, slug: str) -> Team:
+    team = await TeamRepository(session).get_by_slug(slug)
+    if team is None:
+        raise NotFoundError("team", repr(slug))
+    return team
+
+
+async def _agent(session: AsyncSession, team: Team, slug: str) -> Agent:
+    agent = await AgentRepository(session).get_by_slug(team.id, slug)
+    if agent is None:
+        raise NotFoundError("agent", f"{slug!r} in team {team.slug!r}")
+    return agent
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(value) for value in row))
+    return table
+
+
+def _excerpt(content: str, width: int = 70) -> str:
+    return content if len(content) <= width else content[: width - 1] + "…"
+
+
+# -- the demo ------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Delete and rebuild the demo team.")
+    ] = False,
+) -> None:
+    """Create a demo team with agents, a conversation and memories; search and supersede one."""
+
+    async def work(session: AsyncSession) -> demo_data.DemoReport | None:
+        if await demo_data.find_demo_team(session) is not None:
+            if not reset:
+                return None
+            await demo_data.remove_demo(session)
+        return await demo_data.build_demo(session, embedder_from_settings())
+
+    with _user_errors():
+        console.print(f"database: {mask_password(database_url())}")
+    report = _in_session(work, upgrade=True)
+    if report is None:
+        console.print(
+            f"The demo team '{demo_data.TEAM_SLUG}' already exists:"
+            " `skill-store demo --reset` rebuilds it."
+        )
+        return
+    _print_demo(report)
+
+
+def _print_demo(report: demo_data.DemoReport) -> None:
+    console.print(
+        f"\nTeam [bold]{report.team.name}[/] ({report.team.slug}), owner {report.owner.email}"
+    )
+    console.print(
+        _table(
+            "Agents",
+            ["agent", "tone", "verbosity", "model", "temperature", "own skills"],
+            [
+                [
+                    f"{agent.avatar_emoji} {agent.name} ({agent.slug})",
+                    agent.personality.tone,
+                    agent.personality.verbosity,
+                    agent.model.model_name,
+                    agent.model.temperature,
+                    ", ".join(agent.custom_skill_names),
+                ]
+                for agent in report.agents
+            ],
+        )
+    )
+    conversation = report.conversation
+    console.print(
+        f"Conversation '{conversation.title}': {conversation.message_count} messages,"
+        f" {conversation.total_input_tokens} input and {conversation.total_output_tokens}"
+        " output tokens (counted by the database)"
+    )
+    console.print(f"{report.memories} memories with embeddings and tags")
+    console.print(
+        _table(
+            f'Search: "{report.query}" (Kyra, about Ada)',
+            ["#", "similarity", "type", "memory"],
+            [
+                [rank, f"{hit.similarity:.3f}", hit.memory_type.value, _excerpt(hit.content)]
+                for rank, hit in enumerate(report.hits, start=1)
+            ],
+        )
+    )
+    console.print(
+        _table(
+            f"Superseded by version {report.successor.version}: {report.successor.content}",
+            ["action", "by", "reason", "content"],
+            [
+                [log.action, log.changed_by, log.reason or "", log.new_content or ""]
+                for log in report.history
+            ],
+        )
+    )
+    console.print(
+        "Next: `skill-store agents show --team demo kyra`,"
+        ' `skill-store memories search --team demo "climbing"`, `skill-store stats`'
+    )
+
+
+# -- the schema ----------------------------------------------------------------------------
 
 
 @db.command()
@@ -70,7 +239,7 @@ def upgrade(
 
     def action(config: Config) -> tuple[str | None, str | None]:
         command.upgrade(config, revision)
-        return _revisions(config)
+        return revisions(config)
 
     current, _head = _on_database(action)
     typer.echo(f"schema at revision {current}")
@@ -84,7 +253,7 @@ def downgrade(
 
     def action(config: Config) -> tuple[str | None, str | None]:
         command.downgrade(config, revision)
-        return _revisions(config)
+        return revisions(config)
 
     current, _head = _on_database(action)
     typer.echo(f"schema at revision {current or 'base (empty)'}")
@@ -93,7 +262,7 @@ def downgrade(
 @db.command()
 def current() -> None:
     """Show the schema's revision and whether it is the latest."""
-    current, head = _on_database(_revisions)
+    current, head = _on_database(revisions)
     if current is None:
         raise _fail(f"the schema is not migrated (latest is {head}): run `skill-store db upgrade`")
     state = "latest" if current == head else f"behind {head}: run `skill-store db upgrade`"
@@ -115,6 +284,290 @@ def url() -> None:
         resolved = database_url(settings)
     where = "" if settings.database_url else f" (embedded server in {settings.embedded_data_dir})"
     typer.echo(f"{mask_password(resolved)}{where}")
+
+
+# -- reading the store ---------------------------------------------------------------------
+
+
+@app.command()
+def stats(as_json: AsJson = False) -> None:
+    """Rows per table, memories per team, type, tier and status, and index sizes."""
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        async def rows(sql: str) -> list[Any]:
+            return list((await session.exec(text(sql))).all())  # type: ignore[call-overload]
+
+        counts = {table: (await rows(f'SELECT count(*) FROM "{table}"'))[0][0] for table in TABLES}
+        memory_groups = await rows(
+            "SELECT t.slug, m.memory_type, m.tier, m.status, count(*) FROM memory m"
+            " JOIN team t ON t.id = m.team_id GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+        )
+        indexes = await rows(
+            "SELECT indexrelname, pg_relation_size(indexrelid) FROM pg_stat_user_indexes"
+            " ORDER BY 2 DESC, 1"
+        )
+        return {
+            "rows": counts,
+            "memories": [
+                dict(zip(("team", "type", "tier", "status", "count"), row, strict=True))
+                for row in memory_groups
+            ],
+            "index_bytes": {name: size for name, size in indexes},
+        }
+
+    result = _in_session(work)
+    if as_json:
+        _print_json(result)
+        return
+    console.print(_table("Rows", ["table", "rows"], [[k, v] for k, v in result["rows"].items()]))
+    console.print(
+        _table(
+            "Memories",
+            ["team", "type", "tier", "status", "count"],
+            [list(group.values()) for group in result["memories"]],
+        )
+    )
+    console.print(
+        _table(
+            "Indexes",
+            ["index", "size"],
+            [[name, f"{size / 1024:.0f} KiB"] for name, size in result["index_bytes"].items()],
+        )
+    )
+
+
+@teams.command("list")
+def list_teams(as_json: AsJson = False) -> None:
+    """Every team with its number of members, agents and memories."""
+
+    async def work(session: AsyncSession) -> list[dict[str, Any]]:
+        result = await session.exec(
+            text(
+                "SELECT t.slug, t.name, "
+                "(SELECT count(*) FROM team_membership m WHERE m.team_id = t.id),"
+                " (SELECT count(*) FROM agent a WHERE a.team_id = t.id),"
+                " (SELECT count(*) FROM memory m WHERE m.team_id = t.id)"
+                " FROM team t ORDER BY t.slug"
+            )
+        )  # type: ignore[call-overload]
+        keys = ("slug", "name", "members", "agents", "memories")
+        return [dict(zip(keys, row, strict=True)) for row in result.all()]
+
+    result = _in_session(work)
+    if as_json:
+        _print_json(result)
+        return
+    columns = ["slug", "name", "members", "agents", "memories"]
+    console.print(_table("Teams", columns, [list(team.values()) for team in result]))
+
+
+@agents.command("list")
+def list_agents(team: TeamSlug, as_json: AsJson = False) -> None:
+    """The team's agents."""
+
+    async def work(session: AsyncSession) -> list[Agent]:
+        return list(await AgentRepository(session).list_for_team((await _team(session, team)).id))
+
+    result = _in_session(work)
+    if as_json:
+        _print_json([agent.model_dump(mode="json") for agent in result])
+        return
+    rows = [
+        [a.slug, a.name, a.status.value, a.personality.tone, a.model.model_name] for a in result
+    ]
+    console.print(_table(f"Agents of {team}", ["slug", "name", "status", "tone", "model"], rows))
+
+
+@agents.command("show")
+def show_agent(
+    team: TeamSlug,
+    agent: Annotated[str, typer.Argument(help="The agent's slug.")],
+    as_json: AsJson = False,
+) -> None:
+    """The agent's AgentDNA: identity, personality, skills, model, memory and boundaries."""
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        found = await _agent(session, await _team(session, team), agent)
+        return (await AgentRepository(session).dna(found.id)).model_dump(mode="json")
+
+    result = _in_session(work)
+    if as_json:
+        _print_json(result)
+    else:
+        console.print_json(data=result)
+
+
+@memories.command("list")
+def list_memories(
+    team: TeamSlug,
+    memory_type: Annotated[
+        MemoryType | None, typer.Option("--type", help="Only memories of this type.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: AsJson = False,
+) -> None:
+    """The team's memories, newest first."""
+
+    async def work(session: AsyncSession) -> list[Memory]:
+        statement = select(Memory).where(Memory.team_id == (await _team(session, team)).id)
+        if memory_type is not None:
+            statement = statement.where(Memory.memory_type == memory_type)
+        statement = statement.order_by(col(Memory.created_at).desc(), col(Memory.id)).limit(limit)
+        return list((await session.exec(statement)).all())
+
+    result = _in_session(work)
+    if as_json:
+        _print_json([_memory_json(memory) for memory in result])
+        return
+    console.print(_memory_table(f"Memories of {team}", result))
+
+
+def _memory_json(memory: Memory, **extra: Any) -> dict[str, Any]:
+    return memory.model_dump(mode="json", exclude={"embedding"}) | extra
+
+
+def _memory_table(title: str, rows: list[Memory]) -> Table:
+    return _table(
+        title,
+        ["id", "type", "importance", "tier", "status", "content"],
+        [
+            [
+                m.id,
+                m.memory_type.value,
+                m.importance,
+                m.tier.value,
+                m.status.value,
+                _excerpt(m.content),
+            ]
+            for m in rows
+        ],
+    )
+
+
+MemoryId = Annotated[uuid.UUID, typer.Argument(help="The memory's id.")]
+
+
+@memories.command("show")
+def show_memory(team: TeamSlug, memory_id: MemoryId, as_json: AsJson = False) -> None:
+    """One memory of the team, with its tags."""
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        repository = MemoryRepository(session)
+        memory = await repository.get(memory_id, (await _team(session, team)).id)
+        return _memory_json(memory, tags=await repository.tags(memory.id))
+
+    result = _in_session(work)
+    if as_json:
+        _print_json(result)
+    else:
+        console.print_json(data=result)
+
+
+@memories.command("history")
+def memory_history(team: TeamSlug, memory_id: MemoryId, as_json: AsJson = False) -> None:
+    """The audit trail of one memory of the team, oldest first."""
+
+    async def work(session: AsyncSession) -> list[dict[str, Any]]:
+        repository = MemoryRepository(session)
+        await repository.get(memory_id, (await _team(session, team)).id)
+        return [log.model_dump(mode="json") for log in await repository.history(memory_id)]
+
+    result = _in_session(work)
+    if as_json:
+        _print_json(result)
+        return
+    rows = [
+        [
+            log["created_at"],
+            log["action"],
+            log["changed_by"],
+            log["reason"] or "",
+            log["new_content"] or "",
+        ]
+        for log in result
+    ]
+    console.print(_table("History", ["when", "action", "by", "reason", "content"], rows))
+
+
+@memories.command("search")
+def search_memories(
+    team: TeamSlug,
+    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    agent: Annotated[str | None, typer.Option(help="As this agent (its slug) sees them.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many results.")] = 10,
+    as_json: AsJson = False,
+) -> None:
+    """The team's memories most similar to QUERY (embedded with the configured embedder)."""
+
+    async def work(session: AsyncSession) -> list[dict[str, Any]]:
+        found = await _team(session, team)
+        agent_id = (await _agent(session, found, agent)).id if agent else None
+        [vector] = await embedder_from_settings().embed([query])
+        hits = await MemoryRepository(session).search_by_embedding(
+            vector, found.id, agent_id=agent_id, limit=limit
+        )
+        return [hit.model_dump(mode="json", exclude={"embedding"}) for hit in hits]
+
+    result = _in_session(work)
+    if as_json:
+        _print_json(result)
+        return
+    rows = [
+        [rank, f"{hit['similarity']:.3f}", hit["memory_type"], hit["id"], _excerpt(hit["content"])]
+        for rank, hit in enumerate(result, start=1)
+    ]
+    console.print(_table(f'Search "{query}"', ["#", "similarity", "type", "id", "content"], rows))
+
+
+@memories.command("import")
+def import_command(
+    file: Annotated[Path, typer.Argument(help="JSON Lines: one memory per line.", exists=True)],
+    team: TeamSlug,
+    batch_size: Annotated[int, typer.Option(help="Memories per COPY batch.")] = 1000,
+) -> None:
+    """Add memories from a JSON Lines file; lines without an embedding are embedded first.
+
+    Every line is checked before anything is written; a bad line is reported with its number
+    and nothing is imported.
+    """
+
+    async def work(session: AsyncSession) -> int:
+        found = await _team(session, team)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("importing", total=None)
+            return await import_memories(
+                session,
+                file,
+                found.id,
+                embedder_from_settings(),
+                batch_size=batch_size,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+
+    count = _in_session(work)
+    console.print(f"imported {count} memories into {team}")
+
+
+@memories.command("export")
+def export_command(
+    team: TeamSlug,
+    output: Annotated[
+        Path | None, typer.Option(help="File to write; standard output if omitted.")
+    ] = None,
+) -> None:
+    """Write the team's memories as JSON Lines that `memories import` reads back."""
+
+    async def work(session: AsyncSession) -> list[str]:
+        found = await _team(session, team)
+        return [line async for line in export_memories(session, found.id)]
+
+    lines = _in_session(work)
+    if output is None:
+        for line in lines:
+            typer.echo(line)
+        return
+    output.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    console.print(f"exported {len(lines)} memories to {output}")
 
 
 def main() -> None:

@@ -1,0 +1,104 @@
+"""Memories to and from JSON Lines: one `MemoryCreate` (without `team_id`) per line."""
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from skill_store.embeddings import Embedder
+from skill_store.errors import MemoryFileError
+from skill_store.models import Memory, MemoryCreate, MemoryStatus
+from skill_store.repositories import MemoryRepository
+
+EMBED_BATCH = 256
+
+
+def _problem(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, problem['loc'])) or 'line'}: {problem['msg']}"
+        for problem in error.errors()
+    )
+
+
+def read_memory_file(path: Path, team_id: uuid.UUID) -> list[MemoryCreate]:
+    """Parse and validate every line of a JSON Lines file of memories for the team.
+
+    Raises:
+        MemoryFileError: Naming each bad line's number and problem; nothing is returned.
+    """
+    items: list[MemoryCreate] = []
+    problems: list[str] = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                if not isinstance(data, dict):
+                    raise ValueError("a line must hold a JSON object")
+                if data.pop("team_id", str(team_id)) != str(team_id):
+                    raise ValueError("team_id differs from the team imported into")
+                items.append(MemoryCreate.model_validate({**data, "team_id": team_id}))
+            except json.JSONDecodeError as error:
+                problems.append(f"line {number}: not JSON ({error.msg} at column {error.colno})")
+            except ValidationError as error:
+                problems.append(f"line {number}: {_problem(error)}")
+            except ValueError as error:
+                problems.append(f"line {number}: {error}")
+    if problems:
+        raise MemoryFileError(path, problems)
+    return items
+
+
+async def import_memories(
+    session: AsyncSession,
+    path: Path,
+    team_id: uuid.UUID,
+    embedder: Embedder,
+    *,
+    batch_size: int = 1000,
+    on_progress: Callable[[int, int], object] = lambda done, total: None,
+) -> int:
+    """Add the memories of a JSON Lines file to the team, embedding those without a vector.
+
+    Every line is validated before anything is written; the caller commits.
+
+    Returns:
+        How many memories were added.
+
+    Raises:
+        MemoryFileError: If any line is not a valid memory (nothing is written).
+    """
+    items = read_memory_file(path, team_id)
+    missing = [index for index, item in enumerate(items) if item.embedding is None]
+    for start in range(0, len(missing), EMBED_BATCH):
+        batch = missing[start : start + EMBED_BATCH]
+        vectors = await embedder.embed([items[index].content for index in batch])
+        for index, vector in zip(batch, vectors, strict=True):
+            items[index] = items[index].model_copy(update={"embedding": vector})
+    repository = MemoryRepository(session)
+    done = 0
+    on_progress(done, len(items))
+    for start in range(0, len(items), batch_size):
+        done += await repository.add_many(items[start : start + batch_size], batch_size=batch_size)
+        on_progress(done, len(items))
+    return done
+
+
+async def export_memories(session: AsyncSession, team_id: uuid.UUID) -> AsyncIterator[str]:
+    """The team's active memories as JSON Lines that `import_memories` reads back, oldest first."""
+    repository = MemoryRepository(session)
+    statement = (
+        select(Memory)
+        .where(Memory.team_id == team_id, Memory.status == MemoryStatus.ACTIVE)
+        .order_by(col(Memory.created_at), col(Memory.id))
+    )
+    for memory in (await session.exec(statement)).all():
+        exported = MemoryCreate.model_validate(
+            memory, update={"tags": await repository.tags(memory.id)}
+        )
+        yield exported.model_dump_json(exclude={"team_id"}, exclude_defaults=True)

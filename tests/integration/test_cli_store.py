@@ -1,0 +1,190 @@
+"""The commands that read and change the store, on the demo data."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from skill_store.cli import app
+from skill_store.settings import get_settings
+
+from .conftest import create_database
+from .test_cli import skill_store
+
+
+@pytest.fixture(scope="module")
+async def demo_url(server_url: str) -> str:
+    """A database with the demo, built by running `skill-store demo` as a user would."""
+    url = await create_database(server_url, "skill_store_demo")
+    first = skill_store(Path.cwd(), "demo", DATABASE_URL=url)
+    assert first.returncode == 0, first.stderr
+    assert "Kyra" in first.stdout and "Atlas" in first.stdout
+    assert "superseded" in first.stdout
+    again = skill_store(Path.cwd(), "demo", DATABASE_URL=url)
+    assert again.returncode == 0, again.stderr
+    assert "already exists" in again.stdout and "--reset" in again.stdout
+    return url
+
+
+@pytest.fixture
+def run(demo_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("DATABASE_URL", demo_url)
+    get_settings.cache_clear()
+
+    def invoke(*args: str) -> Result:
+        return CliRunner().invoke(app, list(args))
+
+    yield invoke
+    get_settings.cache_clear()
+
+
+def as_json(result: Result) -> Any:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_every_command_has_help(run: Any) -> None:
+    commands = [
+        ["demo"],
+        ["stats"],
+        ["teams", "list"],
+        ["agents", "list"],
+        ["agents", "show"],
+        ["memories", "list"],
+        ["memories", "show"],
+        ["memories", "history"],
+        ["memories", "search"],
+        ["memories", "import"],
+        ["memories", "export"],
+        ["db", "upgrade"],
+    ]
+    for command in commands:
+        result = run(*command, "--help")
+        assert result.exit_code == 0, command
+        assert "Usage" in result.stdout
+
+
+def test_demo_reset_rebuilds_without_duplicates(run: Any) -> None:
+    result = run("demo", "--reset")
+    assert result.exit_code == 0, result.output
+    teams = as_json(run("teams", "list", "--json"))
+    assert [team["slug"] for team in teams] == ["demo"]
+    assert teams[0]["agents"] == 2
+    assert teams[0]["memories"] == 31
+
+
+def test_stats(run: Any) -> None:
+    stats = as_json(run("stats", "--json"))
+    assert stats["rows"]["agent"] == 2
+    assert stats["rows"]["memory"] == 31
+    assert stats["rows"]["message"] == 6
+    by_status = {group["status"]: group["count"] for group in stats["memories"]}
+    assert by_status.get("superseded") == 1
+    assert stats["index_bytes"]["idx_memory_embedding"] > 0
+    assert "Rows" in run("stats").stdout
+
+
+def test_agents(run: Any) -> None:
+    agents = as_json(run("agents", "list", "--team", "demo", "--json"))
+    assert [agent["slug"] for agent in agents] == ["atlas", "kyra"]
+    dna = as_json(run("agents", "show", "--team", "demo", "kyra", "--json"))
+    assert dna["personality"]["tone"] == "friendly"
+    assert dna["effective_skills"] == ["web-search", "calendar", "small-talk", "reminders"]
+    atlas = as_json(run("agents", "show", "--team", "demo", "atlas", "--json"))
+    assert "small-talk" not in atlas["effective_skills"]
+    assert "kyra" in run("agents", "list", "--team", "demo").stdout
+
+
+def test_memories_list_show_history(run: Any) -> None:
+    memories = as_json(run("memories", "list", "--team", "demo", "--type", "procedural", "--json"))
+    assert len(memories) == 4
+    assert {memory["memory_type"] for memory in memories} == {"procedural"}
+    assert "embedding" not in memories[0]
+    superseded = next(
+        memory
+        for memory in as_json(run("memories", "list", "--team", "demo", "--limit", "100", "--json"))
+        if memory["status"] == "superseded"
+    )
+    shown = as_json(run("memories", "show", "--team", "demo", superseded["id"], "--json"))
+    assert shown["tags"] == ["drinks"]
+    history = as_json(run("memories", "history", "--team", "demo", superseded["id"], "--json"))
+    assert [(log["action"], log["changed_by"]) for log in history] == [
+        ("created", "demo"),
+        ("superseded", "kyra"),
+    ]
+
+
+def test_memories_search(run: Any) -> None:
+    hits = as_json(run("memories", "search", "--team", "demo", "climbing gym", "--json"))
+    assert "climbing gym" in hits[0]["content"]
+    assert hits == sorted(hits, key=lambda hit: hit["similarity"], reverse=True)
+    private = as_json(
+        run("memories", "search", "--team", "demo", "light humour", "--agent", "kyra", "--json")
+    )
+    assert "Ada responds well to light humour" in [hit["content"] for hit in private]
+    without_agent = as_json(run("memories", "search", "--team", "demo", "light humour", "--json"))
+    assert "Ada responds well to light humour" not in [hit["content"] for hit in without_agent]
+
+
+def test_export_then_import_round_trips(run: Any, tmp_path: Path) -> None:
+    exported = tmp_path / "memories.jsonl"
+    result = run("memories", "export", "--team", "demo", "--output", str(exported))
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert len(lines) == 30
+    assert all("team_id" not in line and len(line["embedding"]) > 0 for line in lines)
+
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_text(
+        json.dumps({"memory_type": "semantic", "content": "Imported memory", "tags": ["new"]})
+        + "\n"
+    )
+    result = run("memories", "import", str(fresh), "--team", "demo")
+    assert result.exit_code == 0, result.output
+    assert "imported 1 memories" in result.stdout
+    hits = as_json(run("memories", "search", "--team", "demo", "Imported memory", "--json"))
+    assert hits[0]["content"] == "Imported memory"
+
+
+def test_import_reports_bad_lines_and_writes_nothing(run: Any, tmp_path: Path) -> None:
+    before = as_json(run("stats", "--json"))["rows"]["memory"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"memory_type": "semantic", "content": "fine"}\n'
+        '{"memory_type": "nonsense", "content": "bad type"}\n'
+        "not json\n"
+        '{"memory_type": "semantic", "content": "fine too", "importance": 11}\n'
+    )
+    result = run("memories", "import", str(bad), "--team", "demo")
+    assert result.exit_code == 1
+    assert "line 2: memory_type" in result.stderr
+    assert "line 3: not JSON" in result.stderr
+    assert "line 4: importance" in result.stderr
+    assert "line 1:" not in result.stderr
+    assert as_json(run("stats", "--json"))["rows"]["memory"] == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["agents", "list", "--team", "nope"], "team 'nope' does not exist"),
+        (["agents", "show", "--team", "demo", "nobody"], "agent 'nobody' in team 'demo'"),
+        (["memories", "show", "--team", "demo", "00000000-0000-0000-0000-000000000000"], "memory"),
+    ],
+)
+def test_user_errors_are_one_line(run: Any, args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_commands_on_an_unmigrated_database_say_what_to_run(empty_database_url: str) -> None:
+    result = skill_store(Path.cwd(), "teams", "list", DATABASE_URL=empty_database_url)
+    assert result.returncode == 1
+    assert "run `skill-store db upgrade`" in result.stderr
+    assert "Traceback" not in result.stderr
