@@ -502,9 +502,8 @@ def search_memories(
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
         found = await _team(session, team)
         agent_id = (await _agent(session, found, agent)).id if agent else None
-        [vector] = await embedder_from_settings().embed([query])
-        hits = await MemoryRepository(session).search_by_embedding(
-            vector, found.id, agent_id=agent_id, limit=limit
+        hits = await MemoryRepository(session).recall(
+            query, found.id, agent_id=agent_id, limit=limit
         )
         return [hit.model_dump(mode="json", exclude={"embedding"}) for hit in hits]
 

@@ -252,7 +252,7 @@ async def build_demo(session: AsyncSession, embedder: Embedder) -> DemoReport:
             ),
         )
 
-    memories = MemoryRepository(session)
+    memories = MemoryRepository(session, embedder=embedder)
     vectors = await embedder.embed([content for _, content, *_ in MEMORIES])
     created: dict[str, Memory] = {}
     for (memory_type, content, tags, importance, agent, about_owner), vector in zip(
@@ -291,9 +291,8 @@ async def build_demo(session: AsyncSession, embedder: Embedder) -> DemoReport:
         reason="Ada said she switched to green tea",
         actor="kyra",
     )
-    [query_vector] = await embedder.embed([QUERY])
-    hits = await memories.search_by_embedding(
-        query_vector, team.id, agent_id=by_slug["kyra"].id, user_id=owner.id, limit=5
+    hits = await memories.recall(
+        QUERY, team.id, agent_id=by_slug["kyra"].id, user_id=owner.id, limit=5
     )
     await session.refresh(conversation)
     return DemoReport(

@@ -19,7 +19,9 @@ from pydantic import AwareDatetime, TypeAdapter
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, func, or_, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from skill_store.embeddings import Embedder, embedder_from_settings
 from skill_store.errors import ConflictError, EmbeddingDimensionError, NotFoundError
 from skill_store.models import (
     Memory,
@@ -84,6 +86,17 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
     update_model = MemoryUpdate
 
     _dimensions: int | None = None
+
+    def __init__(self, session: AsyncSession, *, embedder: Embedder | None = None) -> None:
+        super().__init__(session)
+        self._embedder = embedder
+
+    @property
+    def embedder(self) -> Embedder:
+        """What `remember` and `recall` embed text with: the one given, else the settings'."""
+        if self._embedder is None:
+            self._embedder = embedder_from_settings()
+        return self._embedder
 
     # -- attribution and checks ---------------------------------------------------------
 
@@ -358,6 +371,65 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
                     ]
                     await _copy(driver, "memory_tag", tag_rows, _TAG_COPY_COLUMNS)
         return len(validated)
+
+    # -- text ---------------------------------------------------------------------------
+
+    async def remember(
+        self,
+        team_id: uuid.UUID,
+        content: str,
+        memory_type: MemoryType,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+        **fields: Any,
+    ) -> Memory:
+        """Store `content` as a memory of the team, embedded with `embedder`.
+
+        Args:
+            team_id: The team the memory belongs to.
+            content: What to remember; it is also the text embedded.
+            memory_type: The kind of memory.
+            actor: Who writes it, for the audit trail.
+            reason: Why, for the audit trail.
+            **fields: Any other `MemoryCreate` field but `embedding` (e.g. `agent_id`, `tags`).
+
+        Raises:
+            TypeError: If `fields` holds an `embedding`: use `create` to pass a vector.
+            pydantic.ValidationError: If the data is invalid (checked before embedding).
+            EmbeddingDimensionError: If the embedder's vectors do not fit the column.
+            ConflictError: If the team, agent, user or source conversation does not exist.
+        """
+        if "embedding" in fields:
+            raise TypeError("remember() embeds the content itself; use create() to pass a vector")
+        data = {"team_id": team_id, "content": content, "memory_type": memory_type, **fields}
+        validated = validate(MemoryCreate, data)
+        [embedding] = await self.embedder.embed([validated.content])
+        return await self.create(
+            validated.model_copy(update={"embedding": embedding}), actor=actor, reason=reason
+        )
+
+    async def recall(
+        self,
+        query: str,
+        team_id: uuid.UUID,
+        agent_id: uuid.UUID | None = None,
+        user_id: uuid.UUID | None = None,
+        memory_types: Iterable[MemoryType] | None = None,
+        limit: int = 20,
+        min_similarity: float | None = None,
+    ) -> list[MemorySearchResult]:
+        """The team's memories most similar to the text `query`, embedded with `embedder`.
+
+        The arguments after `query` are those of `search_by_embedding`.
+
+        Raises:
+            EmbeddingDimensionError: If the embedder's vectors do not fit the column.
+        """
+        [embedding] = await self.embedder.embed([query])
+        return await self.search_by_embedding(
+            embedding, team_id, agent_id, user_id, memory_types, limit, min_similarity
+        )
 
     # -- tags ---------------------------------------------------------------------------
 
