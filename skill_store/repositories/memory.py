@@ -37,8 +37,12 @@ from skill_store.models import (
 from skill_store.models.memory import Tag
 from skill_store.repositories.base import Repository, check_page, translated_errors, validate
 
-EXACT_SEARCH_MAX_ROWS = 10_000
-"""Teams with at most this many candidate memories are searched exactly, without the index."""
+EXACT_SEARCH_MAX_ROWS = 1_000
+"""Teams with at most this many candidate memories are searched exactly, without the index.
+
+An exact scan reads every candidate's embedding (about 8 µs a row at 1536 dimensions on the
+benchmark machine, see BENCHMARKS.md), so past this size the HNSW index is faster.
+"""
 
 HNSW_EF_SEARCH_MIN = 100
 """Candidate list size of an HNSW scan (`hnsw.ef_search`); raised to the `limit` if larger."""
@@ -114,11 +118,13 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             await self._attribute("", "")
 
     async def _attribute(self, actor: str, reason: str) -> None:
-        statement = select(
-            func.set_config("skill_store.actor", actor, True),
-            func.set_config("skill_store.reason", reason, True),
+        await self._set_locally({"skill_store.actor": actor, "skill_store.reason": reason})
+
+    async def _set_locally(self, settings: Mapping[str, str]) -> None:
+        """Set server settings until the end of the transaction (`SET LOCAL`)."""
+        await self.session.exec(
+            select(*(func.set_config(name, value, True) for name, value in settings.items()))
         )
-        await self.session.exec(statement)
 
     async def column_dimensions(self) -> int:
         """The dimension of the database's `memory.embedding` column."""
@@ -558,21 +564,29 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         query = await self._check_embedding(embedding)
         conditions = self._retrievable(team_id, agent_id, user_id, memory_types)
         candidates = select(Memory.id).where(*conditions).limit(EXACT_SEARCH_MAX_ROWS + 1)
+        index_settings = {
+            "hnsw.ef_search": str(min(max(HNSW_EF_SEARCH_MIN, limit), 1000)),
+            "hnsw.iterative_scan": "strict_order",
+            # Else the planner may sort a selective filter's rows instead of reading the index.
+            "enable_sort": "off",
+        }
         async with translated_errors():
-            count = (
-                await self.session.exec(select(func.count()).select_from(candidates.subquery()))
-            ).one()
-            exact = count <= EXACT_SEARCH_MAX_ROWS
-            if not exact:
-                ef_search = str(min(max(HNSW_EF_SEARCH_MIN, limit), 1000))
+            count, *previous = (
                 await self.session.exec(
                     select(
-                        func.set_config("hnsw.ef_search", ef_search, True),
-                        func.set_config("hnsw.iterative_scan", "strict_order", True),
+                        select(func.count()).select_from(candidates.subquery()).scalar_subquery(),
+                        *(func.current_setting(name) for name in index_settings),
                     )
                 )
+            ).one()
+            exact = count <= EXACT_SEARCH_MAX_ROWS
             statement = self._search_statement(query, conditions, limit, min_similarity, exact)
-            rows = (await self.session.exec(statement)).all()
+            if exact:
+                rows = (await self.session.exec(statement)).all()
+            else:
+                await self._set_locally(index_settings)
+                rows = (await self.session.exec(statement)).all()
+                await self._set_locally(dict(zip(index_settings, previous, strict=True)))
         return [
             MemorySearchResult.model_validate(memory, update={"similarity": float(similarity)})
             for memory, similarity in rows

@@ -210,13 +210,14 @@ async def test_filtered_search_finds_all_of_a_small_team_in_exact_order(
         expected = await exact_order(session, query, world.team_id)
     async with world.factory() as session:
         if not exact:
-            # Left alone, the planner scans a five-memory team through its btree index; make
-            # the HNSW index the only way to the order, and check the search still finds all.
+            # Make a five-memory team take the HNSW path, and check the search still finds all.
             monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
-            await session.exec(text("SET LOCAL enable_sort = off"))
         repository = MemoryRepository(session)
         hits = await repository.search_by_embedding(query, world.team_id, limit=10)
         conditions = repository._retrievable(world.team_id, None, None, None)
+        if not exact:
+            # The search turns sorting off while it runs, so the planner reads the index.
+            await session.exec(text("SET LOCAL enable_sort = off"))
         plan = await explain(
             session, repository._search_statement(query, conditions, 10, None, exact)
         )
@@ -252,3 +253,19 @@ async def test_unmet_min_similarity_returns_nothing_from_a_large_team(
             opposite, world.other_team_id, min_similarity=0.99
         )
     assert hits == []
+
+
+async def test_index_settings_last_only_for_the_search(
+    world: World, crowded: tuple[list[float], list[uuid.UUID]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    query, own_ids = crowded
+    monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
+    names = ("hnsw.ef_search", "hnsw.iterative_scan", "enable_sort")
+    async with world.factory() as session:
+        await session.exec(text("SET LOCAL hnsw.ef_search = 77"))
+
+        hits = await MemoryRepository(session).search_by_embedding(query, world.team_id)
+
+        after = [(await session.exec(text(f"SHOW {name}"))).one()[0] for name in names]
+    assert sorted(hit.id for hit in hits) == sorted(own_ids)
+    assert after == ["77", "off", "on"]
