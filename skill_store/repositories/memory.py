@@ -27,6 +27,7 @@ from skill_store.models import (
     Memory,
     MemoryCreate,
     MemoryLog,
+    MemoryRead,
     MemorySearchResult,
     MemoryStatus,
     MemoryTag,
@@ -142,8 +143,8 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         expected = await self.column_dimensions()
         if len(embedding) != expected:
             raise EmbeddingDimensionError(expected=expected, got=len(embedding))
-        values = [float(value) for value in embedding]
-        if not all(math.isfinite(value) for value in values):
+        values = list(map(float, embedding))
+        if not all(map(math.isfinite, values)):
             raise ValueError("embedding values must be finite (no NaN or infinity)")
         if not any(values):
             raise ValueError("embedding must not be all zeros: its cosine similarity is undefined")
@@ -587,10 +588,7 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
                 await self._set_locally(index_settings)
                 rows = (await self.session.exec(statement)).all()
                 await self._set_locally(dict(zip(index_settings, previous, strict=True)))
-        return [
-            MemorySearchResult.model_validate(memory, update={"similarity": float(similarity)})
-            for memory, similarity in rows
-        ]
+        return [_search_result(memory, float(similarity)) for memory, similarity in rows]
 
     @staticmethod
     def _search_statement(
@@ -647,6 +645,12 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         async with translated_errors():
             content = (await self.session.exec(statement)).one()
         return None if content is None else str(content)
+
+
+def _search_result(memory: Memory, similarity: float) -> MemorySearchResult:
+    """A search hit from a row as loaded; the database's own data is not validated again."""
+    fields = {name: getattr(memory, name) for name in MemoryRead.model_fields}
+    return MemorySearchResult.model_construct(**fields, similarity=similarity)
 
 
 def _uuid4s(count: int) -> list[uuid.UUID]:

@@ -206,6 +206,10 @@ async def test_search_ranks_by_cosine_similarity(memories: MemoryRepository, tea
     assert [r.similarity for r in results] == pytest.approx([1, 2**-0.5, 3**-0.5, 0], abs=1e-6)
     assert isinstance(results[0], MemorySearchResult)
     assert (results[0].id, results[0].team_id) == (same.id, team.id)
+    stored = await memories.get(same.id, team.id)
+    assert results[0] == MemorySearchResult.model_validate(
+        stored, update={"similarity": results[0].similarity}
+    )
 
     async def search(**options: Any) -> list[str]:
         return contents(await memories.search_by_embedding(unit_vector(0), team.id, **options))
