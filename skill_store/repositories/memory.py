@@ -82,6 +82,17 @@ The others (`status`, `version`, `access_count`, the timestamps...) take their d
 
 _TAG_COPY_COLUMNS = ("id", "memory_id", "tag")
 
+_COLUMN_DIMENSIONS = (
+    select(sa.column("atttypmod", sa.Integer))
+    .select_from(sa.table("pg_attribute"))
+    .where(
+        sa.column("attrelid") == sa.text("'memory'::regclass"),
+        sa.column("attname") == "embedding",
+    )
+    .scalar_subquery()
+)
+"""The dimension of `memory.embedding`, as a scalar subquery."""
+
 
 class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
     """Memories of teams, searched by cosine similarity of their embeddings."""
@@ -130,25 +141,13 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
     async def column_dimensions(self) -> int:
         """The dimension of the database's `memory.embedding` column."""
         if self._dimensions is None:
-            statement = sa.text(
-                "SELECT atttypmod FROM pg_attribute"
-                " WHERE attrelid = 'memory'::regclass AND attname = 'embedding'"
-            )
             async with translated_errors():
-                connection = await self.session.connection()
-                self._dimensions = int(await connection.scalar(statement))
+                self._dimensions = int((await self.session.exec(select(_COLUMN_DIMENSIONS))).one())
         return self._dimensions
 
     async def _check_embedding(self, embedding: Sequence[float]) -> list[float]:
-        expected = await self.column_dimensions()
-        if len(embedding) != expected:
-            raise EmbeddingDimensionError(expected=expected, got=len(embedding))
-        values = list(map(float, embedding))
-        if not all(map(math.isfinite, values)):
-            raise ValueError("embedding values must be finite (no NaN or infinity)")
-        if not any(values):
-            raise ValueError("embedding must not be all zeros: its cosine similarity is undefined")
-        return values
+        _check_length(embedding, await self.column_dimensions())
+        return _embedding_values(embedding)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -562,7 +561,7 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             EmbeddingDimensionError: If the embedding's length differs from the column's.
         """
         check_page(limit)
-        query = await self._check_embedding(embedding)
+        query = _embedding_values(embedding)
         conditions = self._retrievable(team_id, agent_id, user_id, memory_types)
         candidates = select(Memory.id).where(*conditions).limit(EXACT_SEARCH_MAX_ROWS + 1)
         index_settings = {
@@ -572,14 +571,18 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             "enable_sort": "off",
         }
         async with translated_errors():
-            count, *previous = (
+            # One round trip for the column's dimension, the candidates and the settings.
+            row = (
                 await self.session.exec(
                     select(
+                        _COLUMN_DIMENSIONS,
                         select(func.count()).select_from(candidates.subquery()).scalar_subquery(),
                         *(func.current_setting(name) for name in index_settings),
                     )
                 )
             ).one()
+            self._dimensions, count, previous = row[0], row[1], row[2:]
+            _check_length(query, self._dimensions)
             exact = count <= EXACT_SEARCH_MAX_ROWS
             statement = self._search_statement(query, conditions, limit, min_similarity, exact)
             if exact:
@@ -645,6 +648,21 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         async with translated_errors():
             content = (await self.session.exec(statement)).one()
         return None if content is None else str(content)
+
+
+def _check_length(embedding: Sequence[float], expected: int) -> None:
+    if len(embedding) != expected:
+        raise EmbeddingDimensionError(expected=expected, got=len(embedding))
+
+
+def _embedding_values(embedding: Sequence[float]) -> list[float]:
+    """The embedding as floats, if they are all finite and not all zero."""
+    values = list(map(float, embedding))
+    if not all(map(math.isfinite, values)):
+        raise ValueError("embedding values must be finite (no NaN or infinity)")
+    if not any(values):
+        raise ValueError("embedding must not be all zeros: its cosine similarity is undefined")
+    return values
 
 
 def _search_result(memory: Memory, similarity: float) -> MemorySearchResult:
