@@ -38,7 +38,7 @@ from skill_store.models import (
 from skill_store.models.memory import Tag
 from skill_store.repositories.base import Repository, check_page, translated_errors, validate
 
-EXACT_SEARCH_MAX_ROWS = 1_000
+EXACT_SEARCH_MAX_ROWS = 500
 """Teams with at most this many candidate memories are searched exactly, without the index.
 
 An exact scan reads every candidate's embedding (about 8 µs a row at 1536 dimensions on the
