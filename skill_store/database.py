@@ -34,14 +34,6 @@ T = TypeVar("T")
 MIGRATIONS_DIR = Path(str(files("skill_store._migrations")))
 """The alembic script directory, inside the installed package."""
 
-SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
-"""Settings of every connection the engines open.
-
-Both drivers prepare statements and PostgreSQL may then plan them once for any team. Teams
-differ in size by orders of magnitude, and a plan for the average team scans the whole table
-for a small one; planning each execution with its values costs a fraction of a millisecond.
-"""
-
 
 def start_embedded_server(data_dir: Path) -> str:
     """Start the embedded PostgreSQL + pgvector server in `data_dir`, or join it if running.
@@ -117,7 +109,6 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_overflow,
         pool_pre_ping=True,
-        connect_args={"server_settings": SERVER_SETTINGS},
     )
     event.listen(engine.sync_engine, "connect", _register_vector_types)
     return engine
@@ -149,7 +140,6 @@ def get_sync_engine(url: str | None = None, *, settings: Settings | None = None)
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_overflow,
         pool_pre_ping=True,
-        connect_args={"options": " ".join(f"-c {k}={v}" for k, v in SERVER_SETTINGS.items())},
     )
     event.listen(engine, "connect", _register_vector_types_sync)
     return engine
