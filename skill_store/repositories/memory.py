@@ -521,7 +521,9 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
     ) -> list[Any]:
         conditions: list[Any] = [
             Memory.team_id == team_id,
-            Memory.status == MemoryStatus.ACTIVE,
+            # Written into the SQL, not bound: a plan made once for a prepared statement can
+            # use the partial team index only if it sees that `status = 'active'`.
+            Memory.status == sa.literal(MemoryStatus.ACTIVE, literal_execute=True),
             col(Memory.embedding).is_not(None),
             or_(col(Memory.expires_at).is_(None), col(Memory.expires_at) > func.now()),
         ]

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store import (
@@ -22,6 +23,7 @@ from skill_store import (
     AgentRepository,
     ConversationCreate,
     ConversationRepository,
+    Memory,
     MemoryCreate,
     MemoryRepository,
     MemoryType,
@@ -269,3 +271,29 @@ async def test_index_settings_last_only_for_the_search(
         after = [(await session.exec(text(f"SHOW {name}"))).one()[0] for name in names]
     assert sorted(hit.id for hit in hits) == sorted(own_ids)
     assert after == ["77", "off", "on"]
+
+
+async def test_a_plan_made_for_any_team_still_reads_the_team_index(world: World) -> None:
+    """Prepared statements may get one plan for every team; it must not scan the table."""
+    async with world.factory() as session:
+        repository = MemoryRepository(session)
+        conditions = repository._retrievable(world.team_id, None, None, None)
+        statement = select(Memory.id).where(*conditions).limit(501)
+        connection = await session.connection()
+        compiled = statement.compile(
+            dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        parameters = compiled.construct_params()
+        values = ", ".join(
+            f"'{getattr(parameters[name], 'value', parameters[name])}'"
+            for name in compiled.positiontup or ()
+        )
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        await driver.execute(f"PREPARE candidates AS {compiled}")
+        await driver.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            plan = [row[0] for row in await driver.fetch(f"EXPLAIN EXECUTE candidates({values})")]
+        finally:
+            await driver.execute("RESET plan_cache_mode; DEALLOCATE candidates")
+    assert any("idx_memory_team_type" in line for line in plan), plan
