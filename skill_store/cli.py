@@ -91,6 +91,14 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
 
+def _print_document(data: dict[str, Any], as_json: bool) -> None:
+    """One JSON document: plain for scripts, highlighted for people."""
+    if as_json:
+        _print_json(data)
+    else:
+        console.print_json(data=data)
+
+
 def _on_database(action: Callable[[Config], T]) -> T:
     """Run `action` with an alembic config on the configured database, printing where it is."""
     with _user_errors():
@@ -390,11 +398,7 @@ def show_agent(
         found = await _agent(session, await _team(session, team), agent)
         return (await AgentRepository(session).dna(found.id)).model_dump(mode="json")
 
-    result = _in_session(work)
-    if as_json:
-        _print_json(result)
-    else:
-        console.print_json(data=result)
+    _print_document(_in_session(work), as_json)
 
 
 @memories.command("list")
@@ -456,11 +460,7 @@ def show_memory(team: TeamSlug, memory_id: MemoryId, as_json: AsJson = False) ->
         memory = await repository.get(memory_id, (await _team(session, team)).id)
         return _memory_json(memory, tags=await repository.tags(memory.id))
 
-    result = _in_session(work)
-    if as_json:
-        _print_json(result)
-    else:
-        console.print_json(data=result)
+    _print_document(_in_session(work), as_json)
 
 
 @memories.command("history")
