@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from pydantic import ValidationError
-from sqlmodel import col, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.embeddings import Embedder
 from skill_store.errors import MemoryFileError
-from skill_store.models import Memory, MemoryCreate, MemoryStatus
+from skill_store.models import Memory, MemoryCreate, MemoryStatus, MemoryTag
 from skill_store.repositories import MemoryRepository
 
 EMBED_BATCH = 256
@@ -91,14 +92,16 @@ async def import_memories(
 
 async def export_memories(session: AsyncSession, team_id: uuid.UUID) -> AsyncIterator[str]:
     """The team's active memories as JSON Lines that `import_memories` reads back, oldest first."""
-    repository = MemoryRepository(session)
+    tags = (
+        select(func.array_agg(aggregate_order_by(col(MemoryTag.tag), col(MemoryTag.tag))))
+        .where(MemoryTag.memory_id == Memory.id)
+        .scalar_subquery()
+    )
     statement = (
-        select(Memory)
+        select(Memory, tags)
         .where(Memory.team_id == team_id, Memory.status == MemoryStatus.ACTIVE)
         .order_by(col(Memory.created_at), col(Memory.id))
     )
-    for memory in (await session.exec(statement)).all():
-        exported = MemoryCreate.model_validate(
-            memory, update={"tags": await repository.tags(memory.id)}
-        )
+    for memory, memory_tags in (await session.exec(statement)).all():
+        exported = MemoryCreate.model_validate(memory, update={"tags": memory_tags or []})
         yield exported.model_dump_json(exclude={"team_id"}, exclude_defaults=True)

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from skill_store.cli import app
+from skill_store.demo import SUCCESSOR
 from skill_store.settings import get_settings
 
 from .conftest import create_database
@@ -136,6 +137,9 @@ def test_export_then_import_round_trips(run: Any, tmp_path: Path) -> None:
     lines = [json.loads(line) for line in exported.read_text().splitlines()]
     assert len(lines) == 30
     assert all("team_id" not in line and len(line["embedding"]) > 0 for line in lines)
+    by_content = {line["content"]: line for line in lines}
+    assert by_content[SUCCESSOR]["tags"] == ["drinks"]
+    assert by_content["Ada lives in Lisbon"]["tags"] == ["home"]
 
     fresh = tmp_path / "fresh.jsonl"
     fresh.write_text(
