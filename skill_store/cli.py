@@ -171,7 +171,7 @@ def demo(
         return await demo_data.build_demo(session, embedder_from_settings())
 
     with _user_errors():
-        console.print(f"database: {mask_password(database_url())}")
+        console.print(f"database: {mask_password(database_url())}", soft_wrap=True)
     report = _in_session(work, upgrade=True)
     if report is None:
         console.print(
