@@ -66,13 +66,16 @@ async def import_memories(
 ) -> int:
     """Add the memories of a JSON Lines file to the team, embedding those without a vector.
 
-    Every line is validated before anything is written; the caller commits.
+    Every line is validated before anything is written, and the file is added whole or not
+    at all (in one savepoint); the caller commits.
 
     Returns:
         How many memories were added.
 
     Raises:
         MemoryFileError: If any line is not a valid memory (nothing is written).
+        ConflictError: If a line names an agent, user or conversation that does not exist
+            (nothing is written).
     """
     items = read_memory_file(path, team_id)
     missing = [index for index, item in enumerate(items) if item.embedding is None]
@@ -84,9 +87,11 @@ async def import_memories(
     repository = MemoryRepository(session)
     done = 0
     on_progress(done, len(items))
-    for start in range(0, len(items), batch_size):
-        done += await repository.add_many(items[start : start + batch_size], batch_size=batch_size)
-        on_progress(done, len(items))
+    async with repository.writing():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            done += await repository.add_many(chunk, batch_size=batch_size)
+            on_progress(done, len(items))
     return done
 
 

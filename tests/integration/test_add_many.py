@@ -1,8 +1,10 @@
-"""Bulk ingestion with `MemoryRepository.add_many` (PostgreSQL COPY)."""
+"""Bulk ingestion with `MemoryRepository.add_many` (PostgreSQL COPY) and file imports."""
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from skill_store import (
     Agent,
     ConflictError,
+    HashingEmbedder,
     MemoryCreate,
     MemoryRepository,
     MemoryType,
@@ -20,6 +23,7 @@ from skill_store import (
     User,
 )
 from skill_store.errors import EmbeddingDimensionError
+from skill_store.portability import import_memories
 from skill_store.settings import get_settings
 
 from .conftest import unit_vector
@@ -236,3 +240,23 @@ async def test_unknown_team_is_a_conflict_and_keeps_the_session(
     assert await repository.add_many(items(team.id, 2)) == 2
     log = await rows(session, "SELECT changed_by FROM memory_log")
     assert [entry.changed_by for entry in log] == ["system"] * 3
+
+
+async def test_a_file_import_failing_in_a_later_batch_writes_nothing(
+    session: AsyncSession, team: Team, tmp_path: Path
+) -> None:
+    lines = [{"memory_type": "semantic", "content": f"line {n}"} for n in range(3)]
+    lines[2]["agent_id"] = str(uuid.uuid4())
+    path = tmp_path / "memories.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    embedder = HashingEmbedder(get_settings().embedding_dimensions)
+
+    with pytest.raises(ConflictError, match="agent"):
+        await import_memories(session, path, team.id, embedder, batch_size=1)
+
+    assert await memory_count(session) == 0
+    assert await log_count(session) == 0
+    # The session is still usable.
+    lines[2].pop("agent_id")
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert await import_memories(session, path, team.id, embedder, batch_size=1) == 3
