@@ -7,6 +7,7 @@ with `*Create`, `*Read` and `*Update` variants beside it.
 from skill_store.database import get_engine, get_session_factory, get_sync_engine, migrate
 from skill_store.embeddings import Embedder, HashingEmbedder, OpenAIEmbedder, embedder_from_settings
 from skill_store.errors import (
+    AccessDeniedError,
     ConflictError,
     DatabaseUnreachableError,
     EmbeddingDimensionError,
@@ -78,9 +79,12 @@ from skill_store.repositories import (
     UserRepository,
 )
 from skill_store.settings import Settings, get_settings, load_settings
+from skill_store.tenancy import TEAM_ROLE, scope_to_team
 
 __all__ = [
     "MAX_CONTENT_LENGTH",
+    "TEAM_ROLE",
+    "AccessDeniedError",
     "Agent",
     "AgentBoundaries",
     "AgentCreate",
@@ -156,4 +160,5 @@ __all__ = [
     "get_sync_engine",
     "load_settings",
     "migrate",
+    "scope_to_team",
 ]

@@ -22,6 +22,14 @@ class ConflictError(SkillStoreError):
         self.constraint = constraint
 
 
+class AccessDeniedError(SkillStoreError, PermissionError):
+    """The session may not do this: e.g. write another team's rows from a team-scoped session."""
+
+    def __init__(self, message: str, table: str | None = None) -> None:
+        super().__init__(message)
+        self.table = table
+
+
 class EmbeddingDimensionError(SkillStoreError, ValueError):
     """An embedding's length differs from the database column's dimension."""
 
@@ -70,6 +78,7 @@ class DatabaseUnreachableError(SkillStoreError):
 
 
 __all__ = [
+    "AccessDeniedError",
     "ConflictError",
     "DatabaseUnreachableError",
     "EmbeddingDimensionError",

@@ -154,6 +154,7 @@ class MemoryUpdate(SQLModel):
 # Shared properties
 class MemoryLogBase(SQLModel):
     memory_id: uuid.UUID
+    team_id: uuid.UUID | None = None
     action: PgStr = Field(min_length=1, max_length=50, sa_type=sa.Text)
     old_content: PgStr | None = Field(default=None, sa_type=sa.Text)
     new_content: PgStr | None = Field(default=None, sa_type=sa.Text)

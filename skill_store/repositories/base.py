@@ -15,6 +15,7 @@ from sqlmodel import SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.errors import (
+    AccessDeniedError,
     ConflictError,
     NotFoundError,
     SchemaNotMigratedError,
@@ -36,6 +37,8 @@ _KEY = re.compile(r"Key \((?P<columns>.+?)\)=\((?P<values>.*)\)")
 _REFERENCED_TABLE = re.compile(r'present in table "(?P<table>[^"]+)"')
 _DELETED_TABLE = re.compile(r'on table "(?P<table>[^"]+)"')
 _UNDEFINED_OBJECT_STATES = {"42P01", "42883", "42704"}  # table, function, type
+_INSUFFICIENT_PRIVILEGE = "42501"
+_POLICY_TABLE = re.compile(r'row-level security policy for table "(?P<table>[^"]+)"')
 
 
 def _key_values(detail: str) -> dict[str, str]:
@@ -79,6 +82,18 @@ def _describe_integrity_error(error: DBAPIError) -> ConflictError:
     return ConflictError(f"the change breaks the database rule {constraint or state}: {message}")
 
 
+def _describe_denial(error: DBAPIError) -> AccessDeniedError:
+    """Say what a team-scoped session (or a role without the privilege) may not do."""
+    message = str(_driver_error(error))
+    if policy := _POLICY_TABLE.search(message):
+        return AccessDeniedError(
+            f"a {policy['table']} row of another team cannot be written from a session"
+            " scoped to a team",
+            policy["table"],
+        )
+    return AccessDeniedError(f"the database refused: {message}")
+
+
 @asynccontextmanager
 async def translated_errors() -> AsyncIterator[None]:
     """Raise the package's errors instead of the driver's for what a caller can cause."""
@@ -88,6 +103,8 @@ async def translated_errors() -> AsyncIterator[None]:
         state = getattr(error.orig, "sqlstate", None) or ""
         if state.startswith("23"):
             raise _describe_integrity_error(error) from error
+        if state == _INSUFFICIENT_PRIVILEGE:
+            raise _describe_denial(error) from error
         if state in _UNDEFINED_OBJECT_STATES:
             raise SchemaNotMigratedError(str(_driver_error(error))) from error
         raise

@@ -37,6 +37,7 @@ from skill_store.models import (
 )
 from skill_store.models.memory import Tag
 from skill_store.repositories.base import Repository, check_page, translated_errors, validate
+from skill_store.tenancy import TEAM_SETTING
 
 EXACT_SEARCH_MAX_ROWS = 500
 """Teams with at most this many candidate memories are searched exactly, without the index.
@@ -339,7 +340,9 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         `created` row to `memory_log` for each memory, naming `actor` and `reason`.
         Items that are already `MemoryCreate` instances are taken as validated, as by
         `create`. The session's connection must have pgvector's codecs (`get_engine`
-        registers them); memories inserted are not loaded into the session.
+        registers them); memories inserted are not loaded into the session. A session scoped
+        to a team (`scope_to_team`) sends batched INSERTs instead, since PostgreSQL allows no
+        `COPY FROM` under row-level security.
 
         Returns:
             How many memories were inserted.
@@ -350,6 +353,7 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             EmbeddingDimensionError: If an embedding's length differs from the column's (a
                 note names the first such item's position).
             ConflictError: If a team, agent, user or source conversation does not exist.
+            AccessDeniedError: If a scoped session adds memories of another team.
             ValueError: If `batch_size` is less than 1.
         """
         if batch_size < 1:
@@ -366,16 +370,18 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         async with self.writing_as(actor, reason):
             connection = await self.session.connection()
             driver = (await connection.get_raw_connection()).driver_connection
+            # PostgreSQL refuses COPY FROM under row-level security: scoped sessions INSERT.
+            insert_rows = _insert if TEAM_SETTING in self.session.info else _copy
             for start in range(0, len(validated), batch_size):
                 tags: list[tuple[uuid.UUID, str]] = []
                 memories = _memory_records(validated[start : start + batch_size], tags)
-                await _copy(driver, "memory", memories, _COPY_COLUMNS)
+                await insert_rows(driver, "memory", memories, _COPY_COLUMNS)
                 if tags:
                     tag_rows = [
                         (tag_id, memory_id, tag)
                         for tag_id, (memory_id, tag) in zip(_uuid4s(len(tags)), tags, strict=True)
                     ]
-                    await _copy(driver, "memory_tag", tag_rows, _TAG_COPY_COLUMNS)
+                    await insert_rows(driver, "memory_tag", tag_rows, _TAG_COPY_COLUMNS)
         return len(validated)
 
     # -- text ---------------------------------------------------------------------------
@@ -714,13 +720,26 @@ def _memory_records(
 
 
 async def _copy(driver: Any, table: str, records: Iterable[Any], columns: Sequence[str]) -> None:
-    """`COPY table (columns) FROM STDIN (FORMAT binary)` on the asyncpg connection.
+    """`COPY table (columns) FROM STDIN (FORMAT binary)` on the asyncpg connection."""
+    async with _driver_errors(f"COPY {table} FROM STDIN"):
+        await driver.copy_records_to_table(table, records=records, columns=list(columns))
 
-    asyncpg raises its own exceptions here, not SQLAlchemy's: they are wrapped as
-    SQLAlchemy's `DBAPIError`, as for any other statement, so that `translated_errors`
-    turns a foreign-key violation into `ConflictError`.
+
+async def _insert(driver: Any, table: str, records: Iterable[Any], columns: Sequence[str]) -> None:
+    """`INSERT INTO table (columns)` each record, pipelined on the asyncpg connection."""
+    placeholders = ", ".join(f"${position}" for position in range(1, len(columns) + 1))
+    statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
+    async with _driver_errors(statement):
+        await driver.executemany(statement, list(records))
+
+
+@asynccontextmanager
+async def _driver_errors(statement: str) -> AsyncIterator[None]:
+    """Asyncpg's own exceptions, raised as SQLAlchemy's `DBAPIError` like any other statement's.
+
+    So `translated_errors` turns e.g. a foreign-key violation into `ConflictError`.
     """
     try:
-        await driver.copy_records_to_table(table, records=records, columns=list(columns))
+        yield
     except asyncpg.PostgresError as error:
-        raise DBAPIError(f"COPY {table} FROM STDIN", None, error) from error
+        raise DBAPIError(statement, None, error) from error

@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
+
+from skill_store.database import alembic_config
 
 SKILL_STORE = Path(sys.executable).with_name("skill-store")
 
@@ -32,10 +35,11 @@ def test_upgrade_current_check_downgrade(tmp_path: Path, empty_database_url: str
     assert "not migrated" in not_migrated.stderr
     assert "skill-store db upgrade" in not_migrated.stderr
 
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     upgraded = run("upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "schema at revision 0001" in upgraded.stdout
-    assert "schema at revision 0001 (latest)" in run("current").stdout
+    assert f"schema at revision {head}" in upgraded.stdout
+    assert f"schema at revision {head} (latest)" in run("current").stdout
 
     checked = run("check")
     assert checked.returncode == 0, checked.stderr

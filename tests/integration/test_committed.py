@@ -14,21 +14,21 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store import (
     AgentCreate,
     AgentPersonality,
     AgentRepository,
+    ConflictError,
     ConversationCreate,
     ConversationRepository,
     Memory,
     MemoryCreate,
     MemoryRepository,
+    MemoryStatus,
     MemoryType,
-    MessageCreate,
-    MessageRole,
     TeamCreate,
     TeamRepository,
     UserCreate,
@@ -52,6 +52,8 @@ class World:
     team_id: uuid.UUID
     other_team_id: uuid.UUID
     conversation_id: uuid.UUID
+    agent_id: uuid.UUID
+    user_id: uuid.UUID
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,7 @@ async def world(engine: AsyncEngine) -> World:
             ConversationCreate(team_id=team.id, agent_id=agent.id, user_id=owner.id)
         )
         await session.commit()
-    return World(factory, team.id, other.id, conversation.id)
+    return World(factory, team.id, other.id, conversation.id, agent.id, owner.id)
 
 
 def random_vector(rng: random.Random) -> list[float]:
@@ -97,21 +99,127 @@ def near(vector: list[float], rng: random.Random, noise: float) -> list[float]:
     return [value + rng.uniform(-noise, noise) for value in vector]
 
 
-async def test_concurrent_messages_are_all_counted(world: World) -> None:
-    async def add(index: int) -> None:
+WRITERS = 8
+MESSAGES_PER_WRITER = 500
+MESSAGES_PER_STATEMENT = 10
+
+
+async def test_concurrent_writers_count_every_message(world: World) -> None:
+    """8 writers, 500 messages each, over 4 conversations; each statement spans all 4 at random.
+
+    The stats trigger locks a statement's conversations in id order, so these overlapping
+    statements cannot deadlock (in arbitrary order they do).
+    """
+    async with world.factory() as session:
+        created = [
+            await ConversationRepository(session).create(
+                ConversationCreate(
+                    team_id=world.team_id, agent_id=world.agent_id, user_id=world.user_id
+                )
+            )
+            for _ in range(3)
+        ]
+        await session.commit()
+    ids = [world.conversation_id, *(conversation.id for conversation in created)]
+    before = await message_counts(world, ids)
+    insert = text(
+        "INSERT INTO message (conversation_id, role, content, token_count)"
+        " SELECT id, 'user', 'hello', 3 FROM unnest(CAST(:ids AS uuid[])) AS id"
+    )
+
+    async def write(writer: int) -> None:
+        rng = random.Random(writer)
         async with world.factory() as session:
-            await ConversationRepository(session).add_message(
-                world.conversation_id,
-                MessageCreate(role=MessageRole.USER, content=f"message {index}", token_count=3),
+            for _ in range(MESSAGES_PER_WRITER // MESSAGES_PER_STATEMENT):
+                await session.exec(
+                    insert, params={"ids": rng.choices(ids, k=MESSAGES_PER_STATEMENT)}
+                )
+                await session.commit()
+
+    await asyncio.gather(*(write(writer) for writer in range(WRITERS)))
+    after = await message_counts(world, ids)
+    added = {
+        id: [now - then for now, then in zip(after[id], before[id], strict=True)] for id in ids
+    }
+    assert sum(rows for _, _, rows in added.values()) == WRITERS * MESSAGES_PER_WRITER
+    for counter, tokens, rows in added.values():
+        assert (counter, tokens) == (rows, 3 * rows)
+
+
+async def message_counts(
+    world: World, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[int, int, int]]:
+    """Per conversation: its message counter, its input tokens, and its messages counted."""
+    async with world.factory() as session:
+        rows = (
+            await session.exec(
+                text(
+                    "SELECT c.id, c.message_count, c.total_input_tokens,"
+                    " (SELECT count(*) FROM message m WHERE m.conversation_id = c.id)"
+                    " FROM conversation c WHERE c.id = ANY(CAST(:ids AS uuid[]))"
+                ),
+                params={"ids": ids},
+            )
+        ).all()
+    return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+
+async def test_concurrent_supersedes_of_one_memory_leave_one_winner(world: World) -> None:
+    async with world.factory() as session:
+        memory = await MemoryRepository(session).create(
+            MemoryCreate(team_id=world.team_id, memory_type=MemoryType.SEMANTIC, content="v1")
+        )
+        await session.commit()
+
+    async def supersede(writer: int) -> Memory:
+        async with world.factory() as session:
+            new = await MemoryRepository(session).supersede(
+                memory.id,
+                MemoryCreate(
+                    team_id=world.team_id,
+                    memory_type=MemoryType.SEMANTIC,
+                    content=f"v2 by {writer}",
+                ),
             )
             await session.commit()
+            return new
 
-    await asyncio.gather(*(add(index) for index in range(20)))
+    results = await asyncio.gather(
+        *(supersede(writer) for writer in range(WRITERS)), return_exceptions=True
+    )
+    winners = [result for result in results if isinstance(result, Memory)]
+    losers = [result for result in results if isinstance(result, ConflictError)]
+    assert (len(winners), len(losers)) == (1, WRITERS - 1), results
     async with world.factory() as session:
-        conversation = await ConversationRepository(session).get_or_raise(world.conversation_id)
-        messages = await ConversationRepository(session).messages(world.conversation_id, limit=100)
-    assert (conversation.message_count, conversation.total_input_tokens) == (20, 60)
-    assert len(messages) == 20
+        old = await MemoryRepository(session).get_or_raise(memory.id)
+        versions = (
+            await session.exec(select(Memory).where(col(Memory.content).startswith("v2 by ")))
+        ).all()
+    assert (old.status, old.superseded_by) == (MemoryStatus.SUPERSEDED, winners[0].id)
+    assert [version.id for version in versions] == [winners[0].id]
+
+
+async def test_concurrent_links_in_both_directions_do_not_deadlock(world: World) -> None:
+    async with world.factory() as session:
+        repository = MemoryRepository(session)
+        a, b = [
+            await repository.create(
+                MemoryCreate(team_id=world.team_id, memory_type=MemoryType.SEMANTIC, content=name)
+            )
+            for name in ("link a", "link b")
+        ]
+        await session.commit()
+
+    async def link(writer: int) -> None:
+        first, second = (a.id, b.id) if writer % 2 else (b.id, a.id)
+        async with world.factory() as session:
+            await MemoryRepository(session).relate(first, second)
+            await session.commit()
+
+    await asyncio.gather(*(link(writer) for writer in range(WRITERS)))
+    async with world.factory() as session:
+        linked = await MemoryRepository(session).get_or_raise(a.id)
+    assert linked.related_to == [b.id]
 
 
 async def test_concurrent_access_updates_are_exact(world: World) -> None:

@@ -551,6 +551,7 @@ EXPECTED_COLUMNS = {
     "memory_log": {
         "id",
         "memory_id",
+        "team_id",
         "action",
         "old_content",
         "new_content",
