@@ -481,3 +481,13 @@ async def test_a_session_is_scoped_once_and_before_it_begins(world: World) -> No
         with pytest.raises(ValueError, match="before its first statement"):
             scope_to_team(begun, world.ours.id)
     await session.close()
+
+
+async def test_the_team_role_without_a_team_sees_no_row(world: World) -> None:
+    async with world.factory() as session:
+        await session.exec(text(f"SET LOCAL ROLE {TEAM_ROLE}"))
+        counts = [
+            (await session.exec(text(f'SELECT count(*) FROM "{table}"'))).scalar_one()
+            for table in TABLES
+        ]
+    assert counts == [0] * len(TABLES)
