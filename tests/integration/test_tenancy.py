@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store import (
@@ -491,3 +492,48 @@ async def test_the_team_role_without_a_team_sees_no_row(world: World) -> None:
             for table in TABLES
         ]
     assert counts == [0] * len(TABLES)
+
+
+async def test_an_owner_that_is_no_superuser_migrates_and_scopes(
+    server_url: str, engine: AsyncEngine
+) -> None:
+    """The setup SECURITY.md describes for an external server, with the role granted first.
+
+    (The module's `engine` has migrated a database of this server, so the team role exists.)
+    """
+    owner, database = "skill_store_owner", "skill_store_owned"
+    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    await drop_database(server_url, database)  # left by an interrupted run, if any
+    async with admin.connect() as connection:
+        await connection.execute(text(f"DROP ROLE IF EXISTS {owner}"))
+        await connection.execute(text(f"CREATE ROLE {owner} LOGIN"))
+        await connection.execute(text(f"GRANT {TEAM_ROLE} TO {owner}"))
+    url = await create_database(server_url, database)
+    async with admin.connect() as connection:
+        await connection.execute(text(f"ALTER DATABASE {database} OWNER TO {owner}"))
+    superuser = create_async_engine(url, poolclass=NullPool)
+    async with superuser.begin() as connection:
+        await connection.execute(text("CREATE EXTENSION vector"))
+    await superuser.dispose()
+    owned = await get_engine(
+        make_url(url).set(username=owner).render_as_string(hide_password=False)
+    )
+    try:
+        await migrate(owned)
+        factory = get_session_factory(owned)
+        async with factory() as session:
+            ours = await make_team(session, "ours", 0)
+            await make_team(session, "theirs", 1)
+            await session.commit()
+            everyone = (await session.exec(text("SELECT count(*) FROM team"))).scalar_one()
+        async with scope_to_team(factory(), ours.id) as session:
+            role, teams = (
+                await session.exec(text("SELECT current_user, count(*) FROM team"))
+            ).one()
+    finally:
+        await owned.dispose()
+        await drop_database(server_url, database)
+        async with admin.connect() as connection:
+            await connection.execute(text(f"DROP ROLE {owner}"))
+        await admin.dispose()
+    assert (everyone, role, teams) == (2, TEAM_ROLE, 1)
