@@ -15,6 +15,7 @@ from skill_store.errors import (
     NotFoundError,
     SchemaNotMigratedError,
     SkillStoreError,
+    StatementTimeoutError,
 )
 from skill_store.models import (
     MAX_CONTENT_LENGTH,
@@ -133,6 +134,7 @@ __all__ = [
     "SchemaNotMigratedError",
     "Settings",
     "SkillStoreError",
+    "StatementTimeoutError",
     "Team",
     "TeamCreate",
     "TeamMembership",

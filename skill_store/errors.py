@@ -60,6 +60,14 @@ class SchemaNotMigratedError(SkillStoreError):
         )
 
 
+class StatementTimeoutError(SkillStoreError):
+    """The server cancelled a statement: it ran past `STATEMENT_TIMEOUT` (or was cancelled).
+
+    The statement's changes were rolled back; a repository call leaves the caller's
+    transaction usable.
+    """
+
+
 class DatabaseUnreachableError(SkillStoreError):
     """The database server could not be reached or started."""
 
@@ -78,4 +86,5 @@ __all__ = [
     "NotFoundError",
     "SchemaNotMigratedError",
     "SkillStoreError",
+    "StatementTimeoutError",
 ]

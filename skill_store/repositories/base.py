@@ -19,6 +19,7 @@ from skill_store.errors import (
     NotFoundError,
     SchemaNotMigratedError,
     SkillStoreError,
+    StatementTimeoutError,
 )
 
 ModelT = TypeVar("ModelT", bound=SQLModel)
@@ -36,6 +37,7 @@ _KEY = re.compile(r"Key \((?P<columns>.+?)\)=\((?P<values>.*)\)")
 _REFERENCED_TABLE = re.compile(r'present in table "(?P<table>[^"]+)"')
 _DELETED_TABLE = re.compile(r'on table "(?P<table>[^"]+)"')
 _UNDEFINED_OBJECT_STATES = {"42P01", "42883", "42704"}  # table, function, type
+_QUERY_CANCELED = "57014"
 
 
 def _key_values(detail: str) -> dict[str, str]:
@@ -90,6 +92,8 @@ async def translated_errors() -> AsyncIterator[None]:
             raise _describe_integrity_error(error) from error
         if state in _UNDEFINED_OBJECT_STATES:
             raise SchemaNotMigratedError(str(_driver_error(error))) from error
+        if state == _QUERY_CANCELED:
+            raise StatementTimeoutError(str(_driver_error(error))) from error
         raise
 
 
