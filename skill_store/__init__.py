@@ -8,6 +8,7 @@ from skill_store.database import get_engine, get_session_factory, get_sync_engin
 from skill_store.embeddings import Embedder, HashingEmbedder, OpenAIEmbedder, embedder_from_settings
 from skill_store.errors import (
     ConflictError,
+    ConnectionLostError,
     DatabaseUnreachableError,
     EmbeddingDimensionError,
     EmbeddingServiceError,
@@ -94,6 +95,7 @@ __all__ = [
     "AgentStatus",
     "AgentUpdate",
     "ConflictError",
+    "ConnectionLostError",
     "Conversation",
     "ConversationCreate",
     "ConversationRead",

@@ -68,6 +68,20 @@ class StatementTimeoutError(SkillStoreError):
     """
 
 
+class ConnectionLostError(SkillStoreError):
+    """The connection broke during a transaction (server restart, terminated backend).
+
+    The server rolled the transaction back; nothing is retried. Start it again in a new
+    session: the pool replaces broken connections.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"the connection to the database was lost and the transaction rolled back: {reason}"
+        )
+        self.reason = reason
+
+
 class DatabaseUnreachableError(SkillStoreError):
     """The database server could not be reached or started."""
 
@@ -79,6 +93,7 @@ class DatabaseUnreachableError(SkillStoreError):
 
 __all__ = [
     "ConflictError",
+    "ConnectionLostError",
     "DatabaseUnreachableError",
     "EmbeddingDimensionError",
     "EmbeddingServiceError",

@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.errors import (
     ConflictError,
+    ConnectionLostError,
     NotFoundError,
     SchemaNotMigratedError,
     SkillStoreError,
@@ -87,6 +88,8 @@ async def translated_errors() -> AsyncIterator[None]:
     try:
         yield
     except DBAPIError as error:
+        if error.connection_invalidated:
+            raise ConnectionLostError(str(_driver_error(error))) from error
         state = getattr(error.orig, "sqlstate", None) or ""
         if state.startswith("23"):
             raise _describe_integrity_error(error) from error
