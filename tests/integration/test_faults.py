@@ -1,4 +1,4 @@
-"""Faults: statement timeouts, operations killed mid-way, a restarted server.
+"""Faults: statement timeouts, operations killed mid-way, a restarted server, two starters.
 
 These tests commit and use several connections at once, so they run in a database (or a
 server) of their own.
@@ -6,6 +6,9 @@ server) of their own.
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -307,3 +310,64 @@ async def test_a_transaction_cut_by_a_restart_fails_whole_and_is_not_retried(
             assert await UserRepository(session).count() == 0
     finally:
         await engine.dispose()
+
+
+# -- two processes start the embedded server at once ---------------------------------------
+
+STARTER = """
+import asyncio, sys, time
+from pathlib import Path
+
+from sqlalchemy import text
+
+from skill_store.database import get_engine, start_embedded_server
+
+data_dir, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+
+async def backend_pid(url: str) -> int:
+    engine = await get_engine(url)
+    async with engine.connect() as connection:
+        pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    await engine.dispose()
+    return pid
+
+
+url = start_embedded_server(data_dir)
+asyncio.run(backend_pid(url))
+(data_dir.parent / me).touch()
+for _ in range(1200):  # until the other process has a working connection too
+    if (data_dir.parent / other).exists():
+        break
+    time.sleep(0.05)
+else:
+    sys.exit(f"{other} never connected")
+print(url, asyncio.run(backend_pid(url)))
+"""
+
+
+def test_two_processes_start_the_embedded_server_at_once(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pgdata"
+    environment = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
+    starters = [
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, str(data_dir), me, other],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for me, other in (("first", "second"), ("second", "first"))
+    ]
+    try:
+        results = [starter.communicate(timeout=180) for starter in starters]
+    finally:
+        for starter in starters:
+            starter.kill()
+    for starter, (_, stderr) in zip(starters, results, strict=True):
+        assert starter.returncode == 0, stderr
+    urls = {stdout.split()[0] for stdout, _ in results}
+    assert len(urls) == 1  # one server, shared
+    assert urls.pop().startswith("postgresql+asyncpg://postgres:@/postgres?host=")
+    # The last process to leave stopped it.
+    assert not (data_dir / "postmaster.pid").exists()
