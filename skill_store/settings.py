@@ -2,6 +2,7 @@
 
 import math
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
@@ -58,9 +59,12 @@ def mask_password(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Settings of the store, from environment variables (case-insensitive) or `.env`."""
+    """Settings of the store, from environment variables (case-insensitive) or `.env`.
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    The repr masks the database URL's password; validation errors never echo a value.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     database_url: str | None = Field(
         default=None,
@@ -114,6 +118,10 @@ class Settings(BaseSettings):
         if value < timedelta(0) or value > timedelta(milliseconds=_MAX_TIMEOUT_MS):
             raise ValueError(f"must be between 0 and {_MAX_TIMEOUT_MS} milliseconds")
         return value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, (mask_password(value) if name == "database_url" and value else value)
 
     @property
     def statement_timeout_ms(self) -> int:
