@@ -117,6 +117,7 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_overflow,
         pool_pre_ping=True,
+        hide_parameters=True,
         connect_args={"server_settings": _server_settings(settings)},
     )
     event.listen(engine.sync_engine, "connect", _register_vector_types)
@@ -152,6 +153,7 @@ def get_sync_engine(url: str | None = None, *, settings: Settings | None = None)
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_overflow,
         pool_pre_ping=True,
+        hide_parameters=True,
         connect_args={"options": options} if options else {},
     )
     event.listen(engine, "connect", _register_vector_types_sync)
