@@ -9,6 +9,7 @@ from skill_store.embeddings import Embedder, HashingEmbedder, OpenAIEmbedder, em
 from skill_store.errors import (
     AccessDeniedError,
     ConflictError,
+    ConnectionLostError,
     DatabaseUnreachableError,
     EmbeddingDimensionError,
     EmbeddingServiceError,
@@ -16,6 +17,7 @@ from skill_store.errors import (
     NotFoundError,
     SchemaNotMigratedError,
     SkillStoreError,
+    StatementTimeoutError,
 )
 from skill_store.models import (
     MAX_CONTENT_LENGTH,
@@ -97,6 +99,7 @@ __all__ = [
     "AgentStatus",
     "AgentUpdate",
     "ConflictError",
+    "ConnectionLostError",
     "Conversation",
     "ConversationCreate",
     "ConversationRead",
@@ -137,6 +140,7 @@ __all__ = [
     "SchemaNotMigratedError",
     "Settings",
     "SkillStoreError",
+    "StatementTimeoutError",
     "Team",
     "TeamCreate",
     "TeamMembership",

@@ -87,15 +87,23 @@ def _register_vector_types(dbapi_connection: Any, _connection_record: Any) -> No
             raise
 
 
+def _server_settings(settings: Settings) -> dict[str, str]:
+    """PostgreSQL settings for every connection of the package's engines."""
+    timeout = settings.statement_timeout_ms
+    return {"statement_timeout": str(timeout)} if timeout else {}
+
+
 async def get_engine(url: str | None = None, *, settings: Settings | None = None) -> AsyncEngine:
     """Create an async engine on `url`, the configured database, or the embedded server.
 
     Connections register pgvector's binary codecs, so `vector` columns round-trip as
-    `list[float]`.
+    `list[float]`, and carry the settings' `statement_timeout`. A pooled connection is
+    checked before use (a server restart costs the pool nothing but new connections).
 
     Args:
         url: A PostgreSQL URL; by default `DATABASE_URL`, or the embedded server when unset.
-        settings: Settings for the URL and the pool size; by default `get_settings()`.
+        settings: Settings for the URL, the pool size and the statement timeout; by default
+            `get_settings()`.
 
     Returns:
         A new `AsyncEngine`; `await engine.dispose()` when done.
@@ -109,6 +117,8 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_overflow,
         pool_pre_ping=True,
+        hide_parameters=True,
+        connect_args={"server_settings": _server_settings(settings)},
     )
     event.listen(engine.sync_engine, "connect", _register_vector_types)
     return engine
@@ -124,22 +134,27 @@ def _register_vector_types_sync(dbapi_connection: Any, _connection_record: Any) 
 def get_sync_engine(url: str | None = None, *, settings: Settings | None = None) -> Engine:
     """Create a synchronous engine (psycopg 3), for notebooks, scripts and `pandas.read_sql`.
 
-    Use it with `sqlmodel.Session`; vectors round-trip as `list[float]` as with `get_engine`.
+    Use it with `sqlmodel.Session`; vectors round-trip as `list[float]` and connections
+    carry the statement timeout, as with `get_engine`.
 
     Args:
         url: A PostgreSQL URL; by default `DATABASE_URL`, or the embedded server when unset.
-        settings: Settings for the URL and the pool size; by default `get_settings()`.
+        settings: Settings for the URL, the pool size and the statement timeout; by default
+            `get_settings()`.
 
     Returns:
         A new `Engine`; `engine.dispose()` when done.
     """
     settings = settings or get_settings()
     resolved = normalize_database_url(url) if url else database_url(settings)
+    options = " ".join(f"-c {name}={value}" for name, value in _server_settings(settings).items())
     engine = create_engine(
         resolved.replace("postgresql+asyncpg://", "postgresql+psycopg://", 1),
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_overflow,
         pool_pre_ping=True,
+        hide_parameters=True,
+        connect_args={"options": options} if options else {},
     )
     event.listen(engine, "connect", _register_vector_types_sync)
     return engine

@@ -68,6 +68,28 @@ class SchemaNotMigratedError(SkillStoreError):
         )
 
 
+class StatementTimeoutError(SkillStoreError):
+    """The server cancelled a statement: it ran past `STATEMENT_TIMEOUT` (or was cancelled).
+
+    The statement's changes were rolled back; a repository call leaves the caller's
+    transaction usable.
+    """
+
+
+class ConnectionLostError(SkillStoreError):
+    """The connection broke during a transaction (server restart, terminated backend).
+
+    The server rolled the transaction back; nothing is retried. Start it again in a new
+    session: the pool replaces broken connections.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"the connection to the database was lost and the transaction rolled back: {reason}"
+        )
+        self.reason = reason
+
+
 class DatabaseUnreachableError(SkillStoreError):
     """The database server could not be reached or started."""
 
@@ -80,6 +102,7 @@ class DatabaseUnreachableError(SkillStoreError):
 __all__ = [
     "AccessDeniedError",
     "ConflictError",
+    "ConnectionLostError",
     "DatabaseUnreachableError",
     "EmbeddingDimensionError",
     "EmbeddingServiceError",
@@ -87,4 +110,5 @@ __all__ = [
     "NotFoundError",
     "SchemaNotMigratedError",
     "SkillStoreError",
+    "StatementTimeoutError",
 ]

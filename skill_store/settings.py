@@ -1,7 +1,12 @@
 """Configuration read from the environment and an optional `.env` file."""
 
+import math
+import re
+from collections.abc import Iterator
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
@@ -11,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_EMBEDDING_BASE_URL = "https://api.openai.com/v1"
 _ASYNC_SCHEME = "postgresql+asyncpg"
 _ACCEPTED_SCHEMES = ("postgres", "postgresql", _ASYNC_SCHEME)
+_MAX_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's limit for statement_timeout
+_NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
 
 
 def normalize_database_url(url: str) -> str:
@@ -52,9 +59,12 @@ def mask_password(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Settings of the store, from environment variables (case-insensitive) or `.env`."""
+    """Settings of the store, from environment variables (case-insensitive) or `.env`.
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    The repr masks the database URL's password; validation errors never echo a value.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     database_url: str | None = Field(
         default=None,
@@ -62,6 +72,10 @@ class Settings(BaseSettings):
     )
     database_pool_size: int = Field(default=5, ge=1, le=50)
     database_pool_overflow: int = Field(default=10, ge=0, le=100)
+    statement_timeout: timedelta | None = Field(
+        default=None,
+        description="Longest a statement may run: milliseconds or a timedelta; 0 or unset: none.",
+    )
     embedding_model: str = Field(default="text-embedding-3-small")
     embedding_api_key: SecretStr | None = Field(default=None)
     embedding_base_url: str = Field(
@@ -83,6 +97,38 @@ class Settings(BaseSettings):
     @classmethod
     def _normalize_url(cls, value: str | None) -> str | None:
         return normalize_database_url(value) if value else None
+
+    @field_validator("statement_timeout", mode="before")
+    @classmethod
+    def _milliseconds(cls, value: Any) -> Any:
+        """A bare number is milliseconds (as in PostgreSQL), not pydantic's seconds."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return timedelta(milliseconds=value)
+        return value
+
+    @field_validator("statement_timeout")
+    @classmethod
+    def _check_timeout(cls, value: timedelta | None) -> timedelta | None:
+        if value is None or value == timedelta(0):
+            return None
+        if value < timedelta(0) or value > timedelta(milliseconds=_MAX_TIMEOUT_MS):
+            raise ValueError(f"must be between 0 and {_MAX_TIMEOUT_MS} milliseconds")
+        return value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, (mask_password(value) if name == "database_url" and value else value)
+
+    @property
+    def statement_timeout_ms(self) -> int:
+        """`statement_timeout` in whole milliseconds (rounded up), 0 for no limit."""
+        if self.statement_timeout is None:
+            return 0
+        return math.ceil(self.statement_timeout / timedelta(milliseconds=1))
 
 
 def load_settings() -> Settings:

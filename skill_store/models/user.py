@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=100)]
 Password = Annotated[SecretStr, PydanticField(min_length=8, max_length=1024)]
+HIDE_INPUT = SQLModel.model_config | {"hide_input_in_errors": True}
+"""For the variants that take a password or a secret: errors name the field, never its value."""
 
 
 # Shared properties
@@ -47,7 +49,7 @@ class User(UUIDPrimaryKey, UserBase, Timestamps, table=True):
         sa.Index("uq_user_email", sa.func.lower(sa.column("email")), unique=True),
     )
 
-    password_hash: str = Field(sa_type=sa.Text)
+    password_hash: str = Field(sa_type=sa.Text, repr=False)
 
     memberships: list["TeamMembership"] = Relationship(back_populates="user")
     owned_teams: list["Team"] = Relationship(back_populates="owner")
@@ -55,6 +57,8 @@ class User(UUIDPrimaryKey, UserBase, Timestamps, table=True):
 
 # Properties to receive on creation: a password, never a hash
 class UserCreate(UserBase):
+    model_config = HIDE_INPUT
+
     password: Password
 
 
@@ -67,6 +71,8 @@ class UserRead(UserBase):
 
 # Properties to receive on update, all optional
 class UserUpdate(SQLModel):
+    model_config = HIDE_INPUT
+
     email: EmailStr | None = Field(default=None, max_length=320)
     display_name: PgStr | None = Field(default=None, min_length=1, max_length=200)
     is_active: bool | None = None
@@ -102,7 +108,7 @@ class Team(UUIDPrimaryKey, TeamBase, Timestamps, table=True):
         sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="ck_team_slug_format"),
     )
 
-    webhook_secret: str | None = Field(default=None, sa_type=sa.Text)
+    webhook_secret: str | None = Field(default=None, sa_type=sa.Text, repr=False)
 
     owner: User = Relationship(back_populates="owned_teams")
     memberships: list["TeamMembership"] = Relationship(back_populates="team")
@@ -111,7 +117,9 @@ class Team(UUIDPrimaryKey, TeamBase, Timestamps, table=True):
 
 # Properties to receive on creation
 class TeamCreate(TeamBase):
-    webhook_secret: PgStr | None = None
+    model_config = HIDE_INPUT
+
+    webhook_secret: PgStr | None = Field(default=None, repr=False)
 
 
 # Properties to return: never the webhook secret
@@ -123,13 +131,15 @@ class TeamRead(TeamBase):
 
 # Properties to receive on update, all optional
 class TeamUpdate(SQLModel):
+    model_config = HIDE_INPUT
+
     name: PgStr | None = Field(default=None, min_length=1, max_length=200)
     slug: Slug | None = None
     owner_id: uuid.UUID | None = None
     settings: JSONObject | None = None
     shared_skill_names: list[PgStr] | None = None
     webhook_url: PgStr | None = Field(default=None, max_length=2048)
-    webhook_secret: PgStr | None = None
+    webhook_secret: PgStr | None = Field(default=None, repr=False)
     conversation_retention_days: int | None = Field(default=None, ge=1)
 
 

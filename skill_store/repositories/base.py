@@ -17,9 +17,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from skill_store.errors import (
     AccessDeniedError,
     ConflictError,
+    ConnectionLostError,
     NotFoundError,
     SchemaNotMigratedError,
     SkillStoreError,
+    StatementTimeoutError,
 )
 
 ModelT = TypeVar("ModelT", bound=SQLModel)
@@ -39,6 +41,7 @@ _DELETED_TABLE = re.compile(r'on table "(?P<table>[^"]+)"')
 _UNDEFINED_OBJECT_STATES = {"42P01", "42883", "42704"}  # table, function, type
 _INSUFFICIENT_PRIVILEGE = "42501"
 _POLICY_TABLE = re.compile(r'row-level security policy for table "(?P<table>[^"]+)"')
+_QUERY_CANCELED = "57014"
 
 
 def _key_values(detail: str) -> dict[str, str]:
@@ -100,6 +103,8 @@ async def translated_errors() -> AsyncIterator[None]:
     try:
         yield
     except DBAPIError as error:
+        if error.connection_invalidated:
+            raise ConnectionLostError(str(_driver_error(error))) from error
         state = getattr(error.orig, "sqlstate", None) or ""
         if state.startswith("23"):
             raise _describe_integrity_error(error) from error
@@ -107,6 +112,8 @@ async def translated_errors() -> AsyncIterator[None]:
             raise _describe_denial(error) from error
         if state in _UNDEFINED_OBJECT_STATES:
             raise SchemaNotMigratedError(str(_driver_error(error))) from error
+        if state == _QUERY_CANCELED:
+            raise StatementTimeoutError(str(_driver_error(error))) from error
         raise
 
 

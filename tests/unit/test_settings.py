@@ -3,6 +3,7 @@
 import os
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import platformdirs
@@ -116,6 +117,35 @@ def test_range_just_outside_rejected(
     with pytest.raises(ValidationError) as info:
         load_settings()
     assert [error["loc"] for error in info.value.errors()] == [(variable.lower(),)]
+
+
+@pytest.mark.parametrize(
+    ("value", "milliseconds"),
+    [("250", 250), ("1.2", 2), ("PT5S", 5000), ("0", 0), ("", 0), ("2147483647", 2**31 - 1)],
+)
+def test_statement_timeout_from_environment_in_milliseconds(
+    monkeypatch: pytest.MonkeyPatch, value: str, milliseconds: int
+) -> None:
+    monkeypatch.setenv("STATEMENT_TIMEOUT", value)
+    settings = load_settings()
+    assert settings.statement_timeout_ms == milliseconds
+    assert (settings.statement_timeout is None) == (milliseconds == 0)
+
+
+def test_statement_timeout_as_timedelta_or_number() -> None:
+    assert Settings(statement_timeout=timedelta(seconds=2)).statement_timeout_ms == 2000
+    assert Settings(statement_timeout=1500).statement_timeout == timedelta(seconds=1.5)
+    assert Settings().statement_timeout is None
+
+
+@pytest.mark.parametrize("value", ["-1", "2147483648", "soon", "P-1D"])
+def test_statement_timeout_out_of_range_rejected(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("STATEMENT_TIMEOUT", value)
+    with pytest.raises(ValidationError) as info:
+        load_settings()
+    assert [error["loc"] for error in info.value.errors()] == [("statement_timeout",)]
 
 
 def test_get_settings_is_cached_and_load_settings_is_fresh(
