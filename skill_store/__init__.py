@@ -18,6 +18,7 @@ from skill_store.errors import (
 )
 from skill_store.models import (
     MAX_CONTENT_LENGTH,
+    MAX_MESSAGE_LENGTH,
     Agent,
     AgentBoundaries,
     AgentCreate,
@@ -81,6 +82,7 @@ from skill_store.settings import Settings, get_settings, load_settings
 
 __all__ = [
     "MAX_CONTENT_LENGTH",
+    "MAX_MESSAGE_LENGTH",
     "Agent",
     "AgentBoundaries",
     "AgentCreate",
