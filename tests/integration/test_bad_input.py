@@ -764,3 +764,24 @@ async def test_an_email_in_any_case_is_taken_once(
         assert error.constraint == "uq_user_email"  # type: ignore[attr-defined]
         found = await users.get_by_email(variant.swapcase())
         assert found is not None and found.email.lower() == email.lower()
+
+
+async def test_an_email_is_looked_up_with_the_same_lower_case_as_its_unique_index(
+    world: World,
+) -> None:
+    """Python and PostgreSQL lower some letters differently (Python gives a capital sigma at
+    the end of a word its final small form, PostgreSQL the plain one)."""
+    users = UserRepository(world.session)
+    odos = await users.create(
+        {"email": "ΟΔΟΣ@example.com", "display_name": "Odos", "password": "correct horse"}
+    )
+    await assert_unchanged_after(
+        world.session,
+        lambda: users.create(
+            {"email": "οδοσ@example.com", "display_name": "O", "password": "correct horse"}
+        ),
+        ConflictError,
+    )
+    for email in ("ΟΔΟΣ@example.com", "οδοσ@EXAMPLE.COM", "Οδοσ@example.com"):
+        assert await users.get_by_email(email) == odos
+    assert await users.authenticate("ΟΔΟΣ@example.com", "correct horse") == odos
