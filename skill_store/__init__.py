@@ -21,6 +21,7 @@ from skill_store.errors import (
 )
 from skill_store.models import (
     MAX_CONTENT_LENGTH,
+    MAX_MESSAGE_LENGTH,
     Agent,
     AgentBoundaries,
     AgentCreate,
@@ -85,6 +86,7 @@ from skill_store.tenancy import TEAM_ROLE, scope_to_team
 
 __all__ = [
     "MAX_CONTENT_LENGTH",
+    "MAX_MESSAGE_LENGTH",
     "TEAM_ROLE",
     "AccessDeniedError",
     "Agent",

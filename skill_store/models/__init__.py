@@ -16,6 +16,7 @@ from skill_store.models.agent import (
     VoiceExample,
 )
 from skill_store.models.conversation import (
+    MAX_MESSAGE_LENGTH,
     Conversation,
     ConversationCreate,
     ConversationRead,
@@ -69,6 +70,7 @@ metadata = SQLModel.metadata
 
 __all__ = [
     "MAX_CONTENT_LENGTH",
+    "MAX_MESSAGE_LENGTH",
     "Agent",
     "AgentBoundaries",
     "AgentCreate",

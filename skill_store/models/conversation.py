@@ -27,6 +27,10 @@ from skill_store.models.enums import ConversationStatus, MessageRole, pg_enum
 
 FeedbackRating = Literal["positive", "negative"]
 
+MAX_MESSAGE_LENGTH = 1_000_000
+"""Longest message content accepted, in characters: a long pasted document fits, a runaway
+payload does not."""
+
 
 # Shared properties
 class ConversationBase(SQLModel):
@@ -104,7 +108,7 @@ class ConversationUpdate(SQLModel):
 class MessageBase(SQLModel):
     agent_id: uuid.UUID | None = Field(default=None, foreign_key="agent.id", ondelete="SET NULL")
     role: MessageRole = Field(sa_type=pg_enum(MessageRole, "message_role"))
-    content: PgStr = Field(sa_type=sa.Text)
+    content: PgStr = Field(max_length=MAX_MESSAGE_LENGTH, sa_type=sa.Text)
     tool_calls: JSONValue | None = Field(default=None, sa_type=JSONB)
     tool_results: JSONValue | None = Field(default=None, sa_type=JSONB)
     token_count: int | None = Field(default=None, ge=0)

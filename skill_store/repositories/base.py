@@ -35,6 +35,19 @@ UNIQUE_MESSAGES = {
     "uq_team_membership": "user {user_id} is already a member of team {team_id}",
     "uq_memory_tag": "memory {memory_id} already has tag '{tag}'",
 }
+TEAM_RULE_MESSAGES = {
+    "fk_memory_agent_team": "agent {agent_id} is not an agent of team {team_id},"
+    " the team of memory {id}",
+    "fk_memory_source_conversation_team": "conversation {source_conversation_id} is not a"
+    " conversation of team {team_id}, the team of memory {id}",
+    "fk_conversation_agent_team": "agent {agent_id} is not an agent of team {team_id},"
+    " the team of conversation {id}",
+    "fk_conversation_user_team": "user {user_id} is not a member of team {team_id},"
+    " the team of conversation {id}",
+    "fk_message_agent_team": "agent {agent_id} is not an agent of the team of conversation"
+    " {conversation_id} (message {id})",
+}
+"""The same-team rules of migration 0003, by constraint name; the values come from the detail."""
 _KEY = re.compile(r"Key \((?P<columns>.+?)\)=\((?P<values>.*)\)")
 _REFERENCED_TABLE = re.compile(r'present in table "(?P<table>[^"]+)"')
 _DELETED_TABLE = re.compile(r'on table "(?P<table>[^"]+)"')
@@ -69,6 +82,8 @@ def _describe_integrity_error(error: DBAPIError) -> ConflictError:
     values = _key_values(detail)
     if state == "23505" and constraint in UNIQUE_MESSAGES:
         return ConflictError(UNIQUE_MESSAGES[constraint].format_map(values), constraint)
+    if state == "23503" and constraint in TEAM_RULE_MESSAGES:
+        return ConflictError(TEAM_RULE_MESSAGES[constraint].format_map(values), constraint)
     if state == "23503" and (referenced := _REFERENCED_TABLE.search(detail)):
         column, value = next(iter(values.items()), ("reference", "?"))
         table = getattr(cause, "table_name", "?")
@@ -219,7 +234,8 @@ class Repository(Generic[ModelT, CreateT, UpdateT]):
 
         Raises:
             pydantic.ValidationError: If the data is invalid (nothing is sent to the database).
-            ConflictError: If it clashes with a unique key or names a missing row.
+            ConflictError: If it clashes with a unique key, or names a missing row or a row
+                of another team.
         """
         row = self.build(validate(self.create_model, data))
         async with self.writing():

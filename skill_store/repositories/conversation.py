@@ -39,7 +39,8 @@ class ConversationRepository(Repository[Conversation, ConversationCreate, Conver
 
         Raises:
             pydantic.ValidationError: If the message is invalid.
-            ConflictError: If the conversation (or the message's agent) does not exist.
+            ConflictError: If the conversation (or the message's agent) does not exist, or
+                the agent is not of the conversation's team.
         """
         message = Message.model_validate(
             validate(MessageCreate, data), update={"conversation_id": conversation_id}

@@ -164,7 +164,8 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         Raises:
             pydantic.ValidationError: If the data is invalid.
             EmbeddingDimensionError: If the embedding's length differs from the column's.
-            ConflictError: If the team, agent, user or source conversation does not exist.
+            ConflictError: If the team, agent, user or source conversation does not exist,
+                or the agent or source conversation is of another team.
         """
         validated = validate(MemoryCreate, data)
         if validated.embedding is not None:
@@ -352,7 +353,8 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
                 the item's position in `items` (0-based), e.g. `(17, "content")`.
             EmbeddingDimensionError: If an embedding's length differs from the column's (a
                 note names the first such item's position).
-            ConflictError: If a team, agent, user or source conversation does not exist.
+            ConflictError: If a team, agent, user or source conversation does not exist, or
+                an agent or source conversation is of another team.
             AccessDeniedError: If a scoped session adds memories of another team.
             ValueError: If `batch_size` is less than 1.
         """
@@ -410,7 +412,8 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             TypeError: If `fields` holds an `embedding`: use `create` to pass a vector.
             pydantic.ValidationError: If the data is invalid (checked before embedding).
             EmbeddingDimensionError: If the embedder's vectors do not fit the column.
-            ConflictError: If the team, agent, user or source conversation does not exist.
+            ConflictError: If the team, agent, user or source conversation does not exist,
+                or the agent or source conversation is of another team.
         """
         if "embedding" in fields:
             raise TypeError("remember() embeds the content itself; use create() to pass a vector")

@@ -53,10 +53,13 @@ class UserRepository(Repository[User, UserCreate, UserUpdate]):
     async def get_by_email(self, email: str) -> User | None:
         """The user with this email, compared case-insensitively.
 
+        Both sides are lowered by PostgreSQL, as in the unique index: Python's `str.lower`
+        differs for some letters (a final capital sigma).
+
         Raises:
             ValueError: If the email holds characters PostgreSQL cannot store.
         """
-        statement = select(User).where(func.lower(User.email) == check_text(email).lower())
+        statement = select(User).where(func.lower(User.email) == func.lower(check_text(email)))
         async with translated_errors():
             return (await self.session.exec(statement)).first()
 

@@ -23,8 +23,10 @@ from skill_store import (
     ConversationCreate,
     Team,
     TeamCreate,
+    TeamMembership,
     User,
     UserCreate,
+    UserRole,
 )
 from skill_store.database import get_engine, migrate, start_embedded_server
 from skill_store.settings import get_settings, normalize_database_url
@@ -106,8 +108,11 @@ async def user(session: AsyncSession) -> User:
 
 @pytest.fixture
 async def team(session: AsyncSession, user: User) -> Team:
+    """Acme, owned by `user`, who is its member as `TeamRepository.create` makes them."""
     team = Team.model_validate(TeamCreate(name="Acme", slug="acme", owner_id=user.id))
     session.add(team)
+    await session.flush()
+    session.add(TeamMembership(user_id=user.id, team_id=team.id, role=UserRole.OWNER))
     await session.flush()
     return team
 

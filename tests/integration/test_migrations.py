@@ -1,4 +1,4 @@
-"""Migration 0001 against an empty database, inspected with raw SQL."""
+"""The migrations against an empty database, inspected with raw SQL."""
 
 from collections.abc import AsyncIterator
 
@@ -57,7 +57,16 @@ FUNCTIONS = {
     "trigger_memory_log_append_only",
     "update_memory_access",
     "reconstruct_memory_at",
-    "current_team_id",
+}
+TENANCY_FUNCTIONS = {"current_team_id"}
+TEAM_RULE_FUNCTIONS = {
+    "check_memory_agent_team",
+    "check_memory_source_conversation_team",
+    "check_conversation_agent_team",
+    "check_conversation_user_team",
+    "check_message_agent_team",
+    "check_agent_team_move",
+    "check_conversation_team_move",
 }
 TRIGGERS = {
     ("user", "trg_user_updated_at"),
@@ -70,6 +79,15 @@ TRIGGERS = {
     ("memory", "trg_memory_log_update"),
     ("memory_log", "trg_memory_log_no_change"),
     ("memory_log", "trg_memory_log_no_truncate"),
+}
+TEAM_RULE_TRIGGERS = {
+    ("memory", "fk_memory_agent_team"),
+    ("memory", "fk_memory_source_conversation_team"),
+    ("conversation", "fk_conversation_agent_team"),
+    ("conversation", "fk_conversation_user_team"),
+    ("message", "fk_message_agent_team"),
+    ("agent", "fk_agent_team_move"),
+    ("conversation", "fk_conversation_team_move"),
 }
 
 
@@ -108,6 +126,16 @@ async def our_functions(connection: AsyncConnection) -> set[str]:
     return {str(name) for (name,) in found}
 
 
+async def our_triggers(connection: AsyncConnection) -> set[tuple[object, ...]]:
+    return set(
+        await rows(
+            connection,
+            "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " WHERE NOT t.tgisinternal",
+        )
+    )
+
+
 async def test_upgrade_creates_tables_enums_functions_and_triggers(
     empty_engine: AsyncEngine,
 ) -> None:
@@ -115,13 +143,10 @@ async def test_upgrade_creates_tables_enums_functions_and_triggers(
     async with empty_engine.connect() as connection:
         assert await our_tables(connection) == TABLES
         assert await enum_labels(connection) == ENUM_LABELS
-        assert await our_functions(connection) == FUNCTIONS
-        triggers = await rows(
-            connection,
-            "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-            " WHERE NOT t.tgisinternal",
+        assert (
+            await our_functions(connection) == FUNCTIONS | TEAM_RULE_FUNCTIONS | TENANCY_FUNCTIONS
         )
-        assert set(triggers) == TRIGGERS
+        assert await our_triggers(connection) == TRIGGERS | TEAM_RULE_TRIGGERS
         assert await rows(connection, "SELECT extname FROM pg_extension WHERE extname = 'vector'")
 
 
@@ -224,3 +249,26 @@ async def test_tenancy_secures_every_table_and_downgrades_cleanly(
             " ON m.id = l.memory_id",
         )
     assert logged == [("created", True)]
+
+
+async def test_team_rules_are_constraints_and_downgrade_to_0001_removes_them(
+    empty_engine: AsyncEngine,
+) -> None:
+    await migrate(empty_engine)
+    async with empty_engine.connect() as connection:
+        constraints = await rows(
+            connection, "SELECT conname FROM pg_constraint WHERE contype = 't' ORDER BY conname"
+        )
+    assert {name for (name,) in constraints} == {name for _table, name in TEAM_RULE_TRIGGERS}
+
+    await run_alembic(lambda config: command.downgrade(config, "0001"), empty_engine)
+    async with empty_engine.connect() as connection:
+        assert await our_tables(connection) == TABLES
+        assert await our_functions(connection) == FUNCTIONS
+        assert await our_triggers(connection) == TRIGGERS
+        assert await rows(connection, "SELECT version_num FROM alembic_version") == [("0001",)]
+
+    await migrate(empty_engine)
+    await run_alembic(command.check, empty_engine)
+    async with empty_engine.connect() as connection:
+        assert await our_triggers(connection) == TRIGGERS | TEAM_RULE_TRIGGERS

@@ -412,8 +412,8 @@ async def test_duplicate_agent_slug_within_a_team(
 
 
 async def test_duplicate_membership(session: AsyncSession, team: Team, user: User) -> None:
+    """The fixture user owns the fixture team, so is already its member."""
     teams = TeamRepository(session)
-    await teams.add_member(team.id, user.id)
     await assert_conflict(
         session,
         "team_membership",

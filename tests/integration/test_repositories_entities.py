@@ -359,7 +359,9 @@ async def test_list_for_user_most_recent_first(
     conversations = ConversationRepository(session)
     older = await new_conversation(session, team, agent, user)
     newer = await new_conversation(session, team, agent, user)
-    graces = await new_conversation(session, team, agent, await new_user(session, "g@example.com"))
+    grace = await new_user(session, "g@example.com")
+    await TeamRepository(session).add_member(team.id, grace.id)
+    graces = await new_conversation(session, team, agent, grace)
     globex = await new_team(session, user, "globex")
     elsewhere = await new_conversation(
         session, globex, await new_agent(session, globex, "zed"), user

@@ -125,13 +125,20 @@ async def test_team(session: AsyncSession, user: User) -> None:
     assert "webhook_secret" not in TeamRead.model_validate(loaded).model_dump()
 
 
-async def test_team_membership(session: AsyncSession, user: User, team: Team) -> None:
+async def test_team_membership(session: AsyncSession, team: Team) -> None:
+    grace = await add(
+        session,
+        User.model_validate(
+            UserCreate(email="grace@example.com", display_name="Grace", password="correct horse"),
+            update={"password_hash": "not-a-real-hash"},
+        ),
+    )
     membership = TeamMembership.model_validate(
-        TeamMembershipCreate(user_id=user.id, team_id=team.id, role=UserRole.ADMIN)
+        TeamMembershipCreate(user_id=grace.id, team_id=team.id, role=UserRole.ADMIN)
     )
     await add(session, membership)
     loaded = await reload(session, TeamMembership, membership.id)
-    assert (loaded.user_id, loaded.team_id) == (user.id, team.id)
+    assert (loaded.user_id, loaded.team_id) == (grace.id, team.id)
     assert loaded.role is UserRole.ADMIN
     await assert_filled(session, loaded.created_at)
 
@@ -694,14 +701,13 @@ async def test_duplicate_team_slug_is_rejected(
 async def test_duplicate_membership_is_rejected(
     session: AsyncSession, user: User, team: Team
 ) -> None:
-    def membership(role: UserRole) -> TeamMembership:
-        return TeamMembership.model_validate(
-            TeamMembershipCreate(user_id=user.id, team_id=team.id, role=role)
-        )
-
-    await add(session, membership(UserRole.OWNER))
+    """The fixture user owns the fixture team, so is already its member."""
     async with rejected(session, "uq_team_membership"):
-        session.add(membership(UserRole.VIEWER))
+        session.add(
+            TeamMembership.model_validate(
+                TeamMembershipCreate(user_id=user.id, team_id=team.id, role=UserRole.VIEWER)
+            )
+        )
 
 
 @pytest.mark.parametrize(
@@ -770,8 +776,6 @@ async def test_deleting_a_team_cascades(
     """The fixture team keeps one row of each kind; the doomed team's rows all go."""
 
     async def populate(team_id: uuid.UUID, agent_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
-        membership = TeamMembershipCreate(user_id=user.id, team_id=team_id)
-        session.add(TeamMembership.model_validate(membership))
         # Assistant messages name the agent, which the team delete removes as well.
         for role, author in ((MessageRole.USER, None), (MessageRole.ASSISTANT, agent_id)):
             session.add(
@@ -798,6 +802,8 @@ async def test_deleting_a_team_cascades(
     doomed = await add(
         session, Team.model_validate(TeamCreate(name="Doomed", slug="doomed", owner_id=user.id))
     )
+    membership = TeamMembershipCreate(user_id=user.id, team_id=doomed.id)
+    await add(session, TeamMembership.model_validate(membership))
     doomed_agent = await add(
         session,
         Agent.model_validate(
