@@ -31,6 +31,29 @@ from skill_store import (
 from skill_store.database import get_engine, migrate, start_embedded_server
 from skill_store.settings import get_settings, normalize_database_url
 
+TABLES = (
+    "user",
+    "team",
+    "team_membership",
+    "agent",
+    "conversation",
+    "message",
+    "memory",
+    "memory_log",
+    "memory_tag",
+)
+FINGERPRINT = " UNION ALL ".join(
+    f"SELECT '{table}', count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), ''))"
+    f' FROM "{table}" AS t'
+    for table in TABLES
+)
+
+
+async def fingerprint(session: AsyncSession) -> dict[str, tuple[int, str]]:
+    """Row count and checksum of every table, as the session sees them."""
+    rows = await session.exec(text(FINGERPRINT))  # type: ignore[call-overload]
+    return {table: (count, digest) for table, count, digest in rows}
+
 
 def unit_vector(*hot: int) -> list[float]:
     """An embedding of the configured length with 1.0 at the `hot` positions."""

@@ -39,30 +39,7 @@ from skill_store import (
     get_settings,
 )
 
-from .conftest import unit_vector
-
-TABLES = (
-    "user",
-    "team",
-    "team_membership",
-    "agent",
-    "conversation",
-    "message",
-    "memory",
-    "memory_log",
-    "memory_tag",
-)
-FINGERPRINT = " UNION ALL ".join(
-    f"SELECT '{table}', count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), ''))"
-    f' FROM "{table}" AS t'
-    for table in TABLES
-)
-
-
-async def fingerprint(session: AsyncSession) -> dict[str, tuple[int, str]]:
-    """Row count and checksum of every table, as the session sees them."""
-    rows = await session.exec(text(FINGERPRINT))  # type: ignore[call-overload]
-    return {table: (count, digest) for table, count, digest in rows}
+from .conftest import fingerprint, unit_vector
 
 
 async def assert_unchanged_after(

@@ -44,19 +44,7 @@ from skill_store import (
 )
 from skill_store.repositories.base import translated_errors
 
-from .conftest import create_database, drop_database, unit_vector
-
-TABLES = (
-    "user",
-    "team",
-    "team_membership",
-    "agent",
-    "conversation",
-    "message",
-    "memory",
-    "memory_tag",
-    "memory_log",
-)
+from .conftest import TABLES, create_database, drop_database, fingerprint, unit_vector
 
 
 @dataclass
@@ -139,19 +127,7 @@ async def world(engine: AsyncEngine) -> World:
 async def snapshot(world: World) -> dict[str, tuple[int, str]]:
     """Each table's row count and a checksum of its rows, as an unscoped session sees them."""
     async with world.factory() as session:
-        return {
-            table: tuple(
-                (
-                    await session.exec(
-                        text(
-                            f"SELECT count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY"
-                            f" t::text), '')) FROM \"{table}\" AS t"
-                        )
-                    )
-                ).one()
-            )
-            for table in TABLES
-        }
+        return await fingerprint(session)
 
 
 async def scoped_count(session: AsyncSession, table: str, column: str, value: uuid.UUID) -> int:
