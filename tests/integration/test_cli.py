@@ -34,8 +34,8 @@ def test_upgrade_current_check_downgrade(tmp_path: Path, empty_database_url: str
 
     upgraded = run("upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "schema at revision 0001" in upgraded.stdout
-    assert "schema at revision 0001 (latest)" in run("current").stdout
+    assert "schema at revision 0002" in upgraded.stdout
+    assert "schema at revision 0002 (latest)" in run("current").stdout
 
     checked = run("check")
     assert checked.returncode == 0, checked.stderr
