@@ -19,6 +19,7 @@ from pydantic import AwareDatetime, TypeAdapter
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm.attributes import instance_dict
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -646,8 +647,13 @@ def _embedding_values(embedding: Sequence[float]) -> list[float]:
 
 
 def _search_result(memory: Memory, similarity: float) -> MemorySearchResult:
-    """A search hit from a row as loaded; the database's own data is not validated again."""
-    fields = {name: getattr(memory, name) for name in MemoryRead.model_fields}
+    """A search hit from a row as loaded; the database's own data is not validated again.
+
+    The values are read from the instance's dict, which the load has just filled, rather
+    than through SQLAlchemy's attribute descriptors (half the time of a hit).
+    """
+    loaded = instance_dict(memory)
+    fields = {name: loaded[name] for name in MemoryRead.model_fields}
     return MemorySearchResult.model_construct(**fields, similarity=similarity)
 
 
