@@ -77,8 +77,15 @@ BEGIN
             USING ERRCODE = 'data_exception';
     END IF;
 
+    -- In the order of idx_memory_team_type: with sorting off, every plan reads that index
+    -- and stops at the bound (a bitmap scan would read all of a large team's entries first,
+    -- a sequential scan all the rows before the team's).
     SELECT count(*) INTO candidates
-    FROM (SELECT FROM memory AS m WHERE {RETRIEVABLE} LIMIT exact_max_rows + 1) AS c;
+    FROM (
+        SELECT FROM memory AS m WHERE {RETRIEVABLE}
+        ORDER BY m.memory_type
+        LIMIT exact_max_rows + 1
+    ) AS c;
 
     IF candidates <= exact_max_rows THEN
         -- Ordering by similarity, not distance, keeps the planner off the HNSW index.

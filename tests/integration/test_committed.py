@@ -257,6 +257,8 @@ async def test_plans_for_any_team_read_the_right_index(
         assert sorted(hit.id for hit in hits) == sorted(own_ids)
     else:
         assert used["idx_memory_embedding"][0] > 0
+        # Counting the candidates stopped at the bound, not after all 5,000 of the team.
+        assert 0 < used["idx_memory_team_type"][1] <= memory_module.EXACT_SEARCH_MAX_ROWS + 1
         assert len(hits) == 10
         assert {hit.team_id for hit in hits} == {team_id}
 
