@@ -110,14 +110,16 @@ BEGIN
         ORDER BY m.embedding <=> query
         LIMIT lim
     ) AS s
-    WHERE max_distance IS NULL OR s.distance <= max_distance;
+    WHERE max_distance IS NULL OR s.distance <= max_distance
+    ORDER BY s.distance, s.id;
 END
 $$"""
 
 COMMENT = (
-    "The retrievable memories of team most similar to query (cosine), best first, at most lim:"
-    " an exact scan when the team has at most exact_max_rows candidates, else the HNSW index"
-    " with an iterative scan. NULL agent, person, types or min_similarity: no such filter."
+    "The retrievable memories of team most similar to query (cosine), best first then by id,"
+    " at most lim: an exact scan when the team has at most exact_max_rows candidates, else the"
+    " HNSW index with an iterative scan. NULL agent, person, types or min_similarity: no such"
+    " filter."
     " A NULL query finds nothing; one of another dimension than memory.embedding is an error."
 )
 

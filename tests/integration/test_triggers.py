@@ -537,14 +537,11 @@ async def test_reconstruct_memory_at(session: AsyncSession, team: Team) -> None:
 
 
 async def test_search_memories(session: AsyncSession, team: Team) -> None:
-    same, near, far = [
-        await new_memory(session, team, content, embedding=vector)
-        for content, vector in (
-            ("same", unit_vector(0)),
-            ("near", unit_vector(0, 1)),
-            ("far", unit_vector(1)),
-        )
+    same = [
+        await new_memory(session, team, f"same {n}", embedding=unit_vector(0)) for n in range(5)
     ]
+    near = await new_memory(session, team, "near", embedding=unit_vector(0, 1))
+    far = await new_memory(session, team, "far", embedding=unit_vector(1))
 
     async def search(query: list[float] | None, **options: Any) -> list[tuple[uuid.UUID, float]]:
         arguments = {"limit": 10, "min_similarity": None, "exact_max_rows": 500, **options}
@@ -558,12 +555,13 @@ async def test_search_memories(session: AsyncSession, team: Team) -> None:
         )
         return [(id, round(similarity, 6)) for id, similarity in rows]
 
-    ranked = [(same.id, 1.0), (near.id, round(2**-0.5, 6)), (far.id, 0.0)]
+    ties = [(memory_id, 1.0) for memory_id in sorted(memory.id for memory in same)]
+    ranked = [*ties, (near.id, round(2**-0.5, 6)), (far.id, 0.0)]
     assert await search(unit_vector(0)) == ranked
     assert await search(unit_vector(0), exact_max_rows=0) == ranked  # by the HNSW index
-    assert await search(unit_vector(0), limit=2) == ranked[:2]
-    assert await search(unit_vector(0), min_similarity=0.5) == ranked[:2]
-    assert await search(unit_vector(0), min_similarity=0.5, exact_max_rows=0) == ranked[:2]
+    assert await search(unit_vector(0), limit=6) == ranked[:6]
+    assert await search(unit_vector(0), min_similarity=0.5) == ranked[:6]
+    assert await search(unit_vector(0), min_similarity=0.5, exact_max_rows=0) == ranked[:6]
     assert await search(None) == []
     expected = get_settings().embedding_dimensions
     with pytest.raises(DBAPIError, match=f"embedding has 2 dimensions; expected {expected}"):
