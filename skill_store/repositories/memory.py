@@ -16,9 +16,11 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
 from pydantic import AwareDatetime, TypeAdapter
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import col, func, or_, select
+from sqlalchemy.orm.attributes import instance_dict
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.embeddings import Embedder, embedder_from_settings
@@ -35,6 +37,7 @@ from skill_store.models import (
     MemoryType,
     MemoryUpdate,
 )
+from skill_store.models._types import Vector
 from skill_store.models.memory import Tag
 from skill_store.repositories.base import Repository, check_page, translated_errors, validate
 from skill_store.tenancy import TEAM_SETTING
@@ -45,9 +48,6 @@ EXACT_SEARCH_MAX_ROWS = 500
 An exact scan reads every candidate's embedding (about 8 µs a row at 1536 dimensions on the
 benchmark machine, see BENCHMARKS.md), so past this size the HNSW index is faster.
 """
-
-HNSW_EF_SEARCH_MIN = 100
-"""Candidate list size of an HNSW scan (`hnsw.ef_search`); raised to the `limit` if larger."""
 
 _tag = TypeAdapter(Tag)
 _moment = TypeAdapter(AwareDatetime)
@@ -83,16 +83,53 @@ The others (`status`, `version`, `access_count`, the timestamps...) take their d
 
 _TAG_COPY_COLUMNS = ("id", "memory_id", "tag")
 
-_COLUMN_DIMENSIONS = (
-    select(sa.column("atttypmod", sa.Integer))
+_EMBEDDING_COLUMN = (
+    select(sa.column("atttypmod", sa.Integer).label("dimensions"))
     .select_from(sa.table("pg_attribute"))
     .where(
         sa.column("attrelid") == sa.text("'memory'::regclass"),
         sa.column("attname") == "embedding",
     )
-    .scalar_subquery()
 )
-"""The dimension of `memory.embedding`, as a scalar subquery."""
+"""The dimension of `memory.embedding`: one row, one column."""
+
+_MEMORY_TYPES = postgresql.ARRAY(sa.inspect(Memory).columns["memory_type"].type)
+
+
+def _search_statement() -> Any:
+    """Rows of (column dimension, memory or None, similarity): the hits of `search_memories`.
+
+    Built once; its parameters are bound at each execution. The column's dimension comes
+    first in every row, and is the only row when there is no hit. A query of another
+    dimension is not passed to the function (which would raise, aborting the caller's
+    transaction): the repository raises instead.
+    """
+    column = _EMBEDDING_COLUMN.subquery("embedding_column")
+    query = sa.cast(sa.bindparam("query", type_=Vector()), Vector())
+    hits = (
+        func.search_memories(
+            sa.case((func.vector_dims(query) == column.c.dimensions, query)),
+            sa.bindparam("team_id", type_=sa.Uuid),
+            sa.bindparam("agent_id", type_=sa.Uuid),
+            sa.bindparam("user_id", type_=sa.Uuid),
+            sa.bindparam("memory_types", type_=_MEMORY_TYPES),
+            sa.bindparam("limit", type_=sa.Integer),
+            sa.bindparam("min_similarity", type_=sa.Float),
+            sa.bindparam("exact_max_rows", type_=sa.Integer),
+        )
+        .table_valued(sa.column("id", sa.Uuid), sa.column("similarity", sa.Float))
+        .lateral("hit")
+    )
+    return (
+        select(column.c.dimensions, Memory, hits.c.similarity)
+        .select_from(column)
+        .outerjoin(hits, sa.true())
+        .outerjoin(Memory, col(Memory.id) == hits.c.id)
+        .order_by(hits.c.similarity.desc(), hits.c.id)
+    )
+
+
+_SEARCH = _search_statement()
 
 
 class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
@@ -143,7 +180,7 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         """The dimension of the database's `memory.embedding` column."""
         if self._dimensions is None:
             async with translated_errors():
-                self._dimensions = int((await self.session.exec(select(_COLUMN_DIMENSIONS))).one())
+                self._dimensions = int((await self.session.exec(_EMBEDDING_COLUMN)).one())
         return self._dimensions
 
     async def _check_embedding(self, embedding: Sequence[float]) -> list[float]:
@@ -521,34 +558,6 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             raise NotFoundError("memory", memory_id)
         return memory
 
-    def _retrievable(
-        self,
-        team_id: uuid.UUID,
-        agent_id: uuid.UUID | None,
-        user_id: uuid.UUID | None,
-        memory_types: Iterable[MemoryType] | None,
-    ) -> list[Any]:
-        conditions: list[Any] = [
-            Memory.team_id == team_id,
-            # Written into the SQL, not bound: a plan made once for a prepared statement can
-            # use the partial team index only if it sees that `status = 'active'`.
-            Memory.status == sa.literal(MemoryStatus.ACTIVE, literal_execute=True),
-            col(Memory.embedding).is_not(None),
-            or_(col(Memory.expires_at).is_(None), col(Memory.expires_at) > func.now()),
-        ]
-        if memory_types is not None:
-            conditions.append(col(Memory.memory_type).in_([MemoryType(t) for t in memory_types]))
-        if agent_id is None:
-            conditions.append(Memory.memory_type != MemoryType.AGENT_PRIVATE)
-        else:
-            conditions.append(or_(Memory.agent_id == agent_id, col(Memory.agent_id).is_(None)))
-            conditions.append(
-                or_(Memory.memory_type != MemoryType.AGENT_PRIVATE, Memory.agent_id == agent_id)
-            )
-        if user_id is not None:
-            conditions.append(or_(Memory.user_id == user_id, col(Memory.user_id).is_(None)))
-        return conditions
-
     async def search_by_embedding(
         self,
         embedding: Sequence[float],
@@ -563,66 +572,36 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
 
         With `agent_id`: that agent's memories and the team-wide ones (no agent);
         `agent_private` memories only ever reach their own agent. With `user_id`: memories
-        about that user and those about no one.
+        about that user and those about no one. Equal similarities are ordered by id.
 
-        A team with at most `EXACT_SEARCH_MAX_ROWS` candidates is searched exactly; a larger
-        one through the HNSW index with an iterative scan, so the filter cannot starve it.
+        One statement: the database function `search_memories` searches a team with at most
+        `EXACT_SEARCH_MAX_ROWS` candidates exactly, a larger one through the HNSW index with
+        an iterative scan, so the filter cannot starve it.
 
         Raises:
             EmbeddingDimensionError: If the embedding's length differs from the column's.
         """
         check_page(limit)
         query = _embedding_values(embedding)
-        conditions = self._retrievable(team_id, agent_id, user_id, memory_types)
-        candidates = select(Memory.id).where(*conditions).limit(EXACT_SEARCH_MAX_ROWS + 1)
-        index_settings = {
-            "hnsw.ef_search": str(min(max(HNSW_EF_SEARCH_MIN, limit), 1000)),
-            "hnsw.iterative_scan": "strict_order",
-            # Else the planner may sort a selective filter's rows instead of reading the index.
-            "enable_sort": "off",
+        parameters = {
+            "query": query,
+            "team_id": team_id,
+            "agent_id": agent_id,
+            "user_id": user_id,
+            "memory_types": None if memory_types is None else [MemoryType(t) for t in memory_types],
+            "limit": limit,
+            "min_similarity": min_similarity,
+            "exact_max_rows": EXACT_SEARCH_MAX_ROWS,
         }
         async with translated_errors():
-            # One round trip for the column's dimension, the candidates and the settings.
-            row = (
-                await self.session.exec(
-                    select(
-                        _COLUMN_DIMENSIONS,
-                        select(func.count()).select_from(candidates.subquery()).scalar_subquery(),
-                        *(func.current_setting(name) for name in index_settings),
-                    )
-                )
-            ).one()
-            self._dimensions, count, previous = row[0], row[1], row[2:]
-            _check_length(query, self._dimensions)
-            exact = count <= EXACT_SEARCH_MAX_ROWS
-            statement = self._search_statement(query, conditions, limit, min_similarity, exact)
-            if exact:
-                rows = (await self.session.exec(statement)).all()
-            else:
-                await self._set_locally(index_settings)
-                rows = (await self.session.exec(statement)).all()
-                await self._set_locally(dict(zip(index_settings, previous, strict=True)))
-        return [_search_result(memory, float(similarity)) for memory, similarity in rows]
-
-    @staticmethod
-    def _search_statement(
-        query: list[float],
-        conditions: list[Any],
-        limit: int,
-        min_similarity: float | None,
-        exact: bool,
-    ) -> Any:
-        """Memories and their similarity to `query`: an exact scan, or an HNSW index scan."""
-        distance = col(Memory.embedding).op("<=>", return_type=sa.Float)(query)  # cosine distance
-        if min_similarity is not None:
-            conditions = [*conditions, distance <= 1 - min_similarity]
-        statement = select(Memory, (1 - distance).label("similarity")).where(*conditions)
-        if exact:
-            # Ordering by similarity, not distance, keeps the planner off the HNSW index.
-            statement = statement.order_by(sa.desc("similarity"), col(Memory.id))
-        else:
-            statement = statement.order_by(distance)
-        return statement.limit(limit)
+            rows = (await self.session.exec(_SEARCH, params=parameters)).all()
+        self._dimensions = rows[0][0]
+        _check_length(query, self._dimensions)
+        return [
+            _search_result(memory, similarity)
+            for _dimensions, memory, similarity in rows
+            if memory is not None
+        ]
 
     async def find_similar(
         self,
@@ -677,8 +656,13 @@ def _embedding_values(embedding: Sequence[float]) -> list[float]:
 
 
 def _search_result(memory: Memory, similarity: float) -> MemorySearchResult:
-    """A search hit from a row as loaded; the database's own data is not validated again."""
-    fields = {name: getattr(memory, name) for name in MemoryRead.model_fields}
+    """A search hit from a row as loaded; the database's own data is not validated again.
+
+    The values are read from the instance's dict, which the load has just filled, rather
+    than through SQLAlchemy's attribute descriptors (half the time of a hit).
+    """
+    loaded = instance_dict(memory)
+    fields = {name: loaded[name] for name in MemoryRead.model_fields}
     return MemorySearchResult.model_construct(**fields, similarity=similarity)
 
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -27,6 +26,7 @@ from skill_store import (
     Memory,
     MemoryCreate,
     MemoryRepository,
+    MemorySearchResult,
     MemoryStatus,
     MemoryType,
     TeamCreate,
@@ -297,15 +297,34 @@ async def exact_order(session: AsyncSession, query: list[float], team_id: uuid.U
     return [row[0] for row in result.all()]
 
 
-def plan_uses_hnsw(plan: list[Any]) -> bool:
-    return "idx_memory_embedding" in "\n".join(str(line[0]) for line in plan)
+async def index_counters(session: AsyncSession) -> dict[str, tuple[int, int]]:
+    """Per index of `memory`: scans, and entries they returned, counted by this backend.
 
-
-async def explain(session: AsyncSession, statement: Any) -> list[Any]:
-    compiled = statement.compile(
-        dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
+    The counts are those not yet reported to the statistics system, which happens only
+    between transactions: only differences within one transaction are meaningful.
+    """
+    rows = await session.exec(
+        text(
+            "SELECT indexrelid::regclass::text, pg_stat_get_xact_numscans(indexrelid),"
+            " pg_stat_get_xact_tuples_returned(indexrelid)"
+            " FROM pg_index WHERE indrelid = 'memory'::regclass"
+        )
     )
-    return list((await session.exec(text(f"EXPLAIN {compiled}"))).all())
+    return {name: (int(scans), int(entries)) for name, scans, entries in rows.all()}
+
+
+async def search_counting_index_use(
+    session: AsyncSession, *args: Any, **options: Any
+) -> tuple[list[MemorySearchResult], dict[str, tuple[int, int]]]:
+    """A search, and the scans and entries returned of each index of `memory` during it."""
+    before = await index_counters(session)
+    hits = await MemoryRepository(session).search_by_embedding(*args, **options)
+    after = await index_counters(session)
+    used = {
+        name: (scans - before[name][0], entries - before[name][1])
+        for name, (scans, entries) in after.items()
+    }
+    return hits, used
 
 
 @pytest.mark.parametrize("exact", [True, False], ids=["exact-scan", "hnsw-iterative-scan"])
@@ -322,47 +341,94 @@ async def test_filtered_search_finds_all_of_a_small_team_in_exact_order(
         if not exact:
             # Make a five-memory team take the HNSW path, and check the search still finds all.
             monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
-        repository = MemoryRepository(session)
-        hits = await repository.search_by_embedding(query, world.team_id, limit=10)
-        conditions = repository._retrievable(world.team_id, None, None, None)
-        if not exact:
-            # The search turns sorting off while it runs, so the planner reads the index.
-            await session.exec(text("SET LOCAL enable_sort = off"))
-        plan = await explain(
-            session, repository._search_statement(query, conditions, 10, None, exact)
-        )
-    assert plan_uses_hnsw(plan) is not exact
+        hits, used = await search_counting_index_use(session, query, world.team_id, limit=10)
+    assert used["idx_memory_team_type"][0] > 0  # the candidates are counted through it
+    assert (used["idx_memory_embedding"][0] > 0) is not exact
     assert [hit.id for hit in hits] == expected
     assert sorted(expected) == sorted(own_ids)
     similarities = [hit.similarity for hit in hits]
     assert similarities == sorted(similarities, reverse=True)
 
 
-@pytest.mark.parametrize("exact", [True, False], ids=["exact-scan", "hnsw-iterative-scan"])
-async def test_search_statement_shape(
-    world: World, crowded: tuple[list[float], list[uuid.UUID]], exact: bool
+@pytest.mark.parametrize("plans", ["force_custom_plan", "force_generic_plan"])
+@pytest.mark.parametrize("small", [True, False], ids=["small-team", "large-team"])
+async def test_plans_for_any_team_read_the_right_index(
+    world: World, crowded: tuple[list[float], list[uuid.UUID]], plans: str, small: bool
 ) -> None:
-    """The exact statement never touches the HNSW index; the other one uses it."""
-    query, _ = crowded
+    """After five calls PostgreSQL may plan the function's queries once for every team."""
+    query, own_ids = crowded
+    team_id = world.team_id if small else world.other_team_id
     async with world.factory() as session:
-        repository = MemoryRepository(session)
-        conditions = repository._retrievable(world.other_team_id, None, None, None)
-        statement = repository._search_statement(query, conditions, 10, None, exact)
-        plan = await explain(session, statement)
-    assert plan_uses_hnsw(plan) is not exact
+        await session.exec(text(f"SET LOCAL plan_cache_mode = {plans}"))
+        hits, used = await search_counting_index_use(session, query, team_id, limit=10)
+    if small:
+        assert used["idx_memory_team_type"][0] > 0
+        assert used["idx_memory_embedding"][0] == 0
+        assert sorted(hit.id for hit in hits) == sorted(own_ids)
+    else:
+        assert used["idx_memory_embedding"][0] > 0
+        # Counting the candidates stopped at the bound, not after all 5,000 of the team.
+        assert 0 < used["idx_memory_team_type"][1] <= memory_module.EXACT_SEARCH_MAX_ROWS + 1
+        assert len(hits) == 10
+        assert {hit.team_id for hit in hits} == {team_id}
 
 
-async def test_unmet_min_similarity_returns_nothing_from_a_large_team(
+@pytest.mark.parametrize("exact", [True, False], ids=["exact-scan", "hnsw-iterative-scan"])
+async def test_a_search_is_one_statement(
+    world: World,
+    crowded: tuple[list[float], list[uuid.UUID]],
+    monkeypatch: pytest.MonkeyPatch,
+    exact: bool,
+) -> None:
+    query, own_ids = crowded
+    if not exact:
+        monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
+    statements: list[str] = []
+    async with world.factory() as session:
+        connection = await session.connection()
+
+        def record(*args: Any) -> None:
+            statements.append(args[2])
+
+        event.listen(connection.sync_connection, "before_cursor_execute", record)
+        hits = await MemoryRepository(session).search_by_embedding(query, world.team_id)
+        event.remove(connection.sync_connection, "before_cursor_execute", record)
+    assert len(statements) == 1, statements
+    assert sorted(hit.id for hit in hits) == sorted(own_ids)
+
+
+async def test_min_similarity_cuts_the_same_hits_on_both_paths(
     world: World, crowded: tuple[list[float], list[uuid.UUID]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     query, _ = crowded
-    monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
+    async with world.factory() as session:
+        everything = await MemoryRepository(session).search_by_embedding(query, world.team_id)
+    threshold = everything[2].similarity
+    found = {}
+    for exact in (True, False):
+        monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 500 if exact else 0)
+        async with world.factory() as session:
+            hits = await MemoryRepository(session).search_by_embedding(
+                query, world.team_id, min_similarity=threshold
+            )
+        found[exact] = [hit.id for hit in hits]
+    assert found[True] == found[False] == [hit.id for hit in everything[:3]]
+
+
+async def test_unmet_min_similarity_stops_the_index_scan_at_once(
+    world: World, crowded: tuple[list[float], list[uuid.UUID]]
+) -> None:
+    """Not a walk through the other team's 5,000 memories for nothing."""
+    query, _ = crowded
     opposite = [-value for value in query]
     async with world.factory() as session:
-        hits = await MemoryRepository(session).search_by_embedding(
-            opposite, world.other_team_id, min_similarity=0.99
+        hits, used = await search_counting_index_use(
+            session, opposite, world.other_team_id, limit=10, min_similarity=0.99
         )
+    scans, entries = used["idx_memory_embedding"]
     assert hits == []
+    assert scans == 1
+    assert entries <= 100
 
 
 async def test_index_settings_last_only_for_the_search(
@@ -379,29 +445,3 @@ async def test_index_settings_last_only_for_the_search(
         after = [(await session.exec(text(f"SHOW {name}"))).one()[0] for name in names]
     assert sorted(hit.id for hit in hits) == sorted(own_ids)
     assert after == ["77", "off", "on"]
-
-
-async def test_a_plan_made_for_any_team_still_reads_the_team_index(world: World) -> None:
-    """Prepared statements may get one plan for every team; it must not scan the table."""
-    async with world.factory() as session:
-        repository = MemoryRepository(session)
-        conditions = repository._retrievable(world.team_id, None, None, None)
-        statement = select(Memory.id).where(*conditions).limit(501)
-        connection = await session.connection()
-        compiled = statement.compile(
-            dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
-        )
-        parameters = compiled.construct_params()
-        values = ", ".join(
-            f"'{getattr(parameters[name], 'value', parameters[name])}'"
-            for name in compiled.positiontup or ()
-        )
-        driver = (await connection.get_raw_connection()).driver_connection
-        assert driver is not None
-        await driver.execute(f"PREPARE candidates AS {compiled}")
-        await driver.execute("SET plan_cache_mode = force_generic_plan")
-        try:
-            plan = [row[0] for row in await driver.fetch(f"EXPLAIN EXECUTE candidates({values})")]
-        finally:
-            await driver.execute("RESET plan_cache_mode; DEALLOCATE candidates")
-    assert any("idx_memory_team_type" in line for line in plan), plan

@@ -38,6 +38,7 @@ from skill_store import (
     get_session_factory,
     migrate,
 )
+from skill_store.repositories import memory as memory_module
 from skill_store.settings import get_settings
 
 from .conftest import unit_vector
@@ -280,6 +281,22 @@ async def test_search_by_memory_type(memories: MemoryRepository, team: Team) -> 
     assert sorted(contents(results)) == ["episodic", "procedural"]
 
 
+@pytest.mark.parametrize("exact", [True, False], ids=["exact-scan", "hnsw-iterative-scan"])
+async def test_equal_similarities_are_ordered_by_id(
+    memories: MemoryRepository, team: Team, monkeypatch: pytest.MonkeyPatch, exact: bool
+) -> None:
+    if not exact:
+        monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
+    same = sorted([(await memory(memories, team, f"same {n}", 0)).id for n in range(6)])
+    await memory(memories, team, "other", 1)
+
+    results = await memories.search_by_embedding(unit_vector(0), team.id, limit=6)
+    assert [r.id for r in results] == same
+    if exact:
+        results = await memories.search_by_embedding(unit_vector(0), team.id, limit=3)
+        assert [r.id for r in results] == same[:3]
+
+
 async def test_find_similar_uses_a_threshold(memories: MemoryRepository, team: Team) -> None:
     near = unit_vector(0)
     near[1] = 0.3  # cosine similarity to unit_vector(0): 1 / sqrt(1.09) = 0.958
@@ -296,6 +313,7 @@ async def test_find_similar_uses_a_threshold(memories: MemoryRepository, team: T
 BAD_READS: dict[str, Callable[[MemoryRepository, Team], Awaitable[Any]]] = {
     "search limit < 0": lambda r, t: r.search_by_embedding(unit_vector(0), t.id, limit=-1),
     "search all-zero query": lambda r, t: r.search_by_embedding([0.0] * len(unit_vector(0)), t.id),
+    "search of another dimension": lambda r, t: r.search_by_embedding([1.0, 0.0], t.id),
     "with_tag limit < 0": lambda r, t: r.with_tag(t.id, "tea", limit=-1),
     "with_tag NUL": lambda r, t: r.with_tag(t.id, "te\x00a"),
 }

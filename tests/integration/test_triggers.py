@@ -24,6 +24,9 @@ from skill_store import (
     MessageRole,
     Team,
 )
+from skill_store.settings import get_settings
+
+from .conftest import unit_vector
 
 OLD = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -528,3 +531,40 @@ async def test_reconstruct_memory_at(session: AsyncSession, team: Team) -> None:
     assert await content_at(start) == "v1"
     unknown = "SELECT reconstruct_memory_at(:id, :at)"
     assert await scalar(session, unknown, id=uuid.uuid4(), at=later) is None
+
+
+# search_memories
+
+
+async def test_search_memories(session: AsyncSession, team: Team) -> None:
+    same = [
+        await new_memory(session, team, f"same {n}", embedding=unit_vector(0)) for n in range(5)
+    ]
+    near = await new_memory(session, team, "near", embedding=unit_vector(0, 1))
+    far = await new_memory(session, team, "far", embedding=unit_vector(1))
+
+    async def search(query: list[float] | None, **options: Any) -> list[tuple[uuid.UUID, float]]:
+        arguments = {"limit": 10, "min_similarity": None, "exact_max_rows": 500, **options}
+        rows = await run(
+            session,
+            "SELECT id, similarity FROM search_memories(CAST(:query AS vector), :team, NULL,"
+            " NULL, NULL, :limit, :min_similarity, :exact_max_rows)",
+            query=query,
+            team=team.id,
+            **arguments,
+        )
+        return [(id, round(similarity, 6)) for id, similarity in rows]
+
+    ties = [(memory_id, 1.0) for memory_id in sorted(memory.id for memory in same)]
+    ranked = [*ties, (near.id, round(2**-0.5, 6)), (far.id, 0.0)]
+    assert await search(unit_vector(0)) == ranked
+    assert await search(unit_vector(0), exact_max_rows=0) == ranked  # by the HNSW index
+    assert await search(unit_vector(0), limit=6) == ranked[:6]
+    assert await search(unit_vector(0), min_similarity=0.5) == ranked[:6]
+    assert await search(unit_vector(0), min_similarity=0.5, exact_max_rows=0) == ranked[:6]
+    assert await search(None) == []
+    expected = get_settings().embedding_dimensions
+    with pytest.raises(DBAPIError, match=f"embedding has 2 dimensions; expected {expected}"):
+        async with session.begin_nested():
+            await search([1.0, 0.0])
+    assert await scalar(session, "SHOW enable_sort") == "on"
