@@ -397,6 +397,8 @@ async def test_the_same_attempts_succeed_for_our_own_team(world: World) -> None:
             MemoryCreate(team_id=world.ours.id, memory_type=MemoryType.SEMANTIC, content="ours 2"),
         )
         assert await memories.update_access([newer.id]) == 1
+        hits = await memories.search_by_embedding(unit_vector(0), world.ours.id, limit=5)
+        assert [hit.id for hit in hits] == [world.ours.memory_id]
         conversations = ConversationRepository(session)
         await conversations.add_message(
             world.ours.conversation_id,
