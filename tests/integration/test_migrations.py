@@ -14,17 +14,8 @@ from sqlalchemy.pool import NullPool
 from skill_store.database import migrate, run_alembic
 from skill_store.settings import get_settings
 
-TABLES = {
-    "user",
-    "team",
-    "team_membership",
-    "agent",
-    "conversation",
-    "message",
-    "memory",
-    "memory_log",
-    "memory_tag",
-}
+from .conftest import TABLES
+
 ENUM_LABELS = {
     "user_role": ["owner", "admin", "member", "viewer"],
     "agent_status": ["draft", "active", "paused", "archived"],
@@ -143,7 +134,7 @@ async def test_upgrade_creates_tables_enums_functions_and_triggers(
 ) -> None:
     await migrate(empty_engine)
     async with empty_engine.connect() as connection:
-        assert await our_tables(connection) == TABLES
+        assert await our_tables(connection) == set(TABLES)
         assert await enum_labels(connection) == ENUM_LABELS
         assert await our_functions(connection) == ALL_FUNCTIONS
         assert await our_triggers(connection) == TRIGGERS | TEAM_RULE_TRIGGERS
@@ -209,7 +200,7 @@ async def test_downgrade_to_0001_removes_only_the_search_function(
     await migrate(empty_engine)
     await run_alembic(lambda config: command.downgrade(config, "0001"), empty_engine)
     async with empty_engine.connect() as connection:
-        assert await our_tables(connection) == TABLES
+        assert await our_tables(connection) == set(TABLES)
         assert await our_functions(connection) == FUNCTIONS
 
     await migrate(empty_engine)
@@ -229,7 +220,7 @@ async def test_downgrade_removes_everything_but_the_extension(empty_engine: Asyn
 
     await migrate(empty_engine)
     async with empty_engine.connect() as connection:
-        assert await our_tables(connection) == TABLES
+        assert await our_tables(connection) == set(TABLES)
 
 
 def before_tenancy(config: Config) -> None:
@@ -293,7 +284,7 @@ async def test_team_rules_are_constraints_and_downgrade_to_0001_removes_them(
 
     await run_alembic(lambda config: command.downgrade(config, "0001"), empty_engine)
     async with empty_engine.connect() as connection:
-        assert await our_tables(connection) == TABLES
+        assert await our_tables(connection) == set(TABLES)
         assert await our_functions(connection) == FUNCTIONS
         assert await our_triggers(connection) == TRIGGERS
         assert await rows(connection, "SELECT version_num FROM alembic_version") == [("0001",)]
