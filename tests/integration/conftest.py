@@ -8,6 +8,7 @@ rolled back afterwards, so tests see only their own rows.
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy import make_url, text
@@ -78,6 +79,16 @@ async def drop_database(server_url: str, name: str) -> None:
     async with admin.connect() as connection:
         await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     await admin.dispose()
+
+
+@asynccontextmanager
+async def migrated_database(server_url: str, name: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a new, migrated database of its own, dropped afterwards."""
+    engine = await get_engine(await create_database(server_url, name))
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+    await drop_database(server_url, name)
 
 
 @pytest.fixture(scope="session")

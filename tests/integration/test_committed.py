@@ -33,14 +33,12 @@ from skill_store import (
     TeamRepository,
     UserCreate,
     UserRepository,
-    get_engine,
     get_session_factory,
-    migrate,
 )
 from skill_store.repositories import memory as memory_module
 from skill_store.settings import get_settings
 
-from .conftest import create_database, drop_database
+from .conftest import migrated_database
 
 DIMENSIONS = get_settings().embedding_dimensions
 OTHER_TEAMS_MEMORIES = 5_000
@@ -58,12 +56,8 @@ class World:
 
 @pytest.fixture(scope="module")
 async def engine(server_url: str) -> AsyncIterator[AsyncEngine]:
-    url = await create_database(server_url, "skill_store_committed")
-    engine = await get_engine(url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
-    await drop_database(server_url, "skill_store_committed")
+    async with migrated_database(server_url, "skill_store_committed") as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,11 @@ from skill_store import (
     User,
     UserCreate,
     UserRepository,
-    get_engine,
     get_session_factory,
-    migrate,
 )
 from skill_store.repositories.base import translated_errors
 
-from .conftest import create_database, drop_database
+from .conftest import migrated_database
 
 
 async def run(session: AsyncSession, sql: str, **params: Any) -> CursorResult[Any]:
@@ -290,12 +288,8 @@ async def test_a_row_the_role_cannot_see_fails_the_check_like_another_teams(
 
 @pytest.fixture(scope="module")
 async def committed_engine(server_url: str) -> AsyncIterator[AsyncEngine]:
-    url = await create_database(server_url, "skill_store_team_rules")
-    engine = await get_engine(url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
-    await drop_database(server_url, "skill_store_team_rules")
+    async with migrated_database(server_url, "skill_store_team_rules") as engine:
+        yield engine
 
 
 async def waiting_for_a_lock(connection: AsyncConnection, pid: int) -> bool:

@@ -44,7 +44,14 @@ from skill_store import (
 )
 from skill_store.repositories.base import translated_errors
 
-from .conftest import TABLES, create_database, drop_database, fingerprint, unit_vector
+from .conftest import (
+    TABLES,
+    create_database,
+    drop_database,
+    fingerprint,
+    migrated_database,
+    unit_vector,
+)
 
 
 @dataclass
@@ -66,12 +73,8 @@ class World:
 
 @pytest.fixture(scope="module")
 async def engine(server_url: str) -> AsyncIterator[AsyncEngine]:
-    url = await create_database(server_url, "skill_store_tenancy")
-    engine = await get_engine(url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
-    await drop_database(server_url, "skill_store_tenancy")
+    async with migrated_database(server_url, "skill_store_tenancy") as engine:
+        yield engine
 
 
 async def make_team(session: AsyncSession, slug: str, hot: int) -> Team:
