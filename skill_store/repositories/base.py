@@ -4,6 +4,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import cache
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
@@ -186,6 +187,12 @@ async def get_or_raise(session: AsyncSession, model: type[RowT], id: uuid.UUID) 
     return row
 
 
+@cache
+def _field_adapter(model: type[SQLModel], name: str) -> TypeAdapter[Any]:
+    """A validator of the field's type, built once per field (building one is costly)."""
+    return TypeAdapter(model.model_fields[name].annotation or Any)
+
+
 class Repository(Generic[ModelT, CreateT, UpdateT]):
     """CRUD for one table. Subclasses set `model`, `create_model` and `update_model`.
 
@@ -288,8 +295,8 @@ class Repository(Generic[ModelT, CreateT, UpdateT]):
         for name, value in filters.items():
             if name not in columns:
                 raise ValueError(f"{self.model.__name__} has no column {name!r} to filter on")
-            field: TypeAdapter[Any] = TypeAdapter(self.model.model_fields[name].annotation or Any)
-            statement = statement.where(columns[name] == field.validate_python(value))
+            value = _field_adapter(self.model, name).validate_python(value)
+            statement = statement.where(columns[name] == value)
         return statement
 
     async def list(self, limit: int = 50, offset: int = 0, **filters: Any) -> Sequence[ModelT]:
