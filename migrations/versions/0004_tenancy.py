@@ -146,8 +146,13 @@ END
 $$"""
 
 
+def current_schema() -> str:
+    """The schema the migration runs in, quoted as an identifier."""
+    return str(op.get_bind().execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one())
+
+
 def upgrade() -> None:
-    schema = op.get_bind().execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
+    schema = current_schema()
     op.execute(f"""
         DO $$ BEGIN
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN
@@ -180,7 +185,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     foundation = importlib.import_module("skill_store._migrations.versions.0001_foundation")
-    schema = op.get_bind().execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
+    schema = current_schema()
     for table in POLICIES:
         op.execute(f'DROP POLICY team_isolation ON "{table}"')
         op.execute(f'ALTER TABLE "{table}" DISABLE ROW LEVEL SECURITY')
