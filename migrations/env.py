@@ -19,17 +19,19 @@ from skill_store.models._types import PydanticJSONB
 if context.config.config_file_name is not None:
     fileConfig(context.config.config_file_name, disable_existing_loggers=False)
 
-# Declared by hand in the migrations: autogenerate compares HNSW, operator-class and
-# partial indexes imperfectly, so they are kept out of `alembic check`.
-HAND_WRITTEN_INDEXES = frozenset(
-    {"idx_memory_embedding", "idx_memory_team_type", "idx_memory_expires"}
-)
+# Declared by hand in the migrations: autogenerate compares operator-class and partial
+# indexes imperfectly, so they are kept out of `alembic check`.
+HAND_WRITTEN_INDEXES = frozenset({"idx_memory_team_type", "idx_memory_expires"})
+# Built per team by `skill_store.index_large_teams`, not by migrations.
+TEAM_INDEX_PREFIX = "memory_embedding_team_"
 
 
 def include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
-    return not (type_ == "index" and name in HAND_WRITTEN_INDEXES)
+    if type_ != "index" or name is None:
+        return True
+    return name not in HAND_WRITTEN_INDEXES and not name.startswith(TEAM_INDEX_PREFIX)
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:

@@ -82,6 +82,7 @@ from skill_store.repositories import (
     UserRepository,
 )
 from skill_store.settings import Settings, get_settings, load_settings
+from skill_store.team_indexes import TeamIndexes, index_large_teams
 from skill_store.tenancy import TEAM_ROLE, scope_to_team
 
 __all__ = [
@@ -145,6 +146,7 @@ __all__ = [
     "StatementTimeoutError",
     "Team",
     "TeamCreate",
+    "TeamIndexes",
     "TeamMembership",
     "TeamMembershipCreate",
     "TeamMembershipRead",
@@ -164,6 +166,7 @@ __all__ = [
     "get_session_factory",
     "get_settings",
     "get_sync_engine",
+    "index_large_teams",
     "load_settings",
     "migrate",
     "scope_to_team",

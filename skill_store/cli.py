@@ -35,7 +35,9 @@ from skill_store.errors import NotFoundError, SkillStoreError
 from skill_store.models import Agent, Memory, MemoryType, Team
 from skill_store.portability import export_memories, import_memories
 from skill_store.repositories import AgentRepository, MemoryRepository, TeamRepository
+from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
 from skill_store.settings import get_settings, mask_password
+from skill_store.team_indexes import TeamIndexes, index_large_teams
 
 T = TypeVar("T")
 
@@ -282,6 +284,27 @@ def check() -> None:
     """Compare the schema with the models; exit 1 if they differ."""
     _on_database(command.check)
     typer.echo("no drift: the schema matches the models")
+
+
+@db.command()
+def index(
+    min_rows: Annotated[
+        int, typer.Option(min=0, help="Index teams with more searchable memories than this.")
+    ] = EXACT_SEARCH_MAX_ROWS,
+) -> None:
+    """Build the vector index of each large team (its searches are exact until then)."""
+
+    async def main() -> TeamIndexes:
+        engine = await get_engine()
+        try:
+            await ensure_migrated(engine)
+            return await index_large_teams(engine, min_rows=min_rows)
+        finally:
+            await engine.dispose()
+
+    with _user_errors():
+        done = asyncio.run(main())
+    typer.echo(f"built {len(done.built)} team indexes, dropped {done.dropped}")
 
 
 @db.command()

@@ -5,6 +5,7 @@ Every read that takes a `team_id` returns only that team's memories. Mutating me
 """
 
 import json
+import logging
 import math
 import os
 import uuid
@@ -43,11 +44,14 @@ from skill_store.repositories.base import Repository, check_page, translated_err
 from skill_store.tenancy import TEAM_SETTING
 
 EXACT_SEARCH_MAX_ROWS = 500
-"""Teams with at most this many candidate memories are searched exactly, without the index.
+"""Teams with at most this many candidate memories are searched exactly, without an index.
 
 An exact scan reads every candidate's embedding (about 8 µs a row at 1536 dimensions on the
-benchmark machine, see BENCHMARKS.md), so past this size the HNSW index is faster.
+benchmark machine, see BENCHMARKS.md), so past this size the team's own HNSW index (see
+`skill_store.index_large_teams`) is faster.
 """
+
+logger = logging.getLogger(__name__)
 
 _tag = TypeAdapter(Tag)
 _moment = TypeAdapter(AwareDatetime)
@@ -97,7 +101,7 @@ _MEMORY_TYPES = postgresql.ARRAY(sa.inspect(Memory).columns["memory_type"].type)
 
 
 def _search_statement() -> Any:
-    """Rows of (column dimension, memory or None, similarity): the hits of `search_memories`.
+    """Rows of (column dimension, memory or None, similarity, path): `search_memories`' hits.
 
     Built once; its parameters are bound at each execution. The column's dimension comes
     first in every row, and is the only row when there is no hit. A query of another
@@ -117,11 +121,13 @@ def _search_statement() -> Any:
             sa.bindparam("min_similarity", type_=sa.Float),
             sa.bindparam("exact_max_rows", type_=sa.Integer),
         )
-        .table_valued(sa.column("id", sa.Uuid), sa.column("similarity", sa.Float))
+        .table_valued(
+            sa.column("id", sa.Uuid), sa.column("similarity", sa.Float), sa.column("path", sa.Text)
+        )
         .lateral("hit")
     )
     return (
-        select(column.c.dimensions, Memory, hits.c.similarity)
+        select(column.c.dimensions, Memory, hits.c.similarity, hits.c.path)
         .select_from(column)
         .outerjoin(hits, sa.true())
         .outerjoin(Memory, col(Memory.id) == hits.c.id)
@@ -130,6 +136,7 @@ def _search_statement() -> Any:
 
 
 _SEARCH = _search_statement()
+_UNINDEXED_TEAMS_WARNED: set[uuid.UUID] = set()
 
 
 class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
@@ -575,8 +582,10 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         about that user and those about no one. Equal similarities are ordered by id.
 
         One statement: the database function `search_memories` searches a team with at most
-        `EXACT_SEARCH_MAX_ROWS` candidates exactly, a larger one through the HNSW index with
-        an iterative scan, so the filter cannot starve it.
+        `EXACT_SEARCH_MAX_ROWS` candidates exactly, a larger one through the team's own HNSW
+        index, which holds no other team's memories. Where that index is not built yet, or
+        its scan ends with too few hits for the filters, the search is exact too (and a
+        warning names a team that needs `index_large_teams`).
 
         Raises:
             EmbeddingDimensionError: If the embedding's length differs from the column's.
@@ -597,9 +606,17 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             rows = (await self.session.exec(_SEARCH, params=parameters)).all()
         self._dimensions = rows[0][0]
         _check_length(query, self._dimensions)
+        if rows[0][3] == "unindexed" and team_id not in _UNINDEXED_TEAMS_WARNED:
+            _UNINDEXED_TEAMS_WARNED.add(team_id)
+            logger.warning(
+                "team %s has more than %d memories and no search index of its own: its"
+                " searches scan every memory; run `skill-store db index`",
+                team_id,
+                EXACT_SEARCH_MAX_ROWS,
+            )
         return [
             _search_result(memory, similarity)
-            for _dimensions, memory, similarity in rows
+            for _dimensions, memory, similarity, _path in rows
             if memory is not None
         ]
 

@@ -84,7 +84,7 @@ def test_stats(run: Any) -> None:
     assert stats["rows"]["message"] == 6
     by_status = {group["status"]: group["count"] for group in stats["memories"]}
     assert by_status.get("superseded") == 1
-    assert stats["index_bytes"]["idx_memory_embedding"] > 0
+    assert stats["index_bytes"]["idx_memory_team_type"] > 0
     assert "Rows" in run("stats").stdout
 
 

@@ -1,7 +1,8 @@
 """MemoryRepository on a real database: team-scoped search, versions, links, tags and history.
 
-Each test runs in a transaction that is rolled back afterwards. The concurrency tests and the
-filtered search among many memories of other teams are in test_committed.py.
+Each test runs in a transaction that is rolled back afterwards. The concurrency tests are in
+test_committed.py, the filtered search among many memories of other teams in
+test_team_search.py.
 """
 
 import uuid
@@ -285,10 +286,19 @@ async def test_search_by_memory_type(memories: MemoryRepository, team: Team) -> 
 async def test_equal_similarities_are_ordered_by_id(
     memories: MemoryRepository, team: Team, monkeypatch: pytest.MonkeyPatch, exact: bool
 ) -> None:
-    if not exact:
-        monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
     same = sorted([(await memory(memories, team, f"same {n}", 0)).id for n in range(6)])
     await memory(memories, team, "other", 1)
+    if not exact:
+        monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
+        definition = await memories.session.exec(
+            text(
+                "SELECT format('CREATE INDEX %I ON memory USING hnsw"
+                " (embedding vector_cosine_ops) WHERE team_id = %L AND status = ''active''',"
+                " memory_team_index_name(:team), :team)"
+            ),
+            params={"team": team.id},
+        )
+        await memories.session.exec(text(definition.one()[0]))
 
     results = await memories.search_by_embedding(unit_vector(0), team.id, limit=6)
     assert [r.id for r in results] == same
