@@ -8,6 +8,7 @@ prints one table for the whole run. See BENCHMARKS.md.
 
 import argparse
 import asyncio
+import collections
 import functools
 import json
 import os
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bench.data import World, team_classes
+from bench.data import Team, World, team_classes
 from skill_store import (
     MemoryRepository,
     TeamCreate,
@@ -42,6 +43,7 @@ from skill_store import (
     UserRepository,
     get_engine,
     get_session_factory,
+    index_large_teams,
     migrate,
 )
 from skill_store.database import start_embedded_server
@@ -62,12 +64,19 @@ RAW_EXACT_SEARCH = (
     f"SELECT *, 1 - (embedding <=> $1) AS similarity FROM memory WHERE {RETRIEVABLE}"
     " ORDER BY similarity DESC, id LIMIT $3"
 )
-RAW_HNSW_SEARCH = (
-    f"SELECT *, 1 - (embedding <=> $1) AS similarity FROM memory WHERE {RETRIEVABLE}"
+# The team is a literal, as the planner must see it to pick the team's partial index.
+RAW_INDEX_SEARCH = (
+    "SELECT *, 1 - (embedding <=> $1) AS similarity FROM memory WHERE"
+    f" {RETRIEVABLE.replace('$2', '{team}')} AND $2::uuid IS NOT NULL"
     " ORDER BY embedding <=> $1 LIMIT $3"
+)
+PATHS = (
+    "SELECT DISTINCT path FROM search_memories($1, $2, NULL, NULL, NULL, $3, NULL,"
+    f" {EXACT_SEARCH_MAX_ROWS})"
 )
 LIMIT = 10
 QUERY_SEEDS = {"small": 101, "medium": 102, "large": 103}
+CROWDED_SEED = 104
 
 
 @dataclass
@@ -294,16 +303,13 @@ class Bench:
         try:
             await self.check_dimensions()
             await self.create_teams()
-            definition = await self.raw.fetchval(
-                "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_memory_embedding'"
-            )
-            await self.raw.execute("DROP INDEX idx_memory_embedding")
             await self.load()
             await self.raw.execute("VACUUM ANALYZE memory")
             await self.raw.execute("VACUUM ANALYZE memory_tag")
-            await self.build(definition)
-            for kind in ("small", "medium", "large"):
-                await self.search(kind)
+            await self.build()
+            for crowded in (False, True):
+                for kind in ("small", "medium", "large"):
+                    await self.search(kind, crowded)
             await self.single_rows()
             await self.indexed_inserts()
         finally:
@@ -437,16 +443,23 @@ class Bench:
 
     # -- index ----------------------------------------------------------------------------
 
-    async def build(self, definition: str) -> None:
-        """Build the HNSW index as the migration defines it, and a halfvec one for comparison."""
-        await self.raw.execute("SET maintenance_work_mem = '2GB'")
-        seconds = await timed(lambda: self.raw.execute(definition))
-        size = await relation_size(self.raw, "idx_memory_embedding")
-        self.add(
-            f"HNSW build, vector({self.options.dimensions})",
-            f"{seconds:.1f} s",
-            notes=f"index {megabytes(size)}; m=16, ef_construction=64",
+    async def build(self) -> None:
+        """Build each large team's HNSW index, and a halfvec one of all rows for comparison."""
+        seconds = await timed(lambda: index_large_teams(self.engine))
+        sizes = await self.raw.fetch(
+            "SELECT pg_relation_size(indexrelid) AS size, reltuples FROM pg_index"
+            " JOIN pg_class ON pg_class.oid = indexrelid"
+            " WHERE indrelid = 'memory'::regclass AND relname LIKE 'memory_embedding_team_%'"
         )
+        size = sum(row["size"] for row in sizes)
+        indexed = sum(row["reltuples"] for row in sizes)
+        self.add(
+            f"HNSW build, vector({self.options.dimensions}), one index per large team",
+            f"{seconds:.1f} s",
+            notes=f"{len(sizes)} indexes, {indexed:,.0f} rows, {megabytes(size)};"
+            " index_large_teams (CONCURRENTLY), m=16, ef_construction=64",
+        )
+        await self.raw.execute("SET maintenance_work_mem = '2GB'")
         half = (
             "CREATE INDEX bench_memory_embedding_half ON memory USING hnsw"
             f" ((embedding::halfvec({self.options.dimensions})) halfvec_cosine_ops)"
@@ -455,9 +468,9 @@ class Bench:
         seconds = await timed(lambda: self.raw.execute(half))
         half_size = await relation_size(self.raw, "bench_memory_embedding_half")
         self.add(
-            f"HNSW build, halfvec({self.options.dimensions}) expression index",
+            f"HNSW build, halfvec({self.options.dimensions}), all {self.world.total:,} rows",
             f"{seconds:.1f} s",
-            notes=f"index {megabytes(half_size)} ({half_size / size:.0%} of vector); not used",
+            notes=f"index {megabytes(half_size)}; for sizing only, not used",
         )
         await self.raw.execute("DROP INDEX bench_memory_embedding_half")
         await self.raw.execute("RESET maintenance_work_mem")
@@ -496,19 +509,38 @@ class Bench:
                         " SET LOCAL hnsw.iterative_scan = strict_order;"
                         " SET LOCAL enable_sort = off"
                     )
-                    await self.raw.fetch(RAW_HNSW_SEARCH, vector, team_id, LIMIT)
+                    statement = RAW_INDEX_SEARCH.format(team=f"'{team_id}'")
+                    await self.raw.fetch(statement, vector, team_id, LIMIT)
 
         return await timed(work)
 
-    async def search(self, kind: str) -> None:
-        """Filtered top-10 search in teams of one class: latency and recall@10."""
+    def crowded_queries(self, kind: str, count: int) -> list[tuple[Team, list[float]]]:
+        """Queries to teams of the class about the topics of the first large team.
+
+        That team's 25,000 memories lie nearer such a query than any of the asked team's.
+        """
+        crowd = self.world.of_class("large")[0]
+        rng = np.random.default_rng(CROWDED_SEED)
+        teams = [team for team in self.world.of_class(kind) if team.id != crowd.id]
+        chosen = [teams[int(rng.integers(len(teams)))] for _ in range(count)]
+        vectors = self.world.around(rng.choice(crowd.topics, size=count), rng)
+        return [(team, vector.tolist()) for team, vector in zip(chosen, vectors, strict=True)]
+
+    async def search(self, kind: str, crowded: bool) -> None:
+        """Filtered top-10 search in teams of one class: latency, recall@10 and paths."""
         teams = self.world.of_class(kind)
         rows = teams[0].rows
         exact = rows <= EXACT_SEARCH_MAX_ROWS
-        queries = self.world.queries(kind, self.options.queries, seed=QUERY_SEEDS[kind])
+        count = self.options.queries
+        if crowded:
+            queries = self.crowded_queries(kind, count)
+        else:
+            queries = self.world.queries(kind, count, seed=QUERY_SEEDS[kind])
         ours: list[float] = []
         raw: list[float] = []
+        scans: list[float] = []
         recalls: list[float] = []
+        paths: collections.Counter[str] = collections.Counter()
         warmup = queries[: min(5, len(queries))]
         for number, (team, vector) in enumerate(warmup + queries):
             found: list[uuid.UUID] = []
@@ -529,15 +561,22 @@ class Bench:
             else:
                 raw.append(await self.raw_search(team.id, vector, exact))
                 ours.append(await timed(work))
+            scans.append(await self.raw_search(team.id, vector, exact=True))
             truth = await self.exact_top(team.id, vector)
             recalls.append(len(set(found) & set(truth)) / len(truth))
+            if number >= len(warmup):
+                paths[await self.raw.fetchval(PATHS, vector, team.id, LIMIT)] += 1
         ours, raw, recalls = ours[len(warmup) :], raw[len(warmup) :], recalls[len(warmup) :]
+        scans = scans[len(warmup) :]
+        taken = ", ".join(f"{path} {times}" for path, times in sorted(paths.items()))
         self.add(
-            f"search top-10, {kind} teams ({rows:,} rows, {'exact' if exact else 'HNSW'})",
+            f"search top-10, {kind} teams ({rows:,} rows),"
+            f" {'crowded' if crowded else 'own-topic'} queries",
             latency(ours),
             latency(raw),
             ratio(ours, raw),
             f"recall@10 {statistics.fmean(recalls):.3f} (min {min(recalls):.2f});"
+            f" paths: {taken}; exact scan p50 {percentiles(scans)[0]:.2f} ms;"
             f" {len(teams)} team(s), {len(queries)} queries",
         )
 
