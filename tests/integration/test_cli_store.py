@@ -61,6 +61,7 @@ def test_every_command_has_help(run: Any) -> None:
         ["memories", "import"],
         ["memories", "export"],
         ["db", "upgrade"],
+        ["db", "index"],
     ]
     for command in commands:
         result = run(*command, "--help")
@@ -192,3 +193,20 @@ def test_commands_on_an_unmigrated_database_say_what_to_run(empty_database_url: 
     assert result.returncode == 1
     assert "run `skill-store db upgrade`" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_db_index_builds_each_large_team_index_once(run: Any) -> None:
+    result = run("db", "index", "--min-rows", "20")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("built 1 team indexes, dropped 0")
+    again = run("db", "index", "--min-rows", "20")
+    assert again.stdout.strip().endswith("built 0 team indexes, dropped 0")
+    stats = as_json(run("stats", "--json"))
+    assert [name for name in stats["index_bytes"] if name.startswith("memory_embedding_team_")]
+
+
+def test_db_index_refuses_a_negative_bound(run: Any) -> None:
+    result = run("db", "index", "--min-rows", "-1")
+    assert result.exit_code == 2
+    assert "--min-rows" in result.output
+    assert "greater than or equal to 0" in result.output
