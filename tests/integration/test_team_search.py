@@ -132,7 +132,7 @@ async def world(engine: AsyncEngine) -> World:
         await session.commit()
     await index_large_teams(engine)
     queries = {
-        "crowded": unit_rows(rng, QUERIES_PER_CLASS, centre, noise=0.05).tolist(),
+        "crowded": unit_rows(rng, QUERIES_PER_CLASS, centre, noise=0.02).tolist(),
         "open": unit_rows(rng, QUERIES_PER_CLASS).tolist(),
     }
     return World(engine, factory, crowd.id, ids, queries)
@@ -207,7 +207,16 @@ def recall(found: list[uuid.UUID], expected: list[uuid.UUID]) -> float:
     return len(set(found) & set(expected)) / len(expected)
 
 
-EXPECTED_PATH = {"small": "exact", "mid": "index", "large": "index"}
+# A crowded query is unrelated to the other teams' memories (orthogonal to all of them): an
+# index cannot be trusted to rank such near-equidistant memories, so they are scanned exactly.
+EXPECTED_PATH = {
+    ("small", "crowded"): "exact",
+    ("small", "open"): "exact",
+    ("mid", "crowded"): "fallback",
+    ("mid", "open"): "index",
+    ("large", "crowded"): "fallback",
+    ("large", "open"): "index",
+}
 
 
 @pytest.mark.parametrize("queries", QUERY_CLASSES)
@@ -222,7 +231,7 @@ async def test_each_team_finds_its_own_nearest_beside_the_crowd(
             expected = await exact_top(session, query, team_id)
         async with world.factory() as session:
             hits = await MemoryRepository(session).search_by_embedding(query, team_id, limit=LIMIT)
-            assert await paths(session, query, team_id) == {EXPECTED_PATH[size]}
+            assert await paths(session, query, team_id) == {EXPECTED_PATH[size, queries]}
         assert len(hits) == LIMIT
         assert {hit.team_id for hit in hits} == {team_id}
         recalls.append(recall([hit.id for hit in hits], expected))
@@ -363,7 +372,7 @@ async def test_min_similarity_keeps_the_best_hits_on_each_path(world: World, siz
         )
         reported = await paths(session, query, team_id, min_similarity=threshold)
     assert [hit.id for hit in hits] == [hit.id for hit in everything[:3]]
-    assert reported == {EXPECTED_PATH[size]}
+    assert reported == {EXPECTED_PATH[size, "crowded"]}
 
 
 async def test_an_unmet_min_similarity_stops_the_index_scan_at_once(world: World) -> None:
