@@ -90,10 +90,18 @@ def _describe_integrity_error(error: DBAPIError) -> ConflictError:
     values = _key_values(detail)
     if state == "23505" and constraint in UNIQUE_MESSAGES:
         return ConflictError(UNIQUE_MESSAGES[constraint].format_map(values), constraint)
-    still_referenced = "is still referenced" in detail
-    if state == "23503" and constraint in TEAM_RULE_MESSAGES and not still_referenced:
-        return ConflictError(TEAM_RULE_MESSAGES[constraint].format_map(values), constraint)
-    if state == "23503" and (referenced := _REFERENCED_TABLE.search(detail)):
+    referenced = _REFERENCED_TABLE.search(detail)
+    if state == "23503" and constraint in TEAM_RULE_MESSAGES and "still referenced" not in detail:
+        table = getattr(cause, "table_name", "?")
+        try:
+            return ConflictError(TEAM_RULE_MESSAGES[constraint].format_map(values), constraint)
+        except KeyError:  # the detail hides the values from a role under row-level security
+            named = referenced["table"] if referenced else "row"
+            return ConflictError(
+                f"the {named} named by the {table} is not of the {table}'s team",
+                constraint,
+            )
+    if state == "23503" and referenced:
         column, value = next(iter(values.items()), ("reference", "?"))
         table = getattr(cause, "table_name", "?")
         return ConflictError(
