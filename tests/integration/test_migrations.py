@@ -60,7 +60,9 @@ TEAM_RULE_FUNCTIONS = {
     "check_agent_team_move",
     "check_conversation_team_move",
 }
-ALL_FUNCTIONS = FUNCTIONS | SEARCH_FUNCTIONS | TEAM_RULE_FUNCTIONS | TENANCY_FUNCTIONS
+TEAM_KEY_FUNCTIONS = {"check_conversation_user_team"}
+"""What is left of 0003's team rules once 0005's composite foreign keys enforce the others."""
+ALL_FUNCTIONS = FUNCTIONS | SEARCH_FUNCTIONS | TEAM_KEY_FUNCTIONS | TENANCY_FUNCTIONS
 TRIGGERS = {
     ("user", "trg_user_updated_at"),
     ("team", "trg_team_updated_at"),
@@ -82,6 +84,7 @@ TEAM_RULE_TRIGGERS = {
     ("agent", "fk_agent_team_move"),
     ("conversation", "fk_conversation_team_move"),
 }
+TEAM_KEY_TRIGGERS = {("conversation", "fk_conversation_user_team")}
 
 
 @pytest.fixture
@@ -137,7 +140,7 @@ async def test_upgrade_creates_tables_enums_functions_and_triggers(
         assert await our_tables(connection) == set(TABLES)
         assert await enum_labels(connection) == ENUM_LABELS
         assert await our_functions(connection) == ALL_FUNCTIONS
-        assert await our_triggers(connection) == TRIGGERS | TEAM_RULE_TRIGGERS
+        assert await our_triggers(connection) == TRIGGERS | TEAM_KEY_TRIGGERS
         assert await rows(connection, "SELECT extname FROM pg_extension WHERE extname = 'vector'")
 
 
@@ -275,12 +278,19 @@ async def test_tenancy_secures_every_table_and_downgrades_cleanly(
 async def test_team_rules_are_constraints_and_downgrade_to_0001_removes_them(
     empty_engine: AsyncEngine,
 ) -> None:
+    """0003 makes them constraint triggers; 0005 keeps only the one no foreign key expresses."""
+    triggers = "SELECT conname FROM pg_constraint WHERE contype = 't' ORDER BY conname"
+    await migrate(empty_engine, "0004")
+    async with empty_engine.connect() as connection:
+        constraints = await rows(connection, triggers)
+        functions = await our_functions(connection)
+    assert {name for (name,) in constraints} == {name for _table, name in TEAM_RULE_TRIGGERS}
+    assert functions == FUNCTIONS | SEARCH_FUNCTIONS | TEAM_RULE_FUNCTIONS | TENANCY_FUNCTIONS
+
     await migrate(empty_engine)
     async with empty_engine.connect() as connection:
-        constraints = await rows(
-            connection, "SELECT conname FROM pg_constraint WHERE contype = 't' ORDER BY conname"
-        )
-    assert {name for (name,) in constraints} == {name for _table, name in TEAM_RULE_TRIGGERS}
+        constraints = await rows(connection, triggers)
+    assert {name for (name,) in constraints} == {name for _table, name in TEAM_KEY_TRIGGERS}
 
     await run_alembic(lambda config: command.downgrade(config, "0001"), empty_engine)
     async with empty_engine.connect() as connection:
@@ -292,4 +302,4 @@ async def test_team_rules_are_constraints_and_downgrade_to_0001_removes_them(
     await migrate(empty_engine)
     await run_alembic(command.check, empty_engine)
     async with empty_engine.connect() as connection:
-        assert await our_triggers(connection) == TRIGGERS | TEAM_RULE_TRIGGERS
+        assert await our_triggers(connection) == TRIGGERS | TEAM_KEY_TRIGGERS
