@@ -365,7 +365,16 @@ REPOSITORIES = (
     ConversationRepository,
     MemoryRepository,
 )
-NOT_STATEMENTS = {"writing", "writing_as", "build", "entity", "embedder"}
+NOT_STATEMENTS = {
+    "writing",
+    "writing_as",
+    "build",
+    "entity",
+    "embedder",
+    "model",
+    "create_model",
+    "update_model",
+}
 """Public members that send no statement of their own."""
 
 
@@ -378,7 +387,6 @@ def public_methods() -> set[str]:
         if not name.startswith("_")
         and name not in NOT_STATEMENTS
         and callable(getattr(repository, name))
-        and name not in {"model", "create_model", "update_model"}
     }
 
 
