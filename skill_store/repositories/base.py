@@ -92,10 +92,10 @@ def _describe_integrity_error(error: DBAPIError) -> ConflictError:
         return ConflictError(UNIQUE_MESSAGES[constraint].format_map(values), constraint)
     referenced = _REFERENCED_TABLE.search(detail)
     if state == "23503" and constraint in TEAM_RULE_MESSAGES and "still referenced" not in detail:
-        table = getattr(cause, "table_name", "?")
         try:
             return ConflictError(TEAM_RULE_MESSAGES[constraint].format_map(values), constraint)
         except KeyError:  # the detail hides the values from a role under row-level security
+            table = getattr(cause, "table_name", "?")
             named = referenced["table"] if referenced else "row"
             return ConflictError(
                 f"the {named} named by the {table} is not of the {table}'s team",
