@@ -365,11 +365,11 @@ class Bench:
     async def insert_raw(self, chunk: list[dict[str, Any]], commit: bool) -> float:
         """Seconds for COPY of the same rows and tags, records built beforehand."""
         memories: list[tuple[Any, ...]] = []
-        tags: list[tuple[uuid.UUID, uuid.UUID, str]] = []
+        tags: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, str]] = []
         for item in chunk:
             memory_id = uuid.uuid4()
             memories.append(raw_record(memory_id, item))
-            tags.extend((uuid.uuid4(), memory_id, tag) for tag in item["tags"])
+            tags.extend((uuid.uuid4(), item["team_id"], memory_id, tag) for tag in item["tags"])
 
         async def work() -> None:
             transaction = self.raw.transaction()
@@ -380,7 +380,7 @@ class Bench:
                 )
                 if tags:
                     await self.raw.copy_records_to_table(
-                        "memory_tag", records=tags, columns=["id", "memory_id", "tag"]
+                        "memory_tag", records=tags, columns=["id", "team_id", "memory_id", "tag"]
                     )
             except BaseException:
                 await transaction.rollback()
@@ -617,13 +617,14 @@ class Bench:
             f"{samples} calls each, session + commit per call vs prepared INSERT (autocommit)",
         )
 
+        team = self.latency_team
         ids = [
             row["id"]
             for row in await self.raw.fetch(
-                "SELECT id FROM memory TABLESAMPLE SYSTEM (5) LIMIT $1", samples
+                "SELECT id FROM memory WHERE team_id = $1 LIMIT $2", team, samples
             )
         ]
-        select = await self.raw.prepare("SELECT * FROM memory WHERE id = $1")
+        select = await self.raw.prepare("SELECT * FROM memory WHERE team_id = $1 AND id = $2")
         ours_get: list[float] = []
         session_get: list[float] = []
         raw_get: list[float] = []
@@ -631,14 +632,15 @@ class Bench:
 
             async def get(memory_id: uuid.UUID = memory_id) -> None:
                 async with self.factory() as session:
-                    await MemoryRepository(session).get_by_id(memory_id)
+                    await MemoryRepository(session).get_by_id(memory_id, team_id=team)
 
             ours_get.append(await timed(get))
-            raw_get.append(await timed(functools.partial(select.fetchrow, memory_id)))
+            raw_get.append(await timed(functools.partial(select.fetchrow, team, memory_id)))
         async with self.factory() as session:
             repository = MemoryRepository(session)
             for memory_id in ids:
-                session_get.append(await timed(functools.partial(repository.get_by_id, memory_id)))
+                get_one = functools.partial(repository.get_by_id, memory_id, team_id=team)
+                session_get.append(await timed(get_one))
                 session.expunge_all()
         self.add(
             "get_by_id p50 / p95, session per call",

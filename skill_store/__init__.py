@@ -79,6 +79,7 @@ from skill_store.repositories import (
     MemoryRepository,
     Repository,
     TeamRepository,
+    TeamRowRepository,
     UserRepository,
 )
 from skill_store.settings import Settings, get_settings, load_settings
@@ -153,6 +154,7 @@ __all__ = [
     "TeamMembershipUpdate",
     "TeamRead",
     "TeamRepository",
+    "TeamRowRepository",
     "TeamUpdate",
     "User",
     "UserCreate",

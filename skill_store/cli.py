@@ -419,7 +419,8 @@ def show_agent(
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         found = await _agent(session, await _team(session, team), agent)
-        return (await AgentRepository(session).dna(found.id)).model_dump(mode="json")
+        dna = await AgentRepository(session).dna(found.id, team_id=found.team_id)
+        return dna.model_dump(mode="json")
 
     _print_document(_in_session(work), as_json)
 
@@ -481,7 +482,7 @@ def show_memory(team: TeamSlug, memory_id: MemoryId, as_json: AsJson = False) ->
     async def work(session: AsyncSession) -> dict[str, Any]:
         repository = MemoryRepository(session)
         memory = await repository.get(memory_id, (await _team(session, team)).id)
-        return _memory_json(memory, tags=await repository.tags(memory.id))
+        return _memory_json(memory, tags=await repository.tags(memory.id, team_id=memory.team_id))
 
     _print_document(_in_session(work), as_json)
 
@@ -492,8 +493,10 @@ def memory_history(team: TeamSlug, memory_id: MemoryId, as_json: AsJson = False)
 
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
         repository = MemoryRepository(session)
-        await repository.get(memory_id, (await _team(session, team)).id)
-        return [log.model_dump(mode="json") for log in await repository.history(memory_id)]
+        team_id = (await _team(session, team)).id
+        await repository.get(memory_id, team_id)
+        history = await repository.history(memory_id, team_id=team_id)
+        return [log.model_dump(mode="json") for log in history]
 
     result = _in_session(work)
     if as_json:

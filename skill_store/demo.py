@@ -250,6 +250,7 @@ async def build_demo(session: AsyncSession, embedder: Embedder) -> DemoReport:
             MessageCreate(
                 role=role, content=content, agent_id=author, token_count=len(content) // 4
             ),
+            team_id=team.id,
         )
 
     memories = MemoryRepository(session, embedder=embedder)
@@ -304,5 +305,5 @@ async def build_demo(session: AsyncSession, embedder: Embedder) -> DemoReport:
         query=QUERY,
         hits=hits,
         successor=successor,
-        history=list(await memories.history(old.id)),
+        history=list(await memories.history(old.id, team_id=team.id)),
     )

@@ -99,7 +99,7 @@ async def export_memories(session: AsyncSession, team_id: uuid.UUID) -> AsyncIte
     """The team's active memories as JSON Lines that `import_memories` reads back, oldest first."""
     tags = (
         select(func.array_agg(aggregate_order_by(col(MemoryTag.tag), col(MemoryTag.tag))))
-        .where(MemoryTag.memory_id == Memory.id)
+        .where(MemoryTag.team_id == team_id, MemoryTag.memory_id == Memory.id)
         .scalar_subquery()
     )
     statement = (

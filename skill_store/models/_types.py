@@ -136,6 +136,37 @@ class UUIDPrimaryKey(SQLModel):
     )
 
 
+class TeamRowId(SQLModel):
+    """`id`, made in Python; the table's primary key is (team_id, id), declared by the table.
+
+    Every table of a team's rows is keyed by its team first, so that it can be distributed
+    (or partitioned) by `team_id`.
+    """
+
+    id: uuid.UUID = Field(
+        default_factory=uuid.uuid4,
+        nullable=False,
+        sa_column_kwargs={"server_default": sa.text("gen_random_uuid()")},
+    )
+
+
+def team_primary_key(table: str) -> sa.PrimaryKeyConstraint:
+    """The primary key (team_id, id) of a team's table, named as the migrations name it."""
+    return sa.PrimaryKeyConstraint("team_id", "id", name=f"pk_{table}")
+
+
+def team_foreign_key(
+    name: str, column: str, referenced: str, ondelete: str | None = None
+) -> sa.ForeignKeyConstraint:
+    """A foreign key (team_id, column) to (team_id, id) of `referenced`: a row of the same team."""
+    return sa.ForeignKeyConstraint(
+        ["team_id", column],
+        [f"{referenced}.team_id", f"{referenced}.id"],
+        name=name,
+        ondelete=ondelete,
+    )
+
+
 class CreatedAt(SQLModel):
     """`created_at`, set by the database when the row is inserted."""
 

@@ -22,8 +22,9 @@ from skill_store.models._types import (
     JSONObject,
     PgStr,
     PydanticJSONB,
+    TeamRowId,
     Timestamps,
-    UUIDPrimaryKey,
+    team_primary_key,
 )
 from skill_store.models.enums import AgentStatus, pg_enum
 from skill_store.models.user import SLUG_PATTERN, Slug
@@ -173,11 +174,12 @@ class AgentBase(SQLModel):
 
 
 # Database model
-class Agent(UUIDPrimaryKey, AgentBase, Timestamps, table=True):
+class Agent(TeamRowId, AgentBase, Timestamps, table=True):
     """A named agent of a team; slugs are unique within the team."""
 
     __tablename__ = "agent"
     __table_args__ = (
+        team_primary_key("agent"),
         sa.UniqueConstraint("team_id", "slug", name="uq_agent_team_slug"),
         sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="ck_agent_slug_format"),
         sa.Index("idx_agent_team", "team_id", "status"),

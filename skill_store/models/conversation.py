@@ -20,8 +20,10 @@ from skill_store.models._types import (
     JSONObject,
     JSONValue,
     PgStr,
+    TeamRowId,
     Timestamps,
-    UUIDPrimaryKey,
+    team_foreign_key,
+    team_primary_key,
 )
 from skill_store.models.enums import ConversationStatus, MessageRole, pg_enum
 
@@ -35,7 +37,7 @@ payload does not."""
 # Shared properties
 class ConversationBase(SQLModel):
     team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
-    agent_id: uuid.UUID = Field(foreign_key="agent.id", ondelete="CASCADE")
+    agent_id: uuid.UUID
     user_id: uuid.UUID = Field(foreign_key="user.id")
     title: PgStr | None = Field(default=None, max_length=500, sa_type=sa.Text)
     status: ConversationStatus = Field(
@@ -52,11 +54,13 @@ class ConversationBase(SQLModel):
 
 
 # Database model
-class Conversation(UUIDPrimaryKey, ConversationBase, Timestamps, table=True):
+class Conversation(TeamRowId, ConversationBase, Timestamps, table=True):
     """A conversation of a user with an agent, inside one team."""
 
     __tablename__ = "conversation"
     __table_args__ = (
+        team_primary_key("conversation"),
+        team_foreign_key("fk_conversation_agent_team", "agent_id", "agent", "CASCADE"),
         sa.Index("idx_conversation_team_user", "team_id", "user_id", "last_message_at"),
         sa.Index("idx_conversation_agent", "agent_id"),
     )
@@ -106,7 +110,7 @@ class ConversationUpdate(SQLModel):
 
 # Shared properties
 class MessageBase(SQLModel):
-    agent_id: uuid.UUID | None = Field(default=None, foreign_key="agent.id", ondelete="SET NULL")
+    agent_id: uuid.UUID | None = None
     role: MessageRole = Field(sa_type=pg_enum(MessageRole, "message_role"))
     content: PgStr = Field(max_length=MAX_MESSAGE_LENGTH, sa_type=sa.Text)
     tool_calls: JSONValue | None = Field(default=None, sa_type=JSONB)
@@ -118,11 +122,16 @@ class MessageBase(SQLModel):
 
 
 # Database model
-class Message(UUIDPrimaryKey, MessageBase, CreatedAt, table=True):
-    """One message of a conversation."""
+class Message(TeamRowId, MessageBase, CreatedAt, table=True):
+    """One message of a conversation, in the conversation's team."""
 
     __tablename__ = "message"
     __table_args__ = (
+        team_primary_key("message"),
+        team_foreign_key(
+            "fk_message_conversation_team", "conversation_id", "conversation", "CASCADE"
+        ),
+        team_foreign_key("fk_message_agent_team", "agent_id", "agent", "SET NULL (agent_id)"),
         sa.CheckConstraint(
             "feedback_rating IN ('positive', 'negative') OR feedback_rating IS NULL",
             name="ck_message_feedback_rating",
@@ -130,7 +139,8 @@ class Message(UUIDPrimaryKey, MessageBase, CreatedAt, table=True):
         sa.Index("idx_message_conversation", "conversation_id", "created_at"),
     )
 
-    conversation_id: uuid.UUID = Field(foreign_key="conversation.id", ondelete="CASCADE")
+    team_id: uuid.UUID
+    conversation_id: uuid.UUID
     # The clock, not the transaction start, so messages written together keep their order.
     created_at: datetime | None = Field(
         default=None, nullable=False, sa_column_kwargs={"server_default": sa.func.clock_timestamp()}
@@ -139,7 +149,7 @@ class Message(UUIDPrimaryKey, MessageBase, CreatedAt, table=True):
     conversation: Conversation = Relationship(back_populates="messages")
 
 
-# Properties to receive on creation (the conversation is named by the caller)
+# Properties to receive on creation (the caller names the conversation and its team)
 class MessageCreate(MessageBase):
     pass
 
@@ -147,6 +157,7 @@ class MessageCreate(MessageBase):
 # Properties to return
 class MessageRead(MessageBase):
     id: uuid.UUID
+    team_id: uuid.UUID
     conversation_id: uuid.UUID
     created_at: datetime
 

@@ -21,10 +21,12 @@ from skill_store.models._types import (
     Embedding,
     JSONObject,
     PgStr,
+    TeamRowId,
     Timestamps,
-    UUIDPrimaryKey,
     Vector,
     check_text,
+    team_foreign_key,
+    team_primary_key,
 )
 from skill_store.models.agent import Agent
 from skill_store.models.enums import MemorySource, MemoryStatus, MemoryTier, MemoryType, pg_enum
@@ -43,7 +45,7 @@ Tag = Annotated[
 # Shared properties
 class MemoryBase(SQLModel):
     team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
-    agent_id: uuid.UUID | None = Field(default=None, foreign_key="agent.id", ondelete="CASCADE")
+    agent_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = Field(default=None, foreign_key="user.id")
     memory_type: MemoryType = Field(sa_type=pg_enum(MemoryType, "memory_type_enum"))
     content: PgStr = Field(min_length=1, max_length=MAX_CONTENT_LENGTH, sa_type=sa.Text)
@@ -63,9 +65,7 @@ class MemoryBase(SQLModel):
         sa_type=pg_enum(MemorySource, "memory_source"),
         sa_column_kwargs={"server_default": MemorySource.EXTRACTION.value},
     )
-    source_conversation_id: uuid.UUID | None = Field(
-        default=None, foreign_key="conversation.id", ondelete="SET NULL"
-    )
+    source_conversation_id: uuid.UUID | None = None
     source_message_ids: list[uuid.UUID] | None = Field(default=None, sa_type=UUID_ARRAY)
     extraction_model: PgStr | None = Field(default=None, max_length=200, sa_type=sa.Text)
     contradicts: list[uuid.UUID] | None = Field(default=None, sa_type=UUID_ARRAY)
@@ -84,11 +84,20 @@ class MemoryBase(SQLModel):
 
 
 # Database model
-class Memory(UUIDPrimaryKey, MemoryBase, Timestamps, table=True):
+class Memory(TeamRowId, MemoryBase, Timestamps, table=True):
     """One memory of a team, optionally owned by an agent and about a user."""
 
     __tablename__ = "memory"
     __table_args__ = (
+        team_primary_key("memory"),
+        team_foreign_key("fk_memory_agent_team", "agent_id", "agent", "CASCADE"),
+        team_foreign_key(
+            "fk_memory_source_conversation_team",
+            "source_conversation_id",
+            "conversation",
+            "SET NULL (source_conversation_id)",
+        ),
+        team_foreign_key("fk_memory_superseded_by_team", "superseded_by", "memory"),
         sa.CheckConstraint("importance BETWEEN 1 AND 10", name="ck_memory_importance"),
         sa.CheckConstraint("confidence BETWEEN 0.0 AND 1.0", name="ck_memory_confidence"),
         sa.Index("idx_memory_agent", "agent_id"),
@@ -99,7 +108,7 @@ class Memory(UUIDPrimaryKey, MemoryBase, Timestamps, table=True):
 
     access_count: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
     version: int = Field(default=1, sa_column_kwargs={"server_default": sa.text("1")})
-    superseded_by: uuid.UUID | None = Field(default=None, foreign_key="memory.id")
+    superseded_by: uuid.UUID | None = None
     status: MemoryStatus = Field(
         default=MemoryStatus.ACTIVE,
         sa_type=pg_enum(MemoryStatus, "memory_status"),
@@ -110,7 +119,8 @@ class Memory(UUIDPrimaryKey, MemoryBase, Timestamps, table=True):
     )
 
     team: Team = Relationship()
-    agent: Agent | None = Relationship()
+    # Both set team_id, to the same team: the agent's key includes it.
+    agent: Agent | None = Relationship(sa_relationship_kwargs={"overlaps": "team"})
 
 
 # Properties to receive on creation
@@ -154,7 +164,7 @@ class MemoryUpdate(SQLModel):
 # Shared properties
 class MemoryLogBase(SQLModel):
     memory_id: uuid.UUID
-    team_id: uuid.UUID | None = None
+    team_id: uuid.UUID
     action: PgStr = Field(min_length=1, max_length=50, sa_type=sa.Text)
     old_content: PgStr | None = Field(default=None, sa_type=sa.Text)
     new_content: PgStr | None = Field(default=None, sa_type=sa.Text)
@@ -171,11 +181,14 @@ class MemoryLogBase(SQLModel):
 
 
 # Database model: append-only, no foreign key so the history outlives the memory
-class MemoryLog(UUIDPrimaryKey, MemoryLogBase, CreatedAt, table=True):
+class MemoryLog(TeamRowId, MemoryLogBase, CreatedAt, table=True):
     """One change of a memory, written by the database."""
 
     __tablename__ = "memory_log"
-    __table_args__ = (sa.Index("idx_memory_log_memory", "memory_id", "created_at"),)
+    __table_args__ = (
+        team_primary_key("memory_log"),
+        sa.Index("idx_memory_log_memory", "memory_id", "created_at"),
+    )
 
 
 # Properties to receive on creation: an event recorded by hand (changes log themselves)
@@ -191,17 +204,20 @@ class MemoryLogRead(MemoryLogBase):
 
 # Shared properties
 class MemoryTagBase(SQLModel):
-    memory_id: uuid.UUID = Field(foreign_key="memory.id", ondelete="CASCADE")
+    team_id: uuid.UUID
+    memory_id: uuid.UUID
     tag: Tag = Field(sa_type=sa.Text)
 
 
 # Database model
-class MemoryTag(UUIDPrimaryKey, MemoryTagBase, CreatedAt, table=True):
-    """A label on a memory; each tag once per memory."""
+class MemoryTag(TeamRowId, MemoryTagBase, CreatedAt, table=True):
+    """A label on a memory, in the memory's team; each tag once per memory."""
 
     __tablename__ = "memory_tag"
     __table_args__ = (
-        sa.UniqueConstraint("memory_id", "tag", name="uq_memory_tag"),
+        team_primary_key("memory_tag"),
+        sa.UniqueConstraint("team_id", "memory_id", "tag", name="uq_memory_tag"),
+        team_foreign_key("fk_memory_tag_memory_team", "memory_id", "memory", "CASCADE"),
         sa.Index("idx_memory_tag_tag", "tag"),
     )
 

@@ -17,8 +17,10 @@ from skill_store.models._types import (
     CreatedAt,
     JSONObject,
     PgStr,
+    TeamRowId,
     Timestamps,
     UUIDPrimaryKey,
+    team_primary_key,
 )
 from skill_store.models.enums import UserRole, pg_enum
 
@@ -155,11 +157,12 @@ class TeamMembershipBase(SQLModel):
 
 
 # Database model
-class TeamMembership(UUIDPrimaryKey, TeamMembershipBase, CreatedAt, table=True):
+class TeamMembership(TeamRowId, TeamMembershipBase, CreatedAt, table=True):
     """A user's role in a team; one membership per user and team."""
 
     __tablename__ = "team_membership"
     __table_args__ = (
+        team_primary_key("team_membership"),
         sa.UniqueConstraint("user_id", "team_id", name="uq_team_membership"),
         sa.Index("idx_team_membership_team", "team_id"),
     )

@@ -1,7 +1,7 @@
 """Typed CRUD for every entity; the caller owns the transaction."""
 
 from skill_store.repositories.agent import AgentRepository
-from skill_store.repositories.base import Repository
+from skill_store.repositories.base import Repository, TeamRowRepository
 from skill_store.repositories.conversation import ConversationRepository
 from skill_store.repositories.memory import MemoryRepository
 from skill_store.repositories.team import TeamRepository
@@ -13,5 +13,6 @@ __all__ = [
     "MemoryRepository",
     "Repository",
     "TeamRepository",
+    "TeamRowRepository",
     "UserRepository",
 ]

@@ -7,10 +7,10 @@ from sqlmodel import col, select
 
 from skill_store.models import Agent, AgentCreate, AgentDNA, AgentStatus, AgentUpdate, Team
 from skill_store.models._types import check_text
-from skill_store.repositories.base import Repository, translated_errors
+from skill_store.repositories.base import TeamRowRepository, translated_errors
 
 
-class AgentRepository(Repository[Agent, AgentCreate, AgentUpdate]):
+class AgentRepository(TeamRowRepository[Agent, AgentCreate, AgentUpdate]):
     """Agents; their sub-configs load as the typed AgentDNA models."""
 
     model = Agent
@@ -33,21 +33,23 @@ class AgentRepository(Repository[Agent, AgentCreate, AgentUpdate]):
         async with translated_errors():
             return (await self.session.exec(statement.order_by(col(Agent.name)))).all()
 
-    async def set_status(self, agent_id: uuid.UUID, status: AgentStatus) -> Agent:
-        """Move the agent to `status`.
+    async def set_status(
+        self, agent_id: uuid.UUID, status: AgentStatus, *, team_id: uuid.UUID
+    ) -> Agent:
+        """Move the team's agent to `status`.
 
         Raises:
-            NotFoundError: If there is no such agent.
+            NotFoundError: If the team has no such agent.
         """
-        return await self.update(agent_id, {"status": status})
+        return await self.update(agent_id, {"status": status}, team_id=team_id)
 
-    async def dna(self, agent_id: uuid.UUID) -> AgentDNA:
-        """The agent's identity document, its shared skills preceded by its team's.
+    async def dna(self, agent_id: uuid.UUID, *, team_id: uuid.UUID) -> AgentDNA:
+        """The identity document of the team's agent, its shared skills preceded by its team's.
 
         Raises:
-            NotFoundError: If there is no such agent.
+            NotFoundError: If the team has no such agent.
         """
-        agent = await self.get_or_raise(agent_id)
+        agent = await self.get_or_raise(agent_id, team_id=team_id)
         async with translated_errors():
             team = await self.session.get_one(Team, agent.team_id)
         shared = list(dict.fromkeys([*team.shared_skill_names, *agent.shared_skill_names]))

@@ -37,18 +37,25 @@ UNIQUE_MESSAGES = {
     "uq_memory_tag": "memory {memory_id} already has tag '{tag}'",
 }
 TEAM_RULE_MESSAGES = {
-    "fk_memory_agent_team": "agent {agent_id} is not an agent of team {team_id},"
-    " the team of memory {id}",
-    "fk_memory_source_conversation_team": "conversation {source_conversation_id} is not a"
-    " conversation of team {team_id}, the team of memory {id}",
     "fk_conversation_agent_team": "agent {agent_id} is not an agent of team {team_id},"
-    " the team of conversation {id}",
+    " the team of the conversation",
     "fk_conversation_user_team": "user {user_id} is not a member of team {team_id},"
     " the team of conversation {id}",
-    "fk_message_agent_team": "agent {agent_id} is not an agent of the team of conversation"
-    " {conversation_id} (message {id})",
+    "fk_message_conversation_team": "conversation {conversation_id} is not a conversation"
+    " of team {team_id}",
+    "fk_message_agent_team": "agent {agent_id} is not an agent of team {team_id},"
+    " the team of the message's conversation",
+    "fk_memory_agent_team": "agent {agent_id} is not an agent of team {team_id},"
+    " the team of the memory",
+    "fk_memory_source_conversation_team": "conversation {source_conversation_id} is not a"
+    " conversation of team {team_id}, the team of the memory",
+    "fk_memory_superseded_by_team": "memory {superseded_by} is not a memory of team {team_id},"
+    " the team of the memory it replaces",
+    "fk_memory_tag_memory_team": "memory {memory_id} is not a memory of team {team_id}",
 }
-"""The same-team rules of migration 0003, by constraint name; the values come from the detail."""
+"""The same-team rules, by constraint name: the composite foreign keys of migration 0005 (a
+missing row and a row of another team break them alike) and the membership trigger of 0003.
+The values come from the error's detail."""
 _KEY = re.compile(r"Key \((?P<columns>.+?)\)=\((?P<values>.*)\)")
 _REFERENCED_TABLE = re.compile(r'present in table "(?P<table>[^"]+)"')
 _DELETED_TABLE = re.compile(r'on table "(?P<table>[^"]+)"')
@@ -83,9 +90,18 @@ def _describe_integrity_error(error: DBAPIError) -> ConflictError:
     values = _key_values(detail)
     if state == "23505" and constraint in UNIQUE_MESSAGES:
         return ConflictError(UNIQUE_MESSAGES[constraint].format_map(values), constraint)
-    if state == "23503" and constraint in TEAM_RULE_MESSAGES:
-        return ConflictError(TEAM_RULE_MESSAGES[constraint].format_map(values), constraint)
-    if state == "23503" and (referenced := _REFERENCED_TABLE.search(detail)):
+    referenced = _REFERENCED_TABLE.search(detail)
+    if state == "23503" and constraint in TEAM_RULE_MESSAGES and "still referenced" not in detail:
+        try:
+            return ConflictError(TEAM_RULE_MESSAGES[constraint].format_map(values), constraint)
+        except KeyError:  # the detail hides the values from a role under row-level security
+            table = getattr(cause, "table_name", "?")
+            named = referenced["table"] if referenced else "row"
+            return ConflictError(
+                f"the {named} named by the {table} is not of the {table}'s team",
+                constraint,
+            )
+    if state == "23503" and referenced:
         column, value = next(iter(values.items()), ("reference", "?"))
         table = getattr(cause, "table_name", "?")
         return ConflictError(
@@ -93,7 +109,7 @@ def _describe_integrity_error(error: DBAPIError) -> ConflictError:
             constraint,
         )
     if state == "23503" and (deleted := _DELETED_TABLE.search(message)):
-        value = next(iter(values.values()), "?")
+        value = values.get("id") or next(iter(values.values()), "?")
         table = getattr(cause, "table_name", "?")
         return ConflictError(
             f"{deleted['table']} {value} is still referenced by {table}", constraint
@@ -174,16 +190,20 @@ def check_page(limit: int, offset: int = 0) -> None:
         raise ValueError(f"limit and offset must not be negative (got {limit}, {offset})")
 
 
-async def get_or_raise(session: AsyncSession, model: type[RowT], id: uuid.UUID) -> RowT:
-    """Return the `model` row with this id.
+Key = uuid.UUID | tuple[uuid.UUID, uuid.UUID]
+"""A row's primary key: its id, or (team_id, id) for a table of a team's rows."""
+
+
+async def get_or_raise(session: AsyncSession, model: type[RowT], key: Key) -> RowT:
+    """Return the `model` row with this primary key.
 
     Raises:
         NotFoundError: If there is none.
     """
     async with translated_errors():
-        row = await session.get(model, id)
+        row = await session.get(model, key)
     if row is None:
-        raise NotFoundError(str(model.__tablename__), id)
+        raise NotFoundError(str(model.__tablename__), key[-1] if isinstance(key, tuple) else key)
     return row
 
 
@@ -193,8 +213,10 @@ def _field_adapter(model: type[SQLModel], name: str) -> TypeAdapter[Any]:
     return TypeAdapter(model.model_fields[name].annotation or Any)
 
 
-class Repository(Generic[ModelT, CreateT, UpdateT]):
-    """CRUD for one table. Subclasses set `model`, `create_model` and `update_model`.
+class BaseRepository(Generic[ModelT, CreateT, UpdateT]):
+    """What every repository shares: creating rows, and finding, changing and deleting them.
+
+    Subclasses set `model`, `create_model` and `update_model`.
 
     A repository never commits: the caller owns the transaction. Every write runs in a
     savepoint, so a failed write leaves the caller's transaction as it was.
@@ -223,19 +245,6 @@ class Repository(Generic[ModelT, CreateT, UpdateT]):
         """The row to insert for validated create data (subclasses add server-side fields)."""
         return self.model.model_validate(data)
 
-    async def get_by_id(self, id: uuid.UUID) -> ModelT | None:
-        """Return the row with this id, or None."""
-        async with translated_errors():
-            return await self.session.get(self.model, id)
-
-    async def get_or_raise(self, id: uuid.UUID) -> ModelT:
-        """Return the row with this id.
-
-        Raises:
-            NotFoundError: If there is none.
-        """
-        return await get_or_raise(self.session, self.model, id)
-
     async def create(self, data: CreateT | Mapping[str, Any]) -> ModelT:
         """Validate `data` as the create model and insert it.
 
@@ -249,22 +258,16 @@ class Repository(Generic[ModelT, CreateT, UpdateT]):
             self.session.add(row)
         return row
 
-    async def update(self, id: uuid.UUID, data: UpdateT | Mapping[str, Any]) -> ModelT:
-        """Apply the fields set in `data` to the row with this id.
+    async def _find(self, key: Key) -> ModelT | None:
+        async with translated_errors():
+            return await self.session.get(self.model, key)
 
-        Sub-configs and other JSON values are written even when the caller changed them in
-        place, since every field set in `data` is written.
-
-        Raises:
-            pydantic.ValidationError: If the data is invalid, or sets a required field to None.
-            NotFoundError: If there is no such row.
-            ConflictError: If the change breaks a database rule.
-        """
+    async def _update(self, key: Key, data: UpdateT | Mapping[str, Any]) -> ModelT:
         validated = validate(self.update_model, data)
         changes = {name: getattr(validated, name) for name in validated.model_fields_set}
         if (error := null_errors(self.model, changes)) is not None:
             raise error
-        row = await self.get_or_raise(id)
+        row = await get_or_raise(self.session, self.model, key)
         try:
             async with self.writing():
                 for name, value in changes.items():
@@ -275,18 +278,9 @@ class Repository(Generic[ModelT, CreateT, UpdateT]):
             raise
         return row
 
-    async def delete(self, id: uuid.UUID) -> bool:
-        """Delete the row with this id (the database cascades to its dependants).
-
-        Returns:
-            Whether a row was deleted.
-
-        Raises:
-            ConflictError: If other rows still reference it.
-        """
-        statement = sa.delete(self.model).where(col(self.model.id) == id)  # type: ignore[attr-defined]
+    async def _delete(self, *conditions: Any) -> bool:
         async with self.writing():
-            result = await self.session.exec(statement)
+            result = await self.session.exec(sa.delete(self.model).where(*conditions))
         return bool(result.rowcount)
 
     def _filtered(self, statement: Any, filters: Mapping[str, Any]) -> Any:
@@ -299,13 +293,7 @@ class Repository(Generic[ModelT, CreateT, UpdateT]):
             statement = statement.where(columns[name] == value)
         return statement
 
-    async def list(self, limit: int = 50, offset: int = 0, **filters: Any) -> Sequence[ModelT]:
-        """Rows whose columns equal `filters`, oldest first.
-
-        Raises:
-            ValueError: If a filter names no column, or limit or offset is negative.
-            pydantic.ValidationError: If a filter value is not valid for its column.
-        """
+    async def _list(self, limit: int, offset: int, filters: Mapping[str, Any]) -> Sequence[ModelT]:
         check_page(limit, offset)
         statement = self._filtered(select(self.model), filters)
         statement = statement.order_by(self.model.created_at, self.model.id)  # type: ignore[attr-defined]
@@ -315,6 +303,60 @@ class Repository(Generic[ModelT, CreateT, UpdateT]):
             ).all()
         return rows
 
+    async def _count(self, filters: Mapping[str, Any]) -> int:
+        statement = self._filtered(select(func.count()).select_from(self.model), filters)
+        async with translated_errors():
+            return int((await self.session.exec(statement)).one())
+
+
+class Repository(BaseRepository[ModelT, CreateT, UpdateT]):
+    """CRUD for a table keyed by `id` alone: users and teams, the rows every team shares."""
+
+    async def get_by_id(self, id: uuid.UUID) -> ModelT | None:
+        """Return the row with this id, or None."""
+        return await self._find(id)
+
+    async def get_or_raise(self, id: uuid.UUID) -> ModelT:
+        """Return the row with this id.
+
+        Raises:
+            NotFoundError: If there is none.
+        """
+        return await get_or_raise(self.session, self.model, id)
+
+    async def update(self, id: uuid.UUID, data: UpdateT | Mapping[str, Any]) -> ModelT:
+        """Apply the fields set in `data` to the row with this id.
+
+        Sub-configs and other JSON values are written even when the caller changed them in
+        place, since every field set in `data` is written.
+
+        Raises:
+            pydantic.ValidationError: If the data is invalid, or sets a required field to None.
+            NotFoundError: If there is no such row.
+            ConflictError: If the change breaks a database rule.
+        """
+        return await self._update(id, data)
+
+    async def delete(self, id: uuid.UUID) -> bool:
+        """Delete the row with this id (the database cascades to its dependants).
+
+        Returns:
+            Whether a row was deleted.
+
+        Raises:
+            ConflictError: If other rows still reference it.
+        """
+        return await self._delete(col(self.model.id) == id)  # type: ignore[attr-defined]
+
+    async def list(self, limit: int = 50, offset: int = 0, **filters: Any) -> Sequence[ModelT]:
+        """Rows whose columns equal `filters`, oldest first.
+
+        Raises:
+            ValueError: If a filter names no column, or limit or offset is negative.
+            pydantic.ValidationError: If a filter value is not valid for its column.
+        """
+        return await self._list(limit, offset, filters)
+
     async def count(self, **filters: Any) -> int:
         """How many rows have columns equal to `filters`.
 
@@ -322,6 +364,71 @@ class Repository(Generic[ModelT, CreateT, UpdateT]):
             ValueError: If a filter names no column.
             pydantic.ValidationError: If a filter value is not valid for its column.
         """
-        statement = self._filtered(select(func.count()).select_from(self.model), filters)
-        async with translated_errors():
-            return int((await self.session.exec(statement)).one())
+        return await self._count(filters)
+
+
+class TeamRowRepository(BaseRepository[ModelT, CreateT, UpdateT]):
+    """CRUD for a table of a team's rows, keyed by (team_id, id).
+
+    Every statement names the team, so that on a database distributed by team (Citus) each
+    goes to the one shard that holds the team's rows. A row of another team is not found.
+    """
+
+    async def get_by_id(self, id: uuid.UUID, *, team_id: uuid.UUID) -> ModelT | None:
+        """Return the team's row with this id, or None."""
+        return await self._find((team_id, id))
+
+    async def get_or_raise(self, id: uuid.UUID, *, team_id: uuid.UUID) -> ModelT:
+        """Return the team's row with this id.
+
+        Raises:
+            NotFoundError: If the team has none.
+        """
+        return await get_or_raise(self.session, self.model, (team_id, id))
+
+    async def update(
+        self, id: uuid.UUID, data: UpdateT | Mapping[str, Any], *, team_id: uuid.UUID
+    ) -> ModelT:
+        """Apply the fields set in `data` to the team's row with this id.
+
+        Sub-configs and other JSON values are written even when the caller changed them in
+        place, since every field set in `data` is written.
+
+        Raises:
+            pydantic.ValidationError: If the data is invalid, or sets a required field to None.
+            NotFoundError: If the team has no such row.
+            ConflictError: If the change breaks a database rule.
+        """
+        return await self._update((team_id, id), data)
+
+    async def delete(self, id: uuid.UUID, *, team_id: uuid.UUID) -> bool:
+        """Delete the team's row with this id (the database cascades to its dependants).
+
+        Returns:
+            Whether a row was deleted.
+
+        Raises:
+            ConflictError: If other rows still reference it.
+        """
+        columns = sa.inspect(self.model).columns
+        return await self._delete(columns["team_id"] == team_id, columns["id"] == id)
+
+    async def list(
+        self, limit: int = 50, offset: int = 0, *, team_id: uuid.UUID, **filters: Any
+    ) -> Sequence[ModelT]:
+        """The team's rows whose columns equal `filters`, oldest first.
+
+        Raises:
+            ValueError: If a filter names no column, or limit or offset is negative.
+            pydantic.ValidationError: If a filter value is not valid for its column.
+        """
+        return await self._list(limit, offset, {"team_id": team_id, **filters})
+
+    async def count(self, *, team_id: uuid.UUID, **filters: Any) -> int:
+        """How many of the team's rows have columns equal to `filters`.
+
+        Raises:
+            ValueError: If a filter names no column.
+            pydantic.ValidationError: If a filter value is not valid for its column.
+        """
+        return await self._count({"team_id": team_id, **filters})

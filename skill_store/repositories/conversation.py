@@ -17,7 +17,7 @@ from skill_store.models import (
 )
 from skill_store.models.conversation import FeedbackRating
 from skill_store.repositories.base import (
-    Repository,
+    TeamRowRepository,
     check_page,
     get_or_raise,
     translated_errors,
@@ -25,7 +25,9 @@ from skill_store.repositories.base import (
 )
 
 
-class ConversationRepository(Repository[Conversation, ConversationCreate, ConversationUpdate]):
+class ConversationRepository(
+    TeamRowRepository[Conversation, ConversationCreate, ConversationUpdate]
+):
     """Conversations; the database keeps their message counts and token totals."""
 
     model = Conversation
@@ -33,29 +35,39 @@ class ConversationRepository(Repository[Conversation, ConversationCreate, Conver
     update_model = ConversationUpdate
 
     async def add_message(
-        self, conversation_id: uuid.UUID, data: MessageCreate | Mapping[str, Any]
+        self,
+        conversation_id: uuid.UUID,
+        data: MessageCreate | Mapping[str, Any],
+        *,
+        team_id: uuid.UUID,
     ) -> Message:
-        """Append a message; the conversation's counters are updated by the database.
+        """Append a message to the team's conversation; the database updates its counters.
 
         Raises:
             pydantic.ValidationError: If the message is invalid.
-            ConflictError: If the conversation (or the message's agent) does not exist, or
-                the agent is not of the conversation's team.
+            ConflictError: If the team has no such conversation, or the message's agent is
+                not an agent of the team.
         """
         message = Message.model_validate(
-            validate(MessageCreate, data), update={"conversation_id": conversation_id}
+            validate(MessageCreate, data),
+            update={"team_id": team_id, "conversation_id": conversation_id},
         )
         async with self.writing():
             self.session.add(message)
         loaded = self.session.sync_session.identity_map.get(
-            self.session.sync_session.identity_key(Conversation, conversation_id)
+            self.session.sync_session.identity_key(Conversation, (team_id, conversation_id))
         )
         if loaded is not None:
             await self.session.refresh(loaded)
         return message
 
     async def messages(
-        self, conversation_id: uuid.UUID, limit: int = 50, before: uuid.UUID | None = None
+        self,
+        conversation_id: uuid.UUID,
+        limit: int = 50,
+        before: uuid.UUID | None = None,
+        *,
+        team_id: uuid.UUID,
     ) -> Sequence[Message]:
         """A page of messages, oldest to newest: the latest `limit`, or those before a message.
 
@@ -64,11 +76,16 @@ class ConversationRepository(Repository[Conversation, ConversationCreate, Conver
             limit: Page size.
             before: A message id; the page ends just before it (pass the first id of the
                 previous page to go back in time).
+            team_id: The conversation's team.
         """
         check_page(limit)
-        statement = select(Message).where(Message.conversation_id == conversation_id)
+        statement = select(Message).where(
+            Message.team_id == team_id, Message.conversation_id == conversation_id
+        )
         if before is not None:
-            anchor = select(Message.created_at, Message.id).where(Message.id == before)
+            anchor = select(Message.created_at, Message.id).where(
+                Message.team_id == team_id, Message.id == before
+            )
             statement = statement.where(
                 tuple_(col(Message.created_at), col(Message.id)) < anchor.scalar_subquery()
             )
@@ -78,27 +95,34 @@ class ConversationRepository(Repository[Conversation, ConversationCreate, Conver
         return page[::-1]
 
     async def set_feedback(
-        self, message_id: uuid.UUID, rating: FeedbackRating | None, comment: str | None = None
+        self,
+        message_id: uuid.UUID,
+        rating: FeedbackRating | None,
+        comment: str | None = None,
+        *,
+        team_id: uuid.UUID,
     ) -> Message:
-        """Record a user's rating (`positive`/`negative`) and comment on a message.
+        """Record a user's rating (`positive`/`negative`) and comment on a team's message.
 
         Raises:
             pydantic.ValidationError: If the rating is not one of the two.
-            NotFoundError: If there is no such message.
+            NotFoundError: If the team has no such message.
         """
         feedback = MessageUpdate(feedback_rating=rating, feedback_comment=comment)
-        message = await get_or_raise(self.session, Message, message_id)
+        message = await get_or_raise(self.session, Message, (team_id, message_id))
         async with self.writing():
             message.sqlmodel_update(feedback.model_dump())
         return message
 
-    async def close(self, conversation_id: uuid.UUID) -> Conversation:
-        """Mark the conversation closed.
+    async def close(self, conversation_id: uuid.UUID, *, team_id: uuid.UUID) -> Conversation:
+        """Mark the team's conversation closed.
 
         Raises:
-            NotFoundError: If there is no such conversation.
+            NotFoundError: If the team has no such conversation.
         """
-        return await self.update(conversation_id, {"status": ConversationStatus.CLOSED})
+        return await self.update(
+            conversation_id, {"status": ConversationStatus.CLOSED}, team_id=team_id
+        )
 
     async def list_for_user(self, team_id: uuid.UUID, user_id: uuid.UUID) -> Sequence[Conversation]:
         """The user's conversations in the team, most recently active first."""

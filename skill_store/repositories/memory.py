@@ -40,7 +40,12 @@ from skill_store.models import (
 )
 from skill_store.models._types import Vector
 from skill_store.models.memory import Tag
-from skill_store.repositories.base import Repository, check_page, translated_errors, validate
+from skill_store.repositories.base import (
+    TeamRowRepository,
+    check_page,
+    translated_errors,
+    validate,
+)
 from skill_store.tenancy import TEAM_SETTING
 
 EXACT_SEARCH_MAX_ROWS = 500
@@ -85,7 +90,7 @@ _COPY_COLUMNS = (
 The others (`status`, `version`, `access_count`, the timestamps...) take their defaults.
 """
 
-_TAG_COPY_COLUMNS = ("id", "memory_id", "tag")
+_TAG_COPY_COLUMNS = ("id", "team_id", "memory_id", "tag")
 
 _EMBEDDING_COLUMN = (
     select(sa.column("atttypmod", sa.Integer).label("dimensions"))
@@ -110,10 +115,11 @@ def _search_statement() -> Any:
     """
     column = _EMBEDDING_COLUMN.subquery("embedding_column")
     query = sa.cast(sa.bindparam("query", type_=Vector()), Vector())
+    team = sa.bindparam("team_id", type_=sa.Uuid)
     hits = (
         func.search_memories(
             sa.case((func.vector_dims(query) == column.c.dimensions, query)),
-            sa.bindparam("team_id", type_=sa.Uuid),
+            team,
             sa.bindparam("agent_id", type_=sa.Uuid),
             sa.bindparam("user_id", type_=sa.Uuid),
             sa.bindparam("memory_types", type_=_MEMORY_TYPES),
@@ -130,7 +136,7 @@ def _search_statement() -> Any:
         select(column.c.dimensions, Memory, hits.c.similarity, hits.c.path)
         .select_from(column)
         .outerjoin(hits, sa.true())
-        .outerjoin(Memory, col(Memory.id) == hits.c.id)
+        .outerjoin(Memory, sa.and_(col(Memory.team_id) == team, col(Memory.id) == hits.c.id))
         .order_by(hits.c.similarity.desc(), hits.c.id)
     )
 
@@ -139,7 +145,7 @@ _SEARCH = _search_statement()
 _UNINDEXED_TEAMS_WARNED: set[uuid.UUID] = set()
 
 
-class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
+class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
     """Memories of teams, searched by cosine similarity of their embeddings."""
 
     model = Memory
@@ -218,7 +224,7 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         async with self.writing_as(actor, reason):
             self.session.add(memory)
             await self.session.flush()
-            await self._insert_tags(memory.id, validated.tags)
+            await self._insert_tags(memory.team_id, memory.id, validated.tags)
         return memory
 
     async def update(
@@ -226,26 +232,32 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         id: uuid.UUID,
         data: MemoryUpdate | Mapping[str, Any],
         *,
+        team_id: uuid.UUID,
         actor: str | None = None,
         reason: str | None = None,
     ) -> Memory:
-        """Apply the fields set in `data` (see `Repository.update`), attributed for the audit."""
+        """Apply the fields set in `data` (see `TeamRowRepository.update`), attributed."""
         validated = validate(MemoryUpdate, data)
         if validated.embedding is not None:
             await self._check_embedding(validated.embedding)
         if actor is None and reason is None:
-            return await super().update(id, validated)
+            return await super().update(id, validated, team_id=team_id)
         await self._attribute(actor or "", reason or "")
         try:
-            return await super().update(id, validated)
+            return await super().update(id, validated, team_id=team_id)
         finally:
             await self._attribute("", "")
 
     async def delete(
-        self, id: uuid.UUID, *, actor: str | None = None, reason: str | None = None
+        self,
+        id: uuid.UUID,
+        *,
+        team_id: uuid.UUID,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> bool:
-        """Delete the memory (its history stays in `memory_log`)."""
-        statement = sa.delete(Memory).where(col(Memory.id) == id)
+        """Delete the team's memory (its history stays in `memory_log`)."""
+        statement = sa.delete(Memory).where(col(Memory.team_id) == team_id, col(Memory.id) == id)
         async with self.writing_as(actor, reason):
             result = await self.session.exec(statement)
         return bool(result.rowcount)
@@ -261,46 +273,48 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         """Replace an active memory by a new version of it, in one step.
 
         The new memory gets `version + 1`; the old one becomes `superseded`, pointing to it.
+        Both are of the team of `data`.
 
         Raises:
-            NotFoundError: If there is no such memory.
-            ConflictError: If it is not active (e.g. superseded meanwhile), or the new memory
-                belongs to another team.
+            NotFoundError: If that team has no such memory.
+            ConflictError: If it is not active (e.g. superseded meanwhile).
         """
         validated = validate(MemoryCreate, data)
         if validated.embedding is not None:
             await self._check_embedding(validated.embedding)
         async with self.writing_as(actor, reason):
-            old = await self._locked(memory_id)
+            old = await self._locked(validated.team_id, memory_id)
             if old.status != MemoryStatus.ACTIVE:
                 raise ConflictError(f"memory {memory_id} is {old.status.value}, not active")
-            if validated.team_id != old.team_id:
-                raise ConflictError(f"memory {memory_id} belongs to another team")
             new = Memory.model_validate(validated, update={"version": old.version + 1})
             self.session.add(new)
             await self.session.flush()
-            await self._insert_tags(new.id, validated.tags)
+            await self._insert_tags(new.team_id, new.id, validated.tags)
             old.status = MemoryStatus.SUPERSEDED
             old.superseded_by = new.id
         return new
 
-    async def _locked(self, memory_id: uuid.UUID) -> Memory:
+    async def _locked(self, team_id: uuid.UUID, memory_id: uuid.UUID) -> Memory:
         memory = await self.session.get(
-            Memory, memory_id, with_for_update=True, populate_existing=True
+            Memory, (team_id, memory_id), with_for_update=True, populate_existing=True
         )
         if memory is None:
             raise NotFoundError("memory", memory_id)
         return memory
 
     async def _link(
-        self, a: uuid.UUID, b: uuid.UUID, field: str, status: MemoryStatus | None, **audit: Any
+        self,
+        a: uuid.UUID,
+        b: uuid.UUID,
+        field: str,
+        status: MemoryStatus | None,
+        team_id: uuid.UUID,
+        **audit: Any,
     ) -> tuple[Memory, Memory]:
         if a == b:
             raise ValueError("a memory cannot be linked to itself")
         async with self.writing_as(**audit):
-            first, second = [await self._locked(id) for id in sorted((a, b))]
-            if first.team_id != second.team_id:
-                raise ConflictError(f"memories {a} and {b} belong to different teams")
+            first, second = [await self._locked(team_id, id) for id in sorted((a, b))]
             for memory, other in ((first, second), (second, first)):
                 links = getattr(memory, field) or []
                 setattr(memory, field, list(dict.fromkeys([*links, other.id])))
@@ -309,48 +323,79 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         return (first, second) if first.id == a else (second, first)
 
     async def mark_contradiction(
-        self, a: uuid.UUID, b: uuid.UUID, *, actor: str | None = None, reason: str | None = None
+        self,
+        a: uuid.UUID,
+        b: uuid.UUID,
+        *,
+        team_id: uuid.UUID,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> tuple[Memory, Memory]:
-        """Record that two memories of a team contradict each other; both become `disputed`."""
+        """Record that two memories of the team contradict each other; both become `disputed`.
+
+        Raises:
+            NotFoundError: If the team has no memory with one of the ids.
+        """
         return await self._link(
-            a, b, "contradicts", MemoryStatus.DISPUTED, actor=actor, reason=reason
+            a, b, "contradicts", MemoryStatus.DISPUTED, team_id, actor=actor, reason=reason
         )
 
     async def relate(
-        self, a: uuid.UUID, b: uuid.UUID, *, actor: str | None = None, reason: str | None = None
+        self,
+        a: uuid.UUID,
+        b: uuid.UUID,
+        *,
+        team_id: uuid.UUID,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> tuple[Memory, Memory]:
-        """Link two memories of a team as related, both ways."""
-        return await self._link(a, b, "related_to", None, actor=actor, reason=reason)
+        """Link two memories of the team as related, both ways.
 
-    async def pin(self, memory_id: uuid.UUID, **audit: str | None) -> Memory:
-        """Pin the memory (retrieval keeps pinned memories)."""
-        return await self.update(memory_id, {"is_pinned": True}, **audit)
+        Raises:
+            NotFoundError: If the team has no memory with one of the ids.
+        """
+        return await self._link(a, b, "related_to", None, team_id, actor=actor, reason=reason)
 
-    async def unpin(self, memory_id: uuid.UUID, **audit: str | None) -> Memory:
-        """Unpin the memory."""
-        return await self.update(memory_id, {"is_pinned": False}, **audit)
+    async def pin(self, memory_id: uuid.UUID, *, team_id: uuid.UUID, **audit: str | None) -> Memory:
+        """Pin the team's memory (retrieval keeps pinned memories)."""
+        return await self.update(memory_id, {"is_pinned": True}, team_id=team_id, **audit)
 
-    async def set_tier(self, memory_id: uuid.UUID, tier: MemoryTier, **audit: str | None) -> Memory:
-        """Move the memory to a storage tier (logged as promoted or demoted)."""
-        return await self.update(memory_id, {"tier": tier}, **audit)
+    async def unpin(
+        self, memory_id: uuid.UUID, *, team_id: uuid.UUID, **audit: str | None
+    ) -> Memory:
+        """Unpin the team's memory."""
+        return await self.update(memory_id, {"is_pinned": False}, team_id=team_id, **audit)
 
-    async def archive(self, memory_id: uuid.UUID, **audit: str | None) -> Memory:
-        """Archive the memory: it stays, with its history, but is no longer retrieved."""
-        return await self.update(memory_id, {"status": MemoryStatus.ARCHIVED}, **audit)
+    async def set_tier(
+        self, memory_id: uuid.UUID, tier: MemoryTier, *, team_id: uuid.UUID, **audit: str | None
+    ) -> Memory:
+        """Move the team's memory to a storage tier (logged as promoted or demoted)."""
+        return await self.update(memory_id, {"tier": tier}, team_id=team_id, **audit)
 
-    async def update_access(self, memory_ids: Iterable[uuid.UUID]) -> int:
-        """Count one retrieval of each memory (atomic under concurrency).
+    async def archive(
+        self, memory_id: uuid.UUID, *, team_id: uuid.UUID, **audit: str | None
+    ) -> Memory:
+        """Archive the team's memory: it stays, with its history, but is no longer retrieved."""
+        return await self.update(
+            memory_id, {"status": MemoryStatus.ARCHIVED}, team_id=team_id, **audit
+        )
+
+    async def update_access(self, memory_ids: Iterable[uuid.UUID], *, team_id: uuid.UUID) -> int:
+        """Count one retrieval of each of the team's memories (atomic under concurrency).
 
         Returns:
-            How many memories were touched.
+            How many memories were touched (ids of other teams' memories touch nothing).
         """
-        statement = select(func.update_memory_access(sa.cast(list(memory_ids), sa.ARRAY(sa.Uuid))))
+        ids = sa.cast(list(memory_ids), sa.ARRAY(sa.Uuid))
+        statement = select(func.update_memory_access(sa.cast(team_id, sa.Uuid), ids))
         async with translated_errors():
             touched = int((await self.session.exec(statement)).one())
         return touched
 
-    async def expire(self, now: datetime | None = None, **audit: str | None) -> int:
-        """Archive every active memory whose `expires_at` has passed.
+    async def expire(
+        self, now: datetime | None = None, *, team_id: uuid.UUID, **audit: str | None
+    ) -> int:
+        """Archive every active memory of the team whose `expires_at` has passed.
 
         Returns:
             How many memories were archived.
@@ -358,7 +403,11 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         moment = _moment.validate_python(now) if now is not None else func.now()
         statement = (
             sa.update(Memory)
-            .where(col(Memory.status) == MemoryStatus.ACTIVE, col(Memory.expires_at) <= moment)
+            .where(
+                col(Memory.team_id) == team_id,
+                col(Memory.status) == MemoryStatus.ACTIVE,
+                col(Memory.expires_at) <= moment,
+            )
             .values(status=MemoryStatus.ARCHIVED)
             .execution_options(synchronize_session=False)
         )
@@ -419,13 +468,12 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             # PostgreSQL refuses COPY FROM under row-level security: scoped sessions INSERT.
             insert_rows = _insert if TEAM_SETTING in self.session.info else _copy
             for start in range(0, len(validated), batch_size):
-                tags: list[tuple[uuid.UUID, str]] = []
+                tags: list[tuple[uuid.UUID, uuid.UUID, str]] = []
                 memories = _memory_records(validated[start : start + batch_size], tags)
                 await insert_rows(driver, "memory", memories, _COPY_COLUMNS)
                 if tags:
                     tag_rows = [
-                        (tag_id, memory_id, tag)
-                        for tag_id, (memory_id, tag) in zip(_uuid4s(len(tags)), tags, strict=True)
+                        (tag_id, *tag) for tag_id, tag in zip(_uuid4s(len(tags)), tags, strict=True)
                     ]
                     await insert_rows(driver, "memory_tag", tag_rows, _TAG_COPY_COLUMNS)
         return len(validated)
@@ -492,9 +540,12 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
 
     # -- tags ---------------------------------------------------------------------------
 
-    async def _insert_tags(self, memory_id: uuid.UUID, tags: Iterable[str]) -> None:
+    async def _insert_tags(
+        self, team_id: uuid.UUID, memory_id: uuid.UUID, tags: Iterable[str]
+    ) -> None:
         rows = [
-            {"id": uuid.uuid4(), "memory_id": memory_id, "tag": tag} for tag in dict.fromkeys(tags)
+            {"id": uuid.uuid4(), "team_id": team_id, "memory_id": memory_id, "tag": tag}
+            for tag in dict.fromkeys(tags)
         ]
         if rows:
             statement = (
@@ -502,24 +553,32 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             )
             await self.session.exec(statement)
 
-    async def add_tags(self, memory_id: uuid.UUID, tags: Iterable[str]) -> list[str]:
-        """Add tags to the memory (ones it has already are kept once).
+    async def add_tags(
+        self, memory_id: uuid.UUID, tags: Iterable[str], *, team_id: uuid.UUID
+    ) -> list[str]:
+        """Add tags to the team's memory (ones it has already are kept once).
 
         Returns:
             All the memory's tags.
+
+        Raises:
+            ConflictError: If the team has no such memory.
         """
         valid = _tags.validate_python(list(tags))
         async with self.writing():
-            await self._insert_tags(memory_id, valid)
-        return await self.tags(memory_id)
+            await self._insert_tags(team_id, memory_id, valid)
+        return await self.tags(memory_id, team_id=team_id)
 
-    async def remove_tags(self, memory_id: uuid.UUID, tags: Iterable[str]) -> int:
-        """Remove tags from the memory.
+    async def remove_tags(
+        self, memory_id: uuid.UUID, tags: Iterable[str], *, team_id: uuid.UUID
+    ) -> int:
+        """Remove tags from the team's memory.
 
         Returns:
             How many were removed.
         """
         statement = sa.delete(MemoryTag).where(
+            col(MemoryTag.team_id) == team_id,
             col(MemoryTag.memory_id) == memory_id,
             col(MemoryTag.tag).in_(_tags.validate_python(list(tags))),
         )
@@ -527,11 +586,11 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             result = await self.session.exec(statement)
         return int(result.rowcount)
 
-    async def tags(self, memory_id: uuid.UUID) -> list[str]:
-        """The memory's tags, alphabetically."""
+    async def tags(self, memory_id: uuid.UUID, *, team_id: uuid.UUID) -> list[str]:
+        """The tags of the team's memory, alphabetically."""
         statement = (
             select(MemoryTag.tag)
-            .where(MemoryTag.memory_id == memory_id)
+            .where(MemoryTag.team_id == team_id, MemoryTag.memory_id == memory_id)
             .order_by(col(MemoryTag.tag))
         )
         async with translated_errors():
@@ -542,8 +601,18 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         check_page(limit)
         statement = (
             select(Memory)
-            .join(MemoryTag, col(MemoryTag.memory_id) == col(Memory.id))
-            .where(Memory.team_id == team_id, MemoryTag.tag == _tag.validate_python(tag))
+            .join(
+                MemoryTag,
+                sa.and_(
+                    col(MemoryTag.team_id) == col(Memory.team_id),
+                    col(MemoryTag.memory_id) == col(Memory.id),
+                ),
+            )
+            .where(
+                Memory.team_id == team_id,
+                MemoryTag.team_id == team_id,
+                MemoryTag.tag == _tag.validate_python(tag),
+            )
             .order_by(col(Memory.created_at).desc(), col(Memory.id))
             .limit(limit)
         )
@@ -639,19 +708,30 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             min_similarity=threshold,
         )
 
-    async def history(self, memory_id: uuid.UUID) -> Sequence[MemoryLog]:
-        """The memory's audit trail, oldest first (it outlives the memory)."""
+    async def history(self, memory_id: uuid.UUID, *, team_id: uuid.UUID) -> Sequence[MemoryLog]:
+        """The audit trail of the team's memory, oldest first (it outlives the memory)."""
         statement = (
             select(MemoryLog)
-            .where(MemoryLog.memory_id == memory_id)
+            .where(MemoryLog.team_id == team_id, MemoryLog.memory_id == memory_id)
             .order_by(col(MemoryLog.created_at), col(MemoryLog.id))
         )
         async with translated_errors():
             return (await self.session.exec(statement)).all()
 
-    async def content_at(self, memory_id: uuid.UUID, at: datetime) -> str | None:
-        """The memory's content at a moment, from its history; None if it did not exist."""
-        statement = select(func.reconstruct_memory_at(memory_id, _moment.validate_python(at)))
+    async def content_at(
+        self, memory_id: uuid.UUID, at: datetime, *, team_id: uuid.UUID
+    ) -> str | None:
+        """The content of the team's memory at a moment, from its history.
+
+        Returns:
+            None if the team had no such memory then.
+        """
+        moment = _moment.validate_python(at)
+        statement = select(
+            func.reconstruct_memory_at(
+                sa.cast(team_id, sa.Uuid), sa.cast(memory_id, sa.Uuid), moment
+            )
+        )
         async with translated_errors():
             content = (await self.session.exec(statement)).one()
         return None if content is None else str(content)
@@ -690,15 +770,15 @@ def _uuid4s(count: int) -> list[uuid.UUID]:
 
 
 def _memory_records(
-    items: Sequence[MemoryCreate], tags: list[tuple[uuid.UUID, str]]
+    items: Sequence[MemoryCreate], tags: list[tuple[uuid.UUID, uuid.UUID, str]]
 ) -> Iterator[tuple[Any, ...]]:
     """The `memory` rows of `items` in `_COPY_COLUMNS` order, with new ids.
 
     A generator, so that asyncpg encodes and sends rows while the next are made; each
-    memory's distinct tags are appended to `tags` as (memory id, tag).
+    memory's distinct tags are appended to `tags` as (team id, memory id, tag).
     """
     for item, memory_id in zip(items, _uuid4s(len(items)), strict=True):
-        tags.extend((memory_id, tag) for tag in dict.fromkeys(item.tags))
+        tags.extend((item.team_id, memory_id, tag) for tag in dict.fromkeys(item.tags))
         yield (
             memory_id,
             item.team_id,

@@ -116,16 +116,16 @@ async def test_add_many_inserts_memories_tags_and_audit_rows(
 
     memory = await repository.get(row.id, team.id)
     assert memory.embedding == unit_vector(7)
-    assert await repository.tags(row.id) == ["ada", "drinks"]
+    assert await repository.tags(row.id, team_id=team.id) == ["ada", "drinks"]
     [plain] = await rows(session, "SELECT id FROM memory WHERE content = 'fact 3'")
-    assert await repository.tags(plain.id) == ["bulk", "n3"]
+    assert await repository.tags(plain.id, team_id=team.id) == ["bulk", "n3"]
     assert await tag_count(session) == 2 + 24 * 2
 
     log = await rows(session, "SELECT memory_id, action, changed_by, reason FROM memory_log")
     assert len(log) == 25
     assert {entry.action for entry in log} == {"created"}
     assert {(entry.changed_by, entry.reason) for entry in log} == {("importer", "initial load")}
-    history = await repository.history(row.id)
+    history = await repository.history(row.id, team_id=team.id)
     assert [(entry.action, entry.new_content) for entry in history] == [
         ("created", "Ada prefers tea")
     ]

@@ -175,20 +175,30 @@ VALIDATION_CASES: dict[str, tuple[Action, tuple[str | int, ...]]] = {
     ),
     "agent-tone-unknown": (
         lambda w: AgentRepository(w.session).update(
-            w.kyra.id, {"personality": {"system_prompt_template": "", "tone": "sarcastic"}}
+            w.kyra.id,
+            {"personality": {"system_prompt_template": "", "tone": "sarcastic"}},
+            team_id=w.acme.id,
         ),
         ("personality", "tone"),
     ),
     "agent-status-unknown": (
-        lambda w: AgentRepository(w.session).set_status(w.kyra.id, "retired"),  # type: ignore[arg-type]
+        lambda w: AgentRepository(w.session).set_status(
+            w.kyra.id,
+            "retired",  # type: ignore[arg-type]
+            team_id=w.acme.id,
+        ),
         ("status",),
     ),
     "agent-temperature-high": (
-        lambda w: AgentRepository(w.session).update(w.kyra.id, {"model": {"temperature": 2.5}}),
+        lambda w: AgentRepository(w.session).update(
+            w.kyra.id, {"model": {"temperature": 2.5}}, team_id=w.acme.id
+        ),
         ("model", "temperature"),
     ),
     "conversation-status-unknown": (
-        lambda w: ConversationRepository(w.session).update(w.chat.id, {"status": "open"}),
+        lambda w: ConversationRepository(w.session).update(
+            w.chat.id, {"status": "open"}, team_id=w.acme.id
+        ),
         ("status",),
     ),
     "conversation-metadata-nan": (
@@ -204,30 +214,38 @@ VALIDATION_CASES: dict[str, tuple[Action, tuple[str | int, ...]]] = {
     ),
     "message-role-unknown": (
         lambda w: ConversationRepository(w.session).add_message(
-            w.chat.id, {"role": "robot", "content": "hi"}
+            w.chat.id, {"role": "robot", "content": "hi"}, team_id=w.acme.id
         ),
         ("role",),
     ),
     "message-tool-call-surrogate-key": (
         lambda w: ConversationRepository(w.session).add_message(
-            w.chat.id, {"role": "assistant", "content": "", "tool_calls": [{"\udc00": 1}]}
+            w.chat.id,
+            {"role": "assistant", "content": "", "tool_calls": [{"\udc00": 1}]},
+            team_id=w.acme.id,
         ),
         ("tool_calls",),
     ),
     "message-tokens-negative": (
         lambda w: ConversationRepository(w.session).add_message(
-            w.chat.id, {"role": "user", "content": "hi", "token_count": -1}
+            w.chat.id, {"role": "user", "content": "hi", "token_count": -1}, team_id=w.acme.id
         ),
         ("token_count",),
     ),
     "message-too-long": (
         lambda w: ConversationRepository(w.session).add_message(
-            w.chat.id, {"role": "user", "content": "x" * (MAX_MESSAGE_LENGTH + 1)}
+            w.chat.id,
+            {"role": "user", "content": "x" * (MAX_MESSAGE_LENGTH + 1)},
+            team_id=w.acme.id,
         ),
         ("content",),
     ),
     "message-feedback-unknown": (
-        lambda w: ConversationRepository(w.session).set_feedback(w.chat.id, "meh"),  # type: ignore[arg-type]
+        lambda w: ConversationRepository(w.session).set_feedback(
+            w.chat.id,
+            "meh",  # type: ignore[arg-type]
+            team_id=w.acme.id,
+        ),
         ("feedback_rating",),
     ),
     "memory-empty": (
@@ -245,7 +263,9 @@ VALIDATION_CASES: dict[str, tuple[Action, tuple[str | int, ...]]] = {
         ("importance",),
     ),
     "memory-confidence-nan": (
-        lambda w: MemoryRepository(w.session).update(w.memory_id, {"confidence": math.nan}),
+        lambda w: MemoryRepository(w.session).update(
+            w.memory_id, {"confidence": math.nan}, team_id=w.acme.id
+        ),
         ("confidence",),
     ),
     "memory-type-unknown": (
@@ -259,7 +279,9 @@ VALIDATION_CASES: dict[str, tuple[Action, tuple[str | int, ...]]] = {
         ("embedding", 0),
     ),
     "memory-embedding-short": (
-        lambda w: MemoryRepository(w.session).update(w.memory_id, {"embedding": [1.0, 2.0]}),
+        lambda w: MemoryRepository(w.session).update(
+            w.memory_id, {"embedding": [1.0, 2.0]}, team_id=w.acme.id
+        ),
         ("embedding",),
     ),
     "memory-metadata-surrogate": (
@@ -267,7 +289,9 @@ VALIDATION_CASES: dict[str, tuple[Action, tuple[str | int, ...]]] = {
         ("metadata_json",),
     ),
     "memory-tag-nul": (
-        lambda w: MemoryRepository(w.session).add_tags(w.memory_id, ["ok", "b\x00d"]),
+        lambda w: MemoryRepository(w.session).add_tags(
+            w.memory_id, ["ok", "b\x00d"], team_id=w.acme.id
+        ),
         (1,),
     ),
     "memory-many-one-bad": (
@@ -354,7 +378,7 @@ CONFLICT_CASES: dict[str, tuple[Action, Callable[[World], str]]] = {
             {"team_id": w.acme.id, "agent_id": w.zed.id, "user_id": w.ada.id}
         ),
         lambda w: (
-            f"agent {w.zed.id} is not an agent of team {w.acme.id}, the team of conversation "
+            f"agent {w.zed.id} is not an agent of team {w.acme.id}, the team of the conversation"
         ),
     ),
     "conversation-user-not-a-member": (
@@ -369,27 +393,36 @@ CONFLICT_CASES: dict[str, tuple[Action, Callable[[World], str]]] = {
         lambda w: ConversationRepository(w.session).create(
             {"team_id": w.acme.id, "agent_id": w.missing, "user_id": w.ada.id}
         ),
-        lambda w: f"agent {w.missing} does not exist (referenced by conversation.agent_id)",
+        lambda w: (
+            f"agent {w.missing} is not an agent of team {w.acme.id}, the team of the conversation"
+        ),
     ),
     "message-agent-of-another-team": (
         lambda w: ConversationRepository(w.session).add_message(
-            w.chat.id, {"role": "assistant", "content": "hi", "agent_id": w.zed.id}
+            w.chat.id,
+            {"role": "assistant", "content": "hi", "agent_id": w.zed.id},
+            team_id=w.acme.id,
         ),
         lambda w: (
-            f"agent {w.zed.id} is not an agent of the team of conversation {w.chat.id} (message "
+            f"agent {w.zed.id} is not an agent of team {w.acme.id}, the team of the message's"
+            " conversation"
         ),
+    ),
+    "message-conversation-of-another-team": (
+        lambda w: ConversationRepository(w.session).add_message(
+            w.globex_chat.id, {"role": "user", "content": "hi"}, team_id=w.acme.id
+        ),
+        lambda w: f"conversation {w.globex_chat.id} is not a conversation of team {w.acme.id}",
     ),
     "message-conversation-missing": (
         lambda w: ConversationRepository(w.session).add_message(
-            w.missing, {"role": "user", "content": "hi"}
+            w.missing, {"role": "user", "content": "hi"}, team_id=w.acme.id
         ),
-        lambda w: (
-            f"conversation {w.missing} does not exist (referenced by message.conversation_id)"
-        ),
+        lambda w: f"conversation {w.missing} is not a conversation of team {w.acme.id}",
     ),
     "memory-agent-of-another-team": (
         lambda w: MemoryRepository(w.session).create(memory(w, agent_id=w.zed.id)),
-        lambda w: f"agent {w.zed.id} is not an agent of team {w.acme.id}, the team of memory ",
+        lambda w: f"agent {w.zed.id} is not an agent of team {w.acme.id}, the team of the memory",
     ),
     "memory-source-conversation-of-another-team": (
         lambda w: MemoryRepository(w.session).create(
@@ -397,24 +430,18 @@ CONFLICT_CASES: dict[str, tuple[Action, Callable[[World], str]]] = {
         ),
         lambda w: (
             f"conversation {w.globex_chat.id} is not a conversation of team {w.acme.id},"
-            " the team of memory "
+            " the team of the memory"
         ),
     ),
     "memory-user-missing": (
         lambda w: MemoryRepository(w.session).create(memory(w, user_id=w.missing)),
         lambda w: f"user {w.missing} does not exist (referenced by memory.user_id)",
     ),
-    "memory-supersede-by-another-team": (
-        lambda w: MemoryRepository(w.session).supersede(
-            w.memory_id, memory(w, team_id=w.globex.id), "moved"
-        ),
-        lambda w: f"memory {w.memory_id} belongs to another team",
-    ),
     "memory-many-agent-of-another-team": (
         lambda w: MemoryRepository(w.session).add_many(
             [memory(w, tags=["a"]), memory(w, agent_id=w.zed.id), memory(w)]
         ),
-        lambda w: f"agent {w.zed.id} is not an agent of team {w.acme.id}, the team of memory ",
+        lambda w: f"agent {w.zed.id} is not an agent of team {w.acme.id}, the team of the memory",
     ),
     "memory-many-team-missing": (
         lambda w: MemoryRepository(w.session).add_many([memory(w), memory(w, team_id=w.missing)]),
@@ -448,7 +475,9 @@ async def test_an_embedding_longer_or_shorter_than_the_column_is_a_dimension_err
     try:
         writes = [
             lambda: memories.create(memory(world, embedding=[1.0, 0.0, 0.0])),
-            lambda: memories.update(world.memory_id, {"embedding": [0.0, 1.0, 0.0]}),
+            lambda: memories.update(
+                world.memory_id, {"embedding": [0.0, 1.0, 0.0]}, team_id=world.acme.id
+            ),
             lambda: memories.add_many([memory(world), memory(world, embedding=[0.0, 0.0, 1.0])]),
             lambda: memories.remember(world.acme.id, "tea", MemoryType.SEMANTIC),
         ]
@@ -461,11 +490,28 @@ async def test_an_embedding_longer_or_shorter_than_the_column_is_a_dimension_err
 
 
 async def test_writes_to_rows_that_do_not_exist_are_not_found(world: World) -> None:
+    """Nor are rows of another team: each team's rows are keyed by the team."""
+    acme = world.acme.id
     for action in (
-        lambda: MemoryRepository(world.session).update(world.missing, {"importance": 3}),
+        lambda: MemoryRepository(world.session).update(
+            world.missing, {"importance": 3}, team_id=acme
+        ),
         lambda: MemoryRepository(world.session).supersede(world.missing, memory(world), "x"),
-        lambda: AgentRepository(world.session).set_status(world.missing, "active"),  # type: ignore[arg-type]
-        lambda: ConversationRepository(world.session).close(world.missing),
+        lambda: MemoryRepository(world.session).supersede(
+            world.memory_id, memory(world, team_id=world.globex.id), "moved"
+        ),
+        lambda: AgentRepository(world.session).set_status(
+            world.missing,
+            "active",  # type: ignore[arg-type]
+            team_id=acme,
+        ),
+        lambda: AgentRepository(world.session).set_status(
+            world.zed.id,
+            "active",  # type: ignore[arg-type]
+            team_id=acme,
+        ),
+        lambda: ConversationRepository(world.session).close(world.missing, team_id=acme),
+        lambda: ConversationRepository(world.session).close(world.globex_chat.id, team_id=acme),
         lambda: TeamRepository(world.session).set_role(world.acme.id, world.grace.id, "admin"),  # type: ignore[arg-type]
     ):
         await assert_unchanged_after(world.session, action, NotFoundError)
@@ -476,7 +522,7 @@ async def test_content_at_the_limit_is_stored_whole(world: World) -> None:
     stored = await MemoryRepository(world.session).create(memory(world, content=content))
     message = "m" * MAX_MESSAGE_LENGTH
     said = await ConversationRepository(world.session).add_message(
-        world.chat.id, {"role": "user", "content": message}
+        world.chat.id, {"role": "user", "content": message}, team_id=world.acme.id
     )
     lengths = await world.session.exec(  # type: ignore[call-overload]
         text(
@@ -518,9 +564,9 @@ RAW_CASES: dict[str, tuple[str, Callable[[World], dict[str, Any]], str, str | No
         "fk_conversation_user_team",
     ),
     "message-agent-of-another-team": (
-        "INSERT INTO message (conversation_id, agent_id, role, content)"
-        " VALUES (:c, :a, 'assistant', 'hi'), (:c, NULL, 'user', 'hi')",
-        lambda w: {"c": w.chat.id, "a": w.zed.id},
+        "INSERT INTO message (team_id, conversation_id, agent_id, role, content)"
+        " VALUES (:t, :c, :a, 'assistant', 'hi'), (:t, :c, NULL, 'user', 'hi')",
+        lambda w: {"t": w.acme.id, "c": w.chat.id, "a": w.zed.id},
         "23503",
         "fk_message_agent_team",
     ),
@@ -528,14 +574,14 @@ RAW_CASES: dict[str, tuple[str, Callable[[World], dict[str, Any]], str, str | No
         "UPDATE message SET conversation_id = :c",
         lambda w: {"c": w.globex_chat.id},
         "23503",
-        "fk_message_agent_team",
+        "fk_message_conversation_team",
     ),
     "memory-agent-missing": (
         "INSERT INTO memory (team_id, memory_type, content, agent_id)"
         " VALUES (:t, 'semantic', 'm', :a)",
         lambda w: {"t": w.acme.id, "a": w.missing},
         "23503",
-        "fk_memory_agent_id_agent",
+        "fk_memory_agent_team",
     ),
     "memory-importance": (
         "UPDATE memory SET importance = 0",
@@ -600,10 +646,10 @@ async def test_raw_sql_breaking_a_rule_fails_with_its_sqlstate(world: World, cas
         async with session.begin_nested():
             await session.exec(  # type: ignore[call-overload]
                 text(
-                    "INSERT INTO message (conversation_id, agent_id, role, content)"
-                    " VALUES (:c, :a, 'assistant', 'hello')"
+                    "INSERT INTO message (team_id, conversation_id, agent_id, role, content)"
+                    " VALUES (:t, :c, :a, 'assistant', 'hello')"
                 ),
-                params={"c": world.chat.id, "a": world.kyra.id},
+                params={"t": world.acme.id, "c": world.chat.id, "a": world.kyra.id},
             )
             await session.exec(text(sql), params=params(world))  # type: ignore[call-overload]
 
@@ -709,7 +755,11 @@ async def test_a_reference_to_another_team_or_to_nothing_is_a_conflict(
         writes = [lambda: ConversationRepository(session).create({**data, column: value})]
     else:
         message = {"role": "assistant", "content": content, column: value}
-        writes = [lambda: ConversationRepository(session).add_message(world.chat.id, message)]
+        writes = [
+            lambda: ConversationRepository(session).add_message(
+                world.chat.id, message, team_id=world.acme.id
+            )
+        ]
     async with example(session):
         for write in writes:
             error = await assert_unchanged_after(session, write, ConflictError)

@@ -103,8 +103,8 @@ async def test_concurrent_writers_count_every_message(world: World) -> None:
     ids = [world.conversation_id, *(conversation.id for conversation in created)]
     before = await message_counts(world, ids)
     insert = text(
-        "INSERT INTO message (conversation_id, role, content, token_count)"
-        " SELECT id, 'user', 'hello', 3 FROM unnest(CAST(:ids AS uuid[])) AS id"
+        "INSERT INTO message (team_id, conversation_id, role, content, token_count)"
+        " SELECT :team, id, 'user', 'hello', 3 FROM unnest(CAST(:ids AS uuid[])) AS id"
     )
 
     async def write(writer: int) -> None:
@@ -112,7 +112,11 @@ async def test_concurrent_writers_count_every_message(world: World) -> None:
         async with world.factory() as session:
             for _ in range(MESSAGES_PER_WRITER // MESSAGES_PER_STATEMENT):
                 await session.exec(
-                    insert, params={"ids": rng.choices(ids, k=MESSAGES_PER_STATEMENT)}
+                    insert,
+                    params={
+                        "team": world.team_id,
+                        "ids": rng.choices(ids, k=MESSAGES_PER_STATEMENT),
+                    },
                 )
                 await session.commit()
 
@@ -171,7 +175,7 @@ async def test_concurrent_supersedes_of_one_memory_leave_one_winner(world: World
     losers = [result for result in results if isinstance(result, ConflictError)]
     assert (len(winners), len(losers)) == (1, WRITERS - 1), results
     async with world.factory() as session:
-        old = await MemoryRepository(session).get_or_raise(memory.id)
+        old = await MemoryRepository(session).get_or_raise(memory.id, team_id=world.team_id)
         versions = (
             await session.exec(select(Memory).where(col(Memory.content).startswith("v2 by ")))
         ).all()
@@ -193,12 +197,12 @@ async def test_concurrent_links_in_both_directions_do_not_deadlock(world: World)
     async def link(writer: int) -> None:
         first, second = (a.id, b.id) if writer % 2 else (b.id, a.id)
         async with world.factory() as session:
-            await MemoryRepository(session).relate(first, second)
+            await MemoryRepository(session).relate(first, second, team_id=world.team_id)
             await session.commit()
 
     await asyncio.gather(*(link(writer) for writer in range(WRITERS)))
     async with world.factory() as session:
-        linked = await MemoryRepository(session).get_or_raise(a.id)
+        linked = await MemoryRepository(session).get_or_raise(a.id, team_id=world.team_id)
     assert linked.related_to == [b.id]
 
 
@@ -211,10 +215,13 @@ async def test_concurrent_access_updates_are_exact(world: World) -> None:
 
     async def touch() -> None:
         async with world.factory() as session:
-            assert await MemoryRepository(session).update_access([memory.id]) == 1
+            assert (
+                await MemoryRepository(session).update_access([memory.id], team_id=world.team_id)
+                == 1
+            )
             await session.commit()
 
     await asyncio.gather(*(touch() for _ in range(50)))
     async with world.factory() as session:
-        reloaded = await MemoryRepository(session).get_or_raise(memory.id)
+        reloaded = await MemoryRepository(session).get_or_raise(memory.id, team_id=world.team_id)
     assert reloaded.access_count == 50

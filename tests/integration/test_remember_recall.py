@@ -75,8 +75,8 @@ async def test_remember_embeds_the_content_and_stores_every_field(
         user.id,
         8,
     )
-    assert await memories.tags(memory.id) == ["hobbies"]
-    [created] = await memories.history(memory.id)
+    assert await memories.tags(memory.id, team_id=memory.team_id) == ["hobbies"]
+    [created] = await memories.history(memory.id, team_id=memory.team_id)
     assert (created.action, created.changed_by, created.reason) == (
         "created",
         "kyra",

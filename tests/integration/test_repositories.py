@@ -35,6 +35,7 @@ from skill_store import (
     Team,
     TeamCreate,
     TeamRepository,
+    TeamRowRepository,
     TeamUpdate,
     User,
     UserCreate,
@@ -118,6 +119,14 @@ async def assert_conflict(
     await still_usable(session)
 
 
+def update_row(
+    repository: Any, conversation: Conversation, id_attribute: str, data: Any
+) -> Awaitable[Any]:
+    """`repository.update` of the row the conversation fixture names by `id_attribute`."""
+    keys = {"team_id": conversation.team_id} if isinstance(repository, TeamRowRepository) else {}
+    return repository.update(getattr(conversation, id_attribute), data, **keys)
+
+
 def error_fields(error: ValidationError) -> set[str]:
     return {str(detail["loc"][0]) for detail in error.errors() if detail["loc"]}
 
@@ -194,7 +203,7 @@ async def test_invalid_update_data_never_reaches_the_database(
 ) -> None:
     repository, id_attribute, data = INVALID_UPDATES[case]
     with sql_sent(session) as statements, pytest.raises(ValidationError) as caught:
-        await repository(session).update(getattr(conversation, id_attribute), data)
+        await update_row(repository(session), conversation, id_attribute, data)
     assert error_fields(caught.value) == set(data)
     assert statements == []
 
@@ -247,7 +256,9 @@ async def test_update_with_a_model_or_a_dict_is_partial(
     row_id = getattr(conversation, id_attribute)
     others = f"SELECT to_jsonb(t) - :column - 'updated_at' FROM \"{table}\" t WHERE id = :id"
     before = await scalar(session, others, id=row_id, column=field)
-    await repository(session).update(row_id, data if as_model else {field: value})
+    await update_row(
+        repository(session), conversation, id_attribute, data if as_model else {field: value}
+    )
     changed = f'SELECT {field} FROM "{table}" WHERE id = :id'
     assert await scalar(session, changed, id=row_id) == value
     assert await scalar(session, others, id=row_id, column=field) == before
@@ -281,7 +292,7 @@ async def test_update_rejects_none_for_a_required_field(
     value = f'SELECT "{column}"::text FROM "{table}" WHERE id = :id'
     before = await scalar(session, value, id=row_id)
     with pytest.raises(ValidationError) as caught:
-        await repository(session).update(row_id, {field: None})
+        await update_row(repository(session), conversation, id_attribute, {field: None})
     assert field in error_fields(caught.value)
     assert await scalar(session, value, id=row_id) == before
 
@@ -292,9 +303,10 @@ async def test_update_writes_sub_configs_changed_in_place(
     agents = AgentRepository(session)
     agent.memory.token_budget = 3000
     agent.boundaries.can_do.append("search the web")
-    await agents.update(agent.id, {"memory": agent.memory, "boundaries": agent.boundaries})
+    changes = {"memory": agent.memory, "boundaries": agent.boundaries}
+    await agents.update(agent.id, changes, team_id=agent.team_id)
     session.expunge_all()
-    loaded = await agents.get_or_raise(agent.id)
+    loaded = await agents.get_or_raise(agent.id, team_id=agent.team_id)
     assert loaded.memory.token_budget == 3000
     assert loaded.boundaries.can_do == ["search the web"]
     budget = "SELECT memory_config ->> 'token_budget' FROM agent WHERE id = :id"
@@ -335,10 +347,10 @@ async def test_list_and_count_filter_on_columns_and_page(
     other = await new_team(session, user, "globex")
     mine = [await new_agent(session, team, slug) for slug in ("ann", "bob", "cid", "dan", "eve")]
     await new_agent(session, other, "ann")
-    await agents.set_status(mine[1].id, AgentStatus.ACTIVE)
-    await agents.set_status(mine[3].id, AgentStatus.ACTIVE)
+    await agents.set_status(mine[1].id, AgentStatus.ACTIVE, team_id=team.id)
+    await agents.set_status(mine[3].id, AgentStatus.ACTIVE, team_id=team.id)
 
-    assert await agents.count() == 6
+    assert await agents.count(team_id=other.id) == 1
     assert await agents.count(team_id=team.id) == 5
     assert await agents.count(team_id=team.id, status=AgentStatus.ACTIVE) == 2
     active = await agents.list(team_id=team.id, status=AgentStatus.ACTIVE)
@@ -361,7 +373,9 @@ async def test_unknown_filter_raises_value_error(
 BAD_READ_ARGUMENTS: dict[str, Callable[[AsyncSession, Conversation], Awaitable[Any]]] = {
     "list limit < 0": lambda s, c: TeamRepository(s).list(limit=-1),
     "list offset < 0": lambda s, c: TeamRepository(s).list(offset=-1),
-    "messages limit < 0": lambda s, c: ConversationRepository(s).messages(c.id, limit=-1),
+    "messages limit < 0": lambda s, c: ConversationRepository(s).messages(
+        c.id, limit=-1, team_id=c.team_id
+    ),
     "filter text = int": lambda s, c: TeamRepository(s).list(slug=123),
     "filter uuid = text": lambda s, c: TeamRepository(s).count(owner_id="nope"),
 }
@@ -452,16 +466,18 @@ MISSING_PARENTS: dict[
     "message.conversation_id": (
         "message",
         lambda s, c, missing: ConversationRepository(s).add_message(
-            missing, MessageCreate(role=MessageRole.USER, content="hello?")
+            missing, MessageCreate(role=MessageRole.USER, content="hello?"), team_id=c.team_id
         ),
-        "conversation {missing} does not exist (referenced by message.conversation_id)",
+        "conversation {missing} is not a conversation of team {team_id}",
     ),
     "message.agent_id": (
         "message",
         lambda s, c, missing: ConversationRepository(s).add_message(
-            c.id, MessageCreate(role=MessageRole.ASSISTANT, content="hi", agent_id=missing)
+            c.id,
+            MessageCreate(role=MessageRole.ASSISTANT, content="hi", agent_id=missing),
+            team_id=c.team_id,
         ),
-        "agent {missing} does not exist (referenced by message.agent_id)",
+        "agent {missing} is not an agent of team {team_id}, the team of the message's conversation",
     ),
 }
 
@@ -476,7 +492,7 @@ async def test_missing_parent_is_named(
         session,
         table,
         lambda: write(session, conversation, missing),
-        message.format(missing=missing),
+        message.format(missing=missing, team_id=conversation.team_id),
     )
 
 

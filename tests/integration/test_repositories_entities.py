@@ -237,11 +237,11 @@ async def test_list_for_team_by_name_and_status(
 
 async def test_set_status(session: AsyncSession, agent: Agent) -> None:
     agents = AgentRepository(session)
-    await agents.set_status(agent.id, AgentStatus.PAUSED)
+    await agents.set_status(agent.id, AgentStatus.PAUSED, team_id=agent.team_id)
     status = "SELECT status::text FROM agent WHERE id = :id"
     assert await scalar(session, status, id=agent.id) == "paused"
     with pytest.raises(NotFoundError):
-        await agents.set_status(uuid.uuid4(), AgentStatus.ACTIVE)
+        await agents.set_status(uuid.uuid4(), AgentStatus.ACTIVE, team_id=agent.team_id)
 
 
 async def test_sub_configs_load_as_typed_models(session: AsyncSession, team: Team) -> None:
@@ -259,7 +259,7 @@ async def test_sub_configs_load_as_typed_models(session: AsyncSession, team: Tea
         )
     )
     session.expunge_all()
-    loaded = await agents.get_or_raise(created.id)
+    loaded = await agents.get_or_raise(created.id, team_id=team.id)
     assert isinstance(loaded.personality, AgentPersonality)
     assert isinstance(loaded.model, AgentModelConfig)
     assert isinstance(loaded.memory, AgentMemoryConfig)
@@ -280,14 +280,17 @@ async def test_dna_puts_the_team_skills_first(session: AsyncSession, user: User)
         custom_skill_names=["python", "search"],
         disabled_skill_names=["calendar"],
     )
-    dna = await agents.dna(agent.id)
+    dna = await agents.dna(agent.id, team_id=team.id)
     assert (dna.id, dna.slug) == (agent.id, "zed")
     assert dna.shared_skill_names == ["search", "calendar", "email"]
     assert dna.effective_skills == ["search", "email", "python"]
     session.expunge_all()
-    assert (await agents.get_or_raise(agent.id)).shared_skill_names == ["calendar", "email"]
+    assert (await agents.get_or_raise(agent.id, team_id=team.id)).shared_skill_names == [
+        "calendar",
+        "email",
+    ]
     with pytest.raises(NotFoundError):
-        await agents.dna(uuid.uuid4())
+        await agents.dna(uuid.uuid4(), team_id=team.id)
 
 
 # -- conversations ----------------------------------------------------------------------
@@ -297,13 +300,18 @@ async def test_add_message_updates_the_conversation(
     session: AsyncSession, conversation: Conversation
 ) -> None:
     conversations = ConversationRepository(session)
+    team_id = conversation.team_id
     first = await conversations.add_message(
-        conversation.id, MessageCreate(role=MessageRole.USER, content="Hi", token_count=5)
+        conversation.id,
+        MessageCreate(role=MessageRole.USER, content="Hi", token_count=5),
+        team_id=team_id,
     )
     last = await conversations.add_message(
-        conversation.id, {"role": "assistant", "content": "Hello!", "token_count": 7}
+        conversation.id,
+        {"role": "assistant", "content": "Hello!", "token_count": 7},
+        team_id=team_id,
     )
-    assert first.conversation_id == conversation.id
+    assert (first.team_id, first.conversation_id) == (team_id, conversation.id)
     assert last.role == MessageRole.ASSISTANT
 
     def stats(c: Conversation) -> tuple[Any, ...]:
@@ -312,7 +320,7 @@ async def test_add_message_updates_the_conversation(
     assert stats(conversation) == (2, 5, 7, 12)
     assert conversation.last_message_at == last.created_at
     session.expunge_all()
-    loaded = await conversations.get_or_raise(conversation.id)
+    loaded = await conversations.get_or_raise(conversation.id, team_id=team_id)
     assert stats(loaded) == (2, 5, 7, 12)
     assert loaded.last_message_at == last.created_at
 
@@ -321,13 +329,20 @@ async def test_messages_page_backwards_in_time(
     session: AsyncSession, conversation: Conversation
 ) -> None:
     conversations = ConversationRepository(session)
+    team = {"team_id": conversation.team_id}
     written = [
-        (await conversations.add_message(conversation.id, {"role": "user", "content": f"{n}"})).id
+        (
+            await conversations.add_message(
+                conversation.id, {"role": "user", "content": f"{n}"}, **team
+            )
+        ).id
         for n in range(7)
     ]
-    pages = [await conversations.messages(conversation.id, limit=3)]
+    pages = [await conversations.messages(conversation.id, limit=3, **team)]
     while pages[-1]:
-        pages.append(await conversations.messages(conversation.id, 3, before=pages[-1][0].id))
+        pages.append(
+            await conversations.messages(conversation.id, 3, before=pages[-1][0].id, **team)
+        )
     assert [len(page) for page in pages] == [3, 3, 1, 0]
     assert [m.id for page in reversed(pages) for m in page] == written
     assert [m.content for m in pages[0]] == ["4", "5", "6"]
@@ -335,20 +350,21 @@ async def test_messages_page_backwards_in_time(
 
 async def test_set_feedback(session: AsyncSession, conversation: Conversation) -> None:
     conversations = ConversationRepository(session)
+    team = {"team_id": conversation.team_id}
     message = await conversations.add_message(
-        conversation.id, {"role": "assistant", "content": "42"}
+        conversation.id, {"role": "assistant", "content": "42"}, **team
     )
-    await conversations.set_feedback(message.id, "positive", "Spot on")
+    await conversations.set_feedback(message.id, "positive", "Spot on", **team)
     with pytest.raises(ValidationError):
-        await conversations.set_feedback(message.id, "great")  # type: ignore[arg-type]
+        await conversations.set_feedback(message.id, "great", **team)  # type: ignore[arg-type]
     with pytest.raises(NotFoundError):
-        await conversations.set_feedback(uuid.uuid4(), "negative")
+        await conversations.set_feedback(uuid.uuid4(), "negative", **team)
     feedback = "SELECT feedback_rating || ': ' || feedback_comment FROM message WHERE id = :id"
     assert await scalar(session, feedback, id=message.id) == "positive: Spot on"
 
 
 async def test_close(session: AsyncSession, conversation: Conversation) -> None:
-    await ConversationRepository(session).close(conversation.id)
+    await ConversationRepository(session).close(conversation.id, team_id=conversation.team_id)
     status = "SELECT status::text FROM conversation WHERE id = :id"
     assert await scalar(session, status, id=conversation.id) == ConversationStatus.CLOSED.value
 
@@ -367,7 +383,7 @@ async def test_list_for_user_most_recent_first(
         session, globex, await new_agent(session, globex, "zed"), user
     )
     for c in (older, newer):
-        await conversations.add_message(c.id, {"role": "user", "content": "ping"})
+        await conversations.add_message(c.id, {"role": "user", "content": "ping"}, team_id=team.id)
 
     listed = await conversations.list_for_user(team.id, user.id)
     assert [c.id for c in listed] == [newer.id, older.id, conversation.id]

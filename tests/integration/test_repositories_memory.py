@@ -100,8 +100,9 @@ async def ids(results: Awaitable[Sequence[Memory]]) -> set[uuid.UUID]:
     return {m.id for m in await results}
 
 
-async def audit(repo: MemoryRepository, memory_id: uuid.UUID) -> list[tuple[Any, ...]]:
-    return [(h.action, h.changed_by, h.reason) for h in await repo.history(memory_id)]
+async def audit(repo: MemoryRepository, memory: Memory) -> list[tuple[Any, ...]]:
+    history = await repo.history(memory.id, team_id=memory.team_id)
+    return [(h.action, h.changed_by, h.reason) for h in history]
 
 
 @pytest.fixture
@@ -129,7 +130,7 @@ async def test_create_stores_each_tag_once(
     session: AsyncSession, memories: MemoryRepository, team: Team
 ) -> None:
     created = await memory(memories, team, "Ada likes tea.", 0, tags=["tea", "ada", "tea", " ada "])
-    assert await memories.tags(created.id) == ["ada", "tea"]
+    assert await memories.tags(created.id, team_id=created.team_id) == ["ada", "tea"]
     tags = "SELECT count(*) FROM memory_tag WHERE memory_id = :id"
     assert await scalar(session, tags, id=created.id) == 2
     session.expunge_all()
@@ -137,6 +138,15 @@ async def test_create_stores_each_tag_once(
     assert (loaded.content, loaded.version) == ("Ada likes tea.", 1)
     assert loaded.status == MemoryStatus.ACTIVE
     assert loaded.embedding is not None and list(loaded.embedding) == unit_vector(0)
+
+
+MISSING_PARENT_MESSAGES = {
+    "team_id": "{parent} {missing} does not exist (referenced by memory.{field})",
+    "agent_id": "agent {missing} is not an agent of team {team}, the team of the memory",
+    "user_id": "{parent} {missing} does not exist (referenced by memory.{field})",
+    "source_conversation_id": "conversation {missing} is not a conversation of team {team},"
+    " the team of the memory",
+}
 
 
 @pytest.mark.parametrize(
@@ -158,10 +168,12 @@ async def test_failed_create_leaves_no_memory_tags_or_history(
         await memories.create(
             MemoryCreate(memory_type=MemoryType.SEMANTIC, content="x", tags=["a", "b"], **fields)
         )
-    assert str(caught.value) == f"{parent} {missing} does not exist (referenced by memory.{field})"
+    assert str(caught.value) == MISSING_PARENT_MESSAGES[field].format(
+        parent=parent, missing=missing, field=field, team=team.id
+    )
     assert await counts(session) == before
     created = await memory(memories, team, "Still works.", 0, tags=["a"])
-    assert await memories.tags(created.id) == ["a"]
+    assert await memories.tags(created.id, team_id=created.team_id) == ["a"]
 
 
 async def test_embedding_length_is_checked_against_the_column(
@@ -391,12 +403,12 @@ async def test_update_access_counts_retrievals(
     session: AsyncSession, memories: MemoryRepository, team: Team
 ) -> None:
     a, b = [await memory(memories, team, content, 0) for content in ("a", "b")]
-    assert await memories.update_access([a.id, b.id, uuid.uuid4()]) == 2
-    assert await memories.update_access([a.id]) == 1
-    assert await memories.update_access([]) == 0
+    assert await memories.update_access([a.id, b.id, uuid.uuid4()], team_id=team.id) == 2
+    assert await memories.update_access([a.id], team_id=team.id) == 1
+    assert await memories.update_access([], team_id=team.id) == 0
     access = "SELECT access_count FROM memory WHERE id = :id"
     assert [await scalar(session, access, id=m.id) for m in (a, b)] == [2, 1]
-    assert [h.action for h in await memories.history(a.id)] == ["created"]
+    assert [h.action for h in await memories.history(a.id, team_id=a.team_id)] == ["created"]
 
 
 async def test_supersede_makes_a_new_version(
@@ -420,20 +432,33 @@ async def test_supersede_makes_a_new_version(
         "Ada likes coffee.": (2, MemoryStatus.SUPERSEDED, third.id),
         "Ada likes cocoa.": (3, MemoryStatus.ACTIVE, None),
     }
-    assert await memories.tags(second.id) == ["coffee", "drinks"]
-    assert (await audit(memories, first.id))[-1] == ("superseded", "extractor", "she switched")
-    assert (await memories.history(first.id))[-1].related_memory_ids == [second.id]
+    assert await memories.tags(second.id, team_id=second.team_id) == ["coffee", "drinks"]
+    assert (await audit(memories, first))[-1] == ("superseded", "extractor", "she switched")
+    assert (await memories.history(first.id, team_id=first.team_id))[-1].related_memory_ids == [
+        second.id
+    ]
     for hot in (0, 1, 2):
         found = await memories.search_by_embedding(unit_vector(hot), team.id, min_similarity=0.5)
         assert contents(found) == (["Ada likes cocoa."] if hot == 2 else [])
 
 
-SUPERSEDE_FAILURES: dict[str, tuple[Callable[[Team, Team], MemoryCreate], str]] = {
-    "not active": (lambda team, other: data(team, "new"), "is archived, not active"),
-    "into another team": (lambda team, other: data(other, "new"), "belongs to another team"),
+SUPERSEDE_FAILURES: dict[
+    str, tuple[Callable[[Team, Team], MemoryCreate], type[SkillStoreError], str]
+] = {
+    "not active": (
+        lambda team, other: data(team, "new"),
+        ConflictError,
+        "is archived, not active",
+    ),
+    "into another team": (
+        lambda team, other: data(other, "new"),
+        NotFoundError,
+        "does not exist",
+    ),
     "missing agent": (
         lambda team, other: data(team, "new", tags=["x"], agent_id=uuid.uuid4()),
-        "does not exist \\(referenced by memory.agent_id\\)",
+        ConflictError,
+        "is not an agent of team",
     ),
 }
 
@@ -442,12 +467,12 @@ SUPERSEDE_FAILURES: dict[str, tuple[Callable[[Team, Team], MemoryCreate], str]] 
 async def test_failed_supersede_changes_nothing(
     session: AsyncSession, memories: MemoryRepository, team: Team, other_team: Team, case: str
 ) -> None:
-    new_data, message = SUPERSEDE_FAILURES[case]
+    new_data, error, message = SUPERSEDE_FAILURES[case]
     old = await memory(memories, team, "old", 0, tags=["x"])
     if case == "not active":
         await set_status(session, old.id, MemoryStatus.ARCHIVED)
     before = (await counts(session), await status(session, old.id))
-    with pytest.raises(ConflictError, match=message):
+    with pytest.raises(error, match=message):
         await memories.supersede(old.id, new_data(team, other_team), "because")
     assert (await counts(session), await status(session, old.id)) == before
     superseded_by = "SELECT superseded_by FROM memory WHERE id = :id"
@@ -467,24 +492,26 @@ async def test_a_newer_version_cannot_be_deleted_under_the_old(
     new = await memories.supersede(old.id, data(team, "new", 0))
     before = await counts(session)
     with pytest.raises(ConflictError) as caught:
-        await memories.delete(new.id)
+        await memories.delete(new.id, team_id=team.id)
     assert str(caught.value) == f"memory {new.id} is still referenced by memory"
     assert await counts(session) == before
-    assert await memories.delete(old.id) is True
+    assert await memories.delete(old.id, team_id=team.id) is True
 
 
 async def test_mark_contradiction(
     session: AsyncSession, memories: MemoryRepository, team: Team
 ) -> None:
     a, b = [await memory(memories, team, content, 0) for content in ("tea", "coffee")]
-    first, second = await memories.mark_contradiction(a.id, b.id, actor="judge", reason="both?")
+    first, second = await memories.mark_contradiction(
+        a.id, b.id, team_id=team.id, actor="judge", reason="both?"
+    )
     assert (first.id, second.id) == (a.id, b.id)
     session.expunge_all()
     a, b = [await memories.get(m.id, team.id) for m in (a, b)]
     assert (a.status, b.status) == (MemoryStatus.DISPUTED, MemoryStatus.DISPUTED)
     assert (a.contradicts, b.contradicts) == ([b.id], [a.id])
     assert (a.version, b.version) == (1, 1)
-    assert (await audit(memories, a.id))[-1] == ("disputed", "judge", "both?")
+    assert (await audit(memories, a))[-1] == ("disputed", "judge", "both?")
     assert await memories.search_by_embedding(unit_vector(0), team.id) == []
 
 
@@ -492,9 +519,9 @@ async def test_relate_links_both_ways_once(
     session: AsyncSession, memories: MemoryRepository, team: Team
 ) -> None:
     a, b, c = [await memory(memories, team, content, 0) for content in ("a", "b", "c")]
-    await memories.relate(a.id, b.id)
-    await memories.relate(b.id, a.id)
-    await memories.relate(a.id, c.id)
+    await memories.relate(a.id, b.id, team_id=team.id)
+    await memories.relate(b.id, a.id, team_id=team.id)
+    await memories.relate(a.id, c.id, team_id=team.id)
     session.expunge_all()
     a, b, c = [await memories.get(m.id, team.id) for m in (a, b, c)]
     assert (a.related_to, b.related_to, c.related_to) == ([b.id, c.id], [a.id], [a.id])
@@ -507,15 +534,17 @@ async def test_links_stay_within_one_team(
 ) -> None:
     ours = await memory(memories, team, "ours", 0)
     theirs = await memory(memories, other_team, "theirs", 0)
-    with pytest.raises(ConflictError):
-        await getattr(memories, link)(ours.id, theirs.id)
+    with pytest.raises(NotFoundError):
+        await getattr(memories, link)(ours.id, theirs.id, team_id=team.id)
+    with pytest.raises(NotFoundError):
+        await getattr(memories, link)(ours.id, theirs.id, team_id=other_team.id)
     with pytest.raises(ValueError):
-        await getattr(memories, link)(ours.id, ours.id)
+        await getattr(memories, link)(ours.id, ours.id, team_id=team.id)
     links = "SELECT status::text, contradicts, related_to FROM memory WHERE id = :id"
     for m in (ours, theirs):
         assert await row(session, links, id=m.id) == ("active", None, None)
     neighbour = await memory(memories, team, "neighbour", 0)
-    await getattr(memories, link)(ours.id, neighbour.id)
+    await getattr(memories, link)(ours.id, neighbour.id, team_id=team.id)
     _, contradicts, related_to = await row(session, links, id=ours.id)
     assert (contradicts or related_to) == [neighbour.id]
 
@@ -526,9 +555,9 @@ async def test_links_stay_within_one_team(
 async def test_pin_and_unpin(session: AsyncSession, memories: MemoryRepository, team: Team) -> None:
     m = await memory(memories, team, "Ada likes tea.", 0)
     pinned = "SELECT is_pinned FROM memory WHERE id = :id"
-    await memories.pin(m.id)
+    await memories.pin(m.id, team_id=m.team_id)
     assert await scalar(session, pinned, id=m.id) is True
-    await memories.unpin(m.id)
+    await memories.unpin(m.id, team_id=m.team_id)
     assert await scalar(session, pinned, id=m.id) is False
 
 
@@ -536,9 +565,9 @@ async def test_set_tier_is_logged_as_promotion_or_demotion(
     memories: MemoryRepository, team: Team
 ) -> None:
     m = await memory(memories, team, "Ada likes tea.", 0)
-    await memories.set_tier(m.id, MemoryTier.HOT, actor="curator")
-    await memories.set_tier(m.id, MemoryTier.COLD)
-    assert await audit(memories, m.id) == [
+    await memories.set_tier(m.id, MemoryTier.HOT, team_id=m.team_id, actor="curator")
+    await memories.set_tier(m.id, MemoryTier.COLD, team_id=m.team_id)
+    assert await audit(memories, m) == [
         ("created", "system", None),
         ("promoted", "curator", None),
         ("demoted", "system", None),
@@ -551,10 +580,10 @@ async def test_archive_hides_a_memory_from_search(
 ) -> None:
     kept = await memory(memories, team, "kept", 0)
     archived = await memory(memories, team, "archived", 0)
-    await memories.archive(archived.id, reason="stale")
+    await memories.archive(archived.id, team_id=archived.team_id, reason="stale")
     assert await status(session, archived.id) == "archived"
     assert await ids(memories.search_by_embedding(unit_vector(0), team.id)) == {kept.id}
-    assert (await audit(memories, archived.id))[-1] == ("archived", "system", "stale")
+    assert (await audit(memories, archived))[-1] == ("archived", "system", "stale")
 
 
 async def test_expire_archives_what_has_expired(
@@ -566,31 +595,31 @@ async def test_expire_archives_what_has_expired(
     later = await memory(memories, team, "later", 0, expires_at=WHEN + hour)
     never = await memory(memories, team, "never", 0)
 
-    assert await memories.expire(now=WHEN) == 2
-    assert await memories.expire(now=WHEN) == 0
+    assert await memories.expire(now=WHEN, team_id=team.id) == 2
+    assert await memories.expire(now=WHEN, team_id=team.id) == 0
     statuses = [await status(session, m.id) for m in (expired, due_now, later, never)]
     assert statuses == ["archived", "archived", "active", "active"]
-    assert (await audit(memories, expired.id))[-1] == ("archived", "system", None)
+    assert (await audit(memories, expired))[-1] == ("archived", "system", None)
 
 
 async def test_expire_is_attributed(
     session: AsyncSession, memories: MemoryRepository, team: Team
 ) -> None:
     expired = await memory(memories, team, "expired", 0, expires_at=WHEN)
-    assert await memories.expire(now=WHEN, actor="janitor", reason="ttl") == 1
-    assert (await audit(memories, expired.id))[-1] == ("archived", "janitor", "ttl")
+    assert await memories.expire(now=WHEN, team_id=team.id, actor="janitor", reason="ttl") == 1
+    assert (await audit(memories, expired))[-1] == ("archived", "janitor", "ttl")
 
 
 async def test_delete_keeps_the_history(
     session: AsyncSession, memories: MemoryRepository, team: Team
 ) -> None:
     m = await memory(memories, team, "Ada likes tea.", 0, tags=["tea"])
-    assert await memories.delete(m.id, actor="dpo", reason="erasure request") is True
-    assert await memories.delete(m.id) is False
+    assert await memories.delete(m.id, team_id=team.id, actor="dpo", reason="erasure request")
+    assert await memories.delete(m.id, team_id=team.id) is False
     with pytest.raises(NotFoundError):
         await memories.get(m.id, team.id)
-    assert await memories.tags(m.id) == []
-    assert await audit(memories, m.id) == [
+    assert await memories.tags(m.id, team_id=m.team_id) == []
+    assert await audit(memories, m) == [
         ("created", "system", None),
         ("deleted", "dpo", "erasure request"),
     ]
@@ -602,9 +631,9 @@ async def test_delete_keeps_the_history(
 async def test_add_and_remove_tags(memories: MemoryRepository, team: Team) -> None:
     m = await memory(memories, team, "Ada likes tea.", 0, tags=["b"])
     other = await memory(memories, team, "Ada likes cake.", 0, tags=["a"])
-    assert await memories.add_tags(m.id, ["c", "a", "b", " a "]) == ["a", "b", "c"]
-    assert await memories.remove_tags(m.id, ["a", "z"]) == 1
-    assert await memories.tags(m.id) == ["b", "c"]
+    assert await memories.add_tags(m.id, ["c", "a", "b", " a "], team_id=team.id) == ["a", "b", "c"]
+    assert await memories.remove_tags(m.id, ["a", "z"], team_id=team.id) == 1
+    assert await memories.tags(m.id, team_id=m.team_id) == ["b", "c"]
     assert await ids(memories.with_tag(team.id, "c")) == {m.id}
     assert await ids(memories.with_tag(team.id, "a")) == {other.id}
     assert await memories.with_tag(team.id, "z") == []
@@ -614,11 +643,11 @@ async def test_tags_to_remove_are_read_like_tags_to_add(
     memories: MemoryRepository, team: Team
 ) -> None:
     m = await memory(memories, team, "Ada likes tea.", 0)
-    assert await memories.add_tags(m.id, [" urgent "]) == ["urgent"]
-    assert await memories.remove_tags(m.id, [" urgent "]) == 1
+    assert await memories.add_tags(m.id, [" urgent "], team_id=team.id) == ["urgent"]
+    assert await memories.remove_tags(m.id, [" urgent "], team_id=team.id) == 1
     with pytest.raises(ValidationError):
-        await memories.remove_tags(m.id, ["ur\x00gent"])
-    assert await memories.tags(m.id) == []
+        await memories.remove_tags(m.id, ["ur\x00gent"], team_id=team.id)
+    assert await memories.tags(m.id, team_id=m.team_id) == []
 
 
 async def test_add_tags_validates_and_names_a_missing_memory(
@@ -627,14 +656,14 @@ async def test_add_tags_validates_and_names_a_missing_memory(
     m = await memory(memories, team, "Ada likes tea.", 0)
     for bad in ([""], ["x" * 101], ["te\x00a"]):
         with pytest.raises(ValidationError):
-            await memories.add_tags(m.id, bad)
+            await memories.add_tags(m.id, bad, team_id=team.id)
     missing = uuid.uuid4()
-    expected = f"memory {missing} does not exist (referenced by memory_tag.memory_id)"
+    expected = f"memory {missing} is not a memory of team {team.id}"
     with pytest.raises(ConflictError) as caught:
-        await memories.add_tags(missing, ["tea"])
+        await memories.add_tags(missing, ["tea"], team_id=team.id)
     assert str(caught.value) == expected
     assert await count(session, "memory_tag") == 0
-    assert await memories.add_tags(m.id, ["tea"]) == ["tea"]
+    assert await memories.add_tags(m.id, ["tea"], team_id=team.id) == ["tea"]
 
 
 # -- history and attribution ------------------------------------------------------------
@@ -644,10 +673,12 @@ async def test_history_names_who_and_why(
     session: AsyncSession, memories: MemoryRepository, team: Team
 ) -> None:
     m = await memories.create(data(team, "v1", 0), actor="alice", reason="told by Ada")
-    await memories.update(m.id, {"content": "v2"}, actor="bob", reason="correction")
-    await memories.pin(m.id)
-    await memories.update(m.id, {"importance": 9}, actor="carol")
-    history = await memories.history(m.id)
+    await memories.update(
+        m.id, {"content": "v2"}, team_id=team.id, actor="bob", reason="correction"
+    )
+    await memories.pin(m.id, team_id=m.team_id)
+    await memories.update(m.id, {"importance": 9}, team_id=team.id, actor="carol")
+    history = await memories.history(m.id, team_id=m.team_id)
     assert [(h.action, h.changed_by, h.reason) for h in history] == [
         ("created", "alice", "told by Ada"),
         ("updated", "bob", "correction"),
@@ -662,33 +693,44 @@ async def test_content_at(session: AsyncSession, memories: MemoryRepository, tea
     m = await memory(memories, team, "v1", 0)
     await run(session, "UPDATE memory SET content = 'v2' WHERE id = :id", id=m.id)
     await run(session, "UPDATE memory SET importance = 8 WHERE id = :id", id=m.id)
-    await memories.delete(m.id)
-    moments = [h.created_at for h in await memories.history(m.id)]
+    await memories.delete(m.id, team_id=team.id)
+    moments = [h.created_at for h in await memories.history(m.id, team_id=m.team_id)]
     assert moments == sorted(moments) and len(set(moments)) == 4
-    assert [await memories.content_at(m.id, at) for at in moments] == ["v1", "v2", "v2", None]
-    assert await memories.content_at(m.id, moments[0] - timedelta(seconds=1)) is None
-    assert await memories.content_at(uuid.uuid4(), moments[0]) is None
+    assert [await memories.content_at(m.id, at, team_id=team.id) for at in moments] == [
+        "v1",
+        "v2",
+        "v2",
+        None,
+    ]
+    assert (
+        await memories.content_at(m.id, moments[0] - timedelta(seconds=1), team_id=team.id) is None
+    )
+    assert await memories.content_at(uuid.uuid4(), moments[0], team_id=team.id) is None
 
 
 Write = Callable[[MemoryRepository, Memory, Memory, Team], Awaitable[Any]]
 ATTRIBUTED_WRITES: dict[str, Write] = {
     "create": lambda r, a, b, t: r.create(data(t, "new"), actor="alice", reason="why"),
-    "update": lambda r, a, b, t: r.update(a.id, {"importance": 2}, actor="alice", reason="why"),
-    "pin": lambda r, a, b, t: r.pin(a.id, actor="alice", reason="why"),
+    "update": lambda r, a, b, t: r.update(
+        a.id, {"importance": 2}, team_id=t.id, actor="alice", reason="why"
+    ),
+    "pin": lambda r, a, b, t: r.pin(a.id, team_id=t.id, actor="alice", reason="why"),
     "supersede": lambda r, a, b, t: r.supersede(a.id, data(t, "new"), "why", actor="alice"),
-    "relate": lambda r, a, b, t: r.relate(a.id, b.id, actor="alice", reason="why"),
-    "expire": lambda r, a, b, t: r.expire(now=WHEN, actor="alice", reason="why"),
-    "delete": lambda r, a, b, t: r.delete(a.id, actor="alice", reason="why"),
+    "relate": lambda r, a, b, t: r.relate(a.id, b.id, team_id=t.id, actor="alice", reason="why"),
+    "expire": lambda r, a, b, t: r.expire(now=WHEN, team_id=t.id, actor="alice", reason="why"),
+    "delete": lambda r, a, b, t: r.delete(a.id, team_id=t.id, actor="alice", reason="why"),
     "failed create": lambda r, a, b, t: r.create(
         data(t, "new", agent_id=uuid.uuid4()), actor="alice", reason="why"
     ),
     "failed update": lambda r, a, b, t: r.update(
-        a.id, {"content": None}, actor="alice", reason="why"
+        a.id, {"content": None}, team_id=t.id, actor="alice", reason="why"
     ),
     "failed supersede": lambda r, a, b, t: r.supersede(
         a.id, data(t, "new", agent_id=uuid.uuid4()), "why", actor="alice"
     ),
-    "failed relate": lambda r, a, b, t: r.relate(a.id, a.id, actor="alice", reason="why"),
+    "failed relate": lambda r, a, b, t: r.relate(
+        a.id, a.id, team_id=t.id, actor="alice", reason="why"
+    ),
 }
 
 
@@ -706,4 +748,4 @@ async def test_attribution_does_not_leak_into_later_changes(
     else:
         await attributed
     await run(session, "UPDATE memory SET importance = 7 WHERE id = :id", id=bystander.id)
-    assert (await audit(memories, bystander.id))[-1] == ("updated", "system", None)
+    assert (await audit(memories, bystander))[-1] == ("updated", "system", None)

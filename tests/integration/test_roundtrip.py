@@ -287,11 +287,12 @@ async def test_message(session: AsyncSession, conversation: Conversation, agent:
             feedback_rating="positive",
             feedback_comment="Useful",
         ),
-        update={"conversation_id": conversation.id},
+        update={"team_id": conversation.team_id, "conversation_id": conversation.id},
     )
     await add(session, message)
     loaded = await reload(session, Message, message.id)
-    assert (loaded.conversation_id, loaded.agent_id) == (conversation.id, agent.id)
+    assert (loaded.team_id, loaded.conversation_id) == (conversation.team_id, conversation.id)
+    assert loaded.agent_id == agent.id
     assert loaded.role is MessageRole.ASSISTANT
     assert loaded.content == "Let me look."
     assert loaded.tool_calls == [{"id": "call_1", "name": "search", "arguments": {"q": "moon"}}]
@@ -382,6 +383,7 @@ async def test_memory_log(session: AsyncSession, conversation: Conversation) -> 
     entry = MemoryLog.model_validate(
         MemoryLogCreate(
             memory_id=memory_id,
+            team_id=conversation.team_id,
             action="merged",
             old_content="a",
             new_content="a and b",
@@ -413,7 +415,9 @@ async def test_memory_tag(session: AsyncSession, team: Team) -> None:
             MemoryCreate(team_id=team.id, memory_type=MemoryType.SEMANTIC, content="Tea")
         ),
     )
-    tag = MemoryTag.model_validate(MemoryTagCreate(memory_id=memory.id, tag="  drinks "))
+    tag = MemoryTag.model_validate(
+        MemoryTagCreate(team_id=team.id, memory_id=memory.id, tag="  drinks ")
+    )
     await add(session, tag)
     loaded = await reload(session, MemoryTag, tag.id)
     assert (loaded.memory_id, loaded.tag) == (memory.id, "drinks")
@@ -456,8 +460,9 @@ async def test_raw_sql_rows_with_only_required_columns_load_through_the_models(
     )
     message_id = await scalar(
         session,
-        """INSERT INTO message (conversation_id, role, content)
-           VALUES (:c, 'user', 'hi') RETURNING id""",
+        """INSERT INTO message (team_id, conversation_id, role, content)
+           VALUES (:t, :c, 'user', 'hi') RETURNING id""",
+        t=team_id,
         c=conversation_id,
     )
     memory_id = await scalar(
@@ -468,13 +473,15 @@ async def test_raw_sql_rows_with_only_required_columns_load_through_the_models(
     )
     log_id = await scalar(
         session,
-        """INSERT INTO memory_log (memory_id, action, changed_by)
-           VALUES (:m, 'note', 'ops') RETURNING id""",
+        """INSERT INTO memory_log (team_id, memory_id, action, changed_by)
+           VALUES (:t, :m, 'note', 'ops') RETURNING id""",
+        t=team_id,
         m=memory_id,
     )
     tag_id = await scalar(
         session,
-        "INSERT INTO memory_tag (memory_id, tag) VALUES (:m, 'facts') RETURNING id",
+        "INSERT INTO memory_tag (team_id, memory_id, tag) VALUES (:t, :m, 'facts') RETURNING id",
+        t=team_id,
         m=memory_id,
     )
 
@@ -747,10 +754,10 @@ async def test_feedback_rating_check(session: AsyncSession, conversation: Conver
     async with rejected(session, "ck_message_feedback_rating"):
         await session.exec(
             text(
-                "INSERT INTO message (conversation_id, role, content, feedback_rating)"
-                " VALUES (:c, 'assistant', 'ok', 'meh')"
+                "INSERT INTO message (team_id, conversation_id, role, content, feedback_rating)"
+                " VALUES (:t, :c, 'assistant', 'ok', 'meh')"
             ),
-            params={"c": conversation.id},
+            params={"t": conversation.team_id, "c": conversation.id},
         )
 
 
@@ -761,9 +768,10 @@ async def test_duplicate_tag_on_a_memory_is_rejected(session: AsyncSession, team
             MemoryCreate(team_id=team.id, memory_type=MemoryType.SEMANTIC, content="x")
         ),
     )
-    await add(session, MemoryTag.model_validate(MemoryTagCreate(memory_id=memory.id, tag="t")))
+    tag = MemoryTagCreate(team_id=team.id, memory_id=memory.id, tag="t")
+    await add(session, MemoryTag.model_validate(tag))
     async with rejected(session, "uq_memory_tag"):
-        session.add(MemoryTag.model_validate(MemoryTagCreate(memory_id=memory.id, tag="t")))
+        session.add(MemoryTag.model_validate(tag))
 
 
 async def test_deleting_a_team_cascades(
@@ -781,7 +789,7 @@ async def test_deleting_a_team_cascades(
             session.add(
                 Message.model_validate(
                     MessageCreate(agent_id=author, role=role, content="m"),
-                    update={"conversation_id": conversation_id},
+                    update={"team_id": team_id, "conversation_id": conversation_id},
                 )
             )
         memory = await add(
@@ -797,7 +805,8 @@ async def test_deleting_a_team_cascades(
                 )
             ),
         )
-        await add(session, MemoryTag.model_validate(MemoryTagCreate(memory_id=memory.id, tag="t")))
+        tag = MemoryTagCreate(team_id=team_id, memory_id=memory.id, tag="t")
+        await add(session, MemoryTag.model_validate(tag))
 
     doomed = await add(
         session, Team.model_validate(TeamCreate(name="Doomed", slug="doomed", owner_id=user.id))

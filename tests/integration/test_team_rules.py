@@ -1,8 +1,10 @@
-"""Same-team references (migration 0003), from the side the bad-input suite does not cover.
+"""Same-team references, from the side the bad-input suite does not cover.
 
-Inserts naming another team's rows are in `test_bad_input.py`; here: moves of rows between
-teams, the paths that must stay free (NULL references, ON DELETE actions, leaving a team),
-a role that cannot see the referenced row, and a move racing an insert.
+The composite foreign keys of migration 0005 (a reference includes the row's team_id) and the
+membership trigger of 0003. Inserts naming another team's rows are in `test_bad_input.py`;
+here: moves of rows between teams, the paths that must stay free (NULL references, ON DELETE
+actions that clear only the reference, leaving a team), a role that cannot see the referenced
+row, and a move racing an insert.
 """
 
 import asyncio
@@ -77,12 +79,14 @@ async def new_memory(session: AsyncSession, team_id: uuid.UUID, **references: An
 
 
 async def new_message(
-    session: AsyncSession, conversation_id: uuid.UUID, agent_id: uuid.UUID | None
+    session: AsyncSession, conversation: Conversation | uuid.UUID, agent_id: uuid.UUID | None
 ) -> uuid.UUID:
+    """A message in the conversation, of the conversation's team."""
+    conversation_id = conversation if isinstance(conversation, uuid.UUID) else conversation.id
     return await scalar(
         session,
-        "INSERT INTO message (conversation_id, agent_id, role, content)"
-        " VALUES (:c, :a, 'assistant', 'hi') RETURNING id",
+        "INSERT INTO message (team_id, conversation_id, agent_id, role, content)"
+        " SELECT team_id, id, :a, 'assistant', 'hi' FROM conversation WHERE id = :c RETURNING id",
         c=conversation_id,
         a=agent_id,
     )
@@ -94,41 +98,34 @@ async def new_message(
 async def test_an_agent_moves_only_without_rows_of_its_old_team(
     session: AsyncSession, user: User, team: Team, agent: Agent, conversation: Conversation
 ) -> None:
+    """Its key includes its team: the rows that name it hold the old key."""
     globex = await other_team(session, user)
     move = "UPDATE agent SET team_id = :t WHERE id = :a"
+
+    error = await broken_rule(session, move, t=globex.id, a=agent.id)
+    assert error.constraint == "fk_conversation_agent_team"
+    assert str(error) == f"agent {agent.id} is still referenced by conversation"
+    other = await new_agent(session, team, "orion")
+    await run(session, "UPDATE conversation SET agent_id = :o", o=other)
 
     memory_id = await new_memory(session, team.id, agent_id=agent.id)
     error = await broken_rule(session, move, t=globex.id, a=agent.id)
     assert error.constraint == "fk_memory_agent_team"
-    assert str(error) == (
-        f"agent {agent.id} is not an agent of team {team.id}, the team of memory {memory_id}"
-    )
+    assert str(error) == f"agent {agent.id} is still referenced by memory"
     await run(session, "DELETE FROM memory WHERE id = :m", m=memory_id)
 
-    error = await broken_rule(session, move, t=globex.id, a=agent.id)
-    assert error.constraint == "fk_conversation_agent_team"
-    assert str(error) == (
-        f"agent {agent.id} is not an agent of team {team.id}, the team of conversation"
-        f" {conversation.id}"
-    )
-
     # A message of a conversation with another agent of the team names the moving agent.
-    other = await new_agent(session, team, "orion")
-    await run(session, "UPDATE conversation SET agent_id = :o", o=other)
-    message_id = await new_message(session, conversation.id, agent.id)
+    message_id = await new_message(session, conversation, agent.id)
     error = await broken_rule(session, move, t=globex.id, a=agent.id)
     assert error.constraint == "fk_message_agent_team"
-    assert str(error) == (
-        f"agent {agent.id} is not an agent of the team of conversation {conversation.id}"
-        f" (message {message_id})"
-    )
+    assert str(error) == f"agent {agent.id} is still referenced by message"
 
     await run(session, "DELETE FROM message WHERE id = :m", m=message_id)
     await run(session, move, t=globex.id, a=agent.id)
     assert await scalar(session, "SELECT team_id FROM agent WHERE id = :a", a=agent.id) == globex.id
 
 
-async def test_a_conversation_moves_with_its_agent_and_user_and_only_without_old_rows(
+async def test_a_conversation_moves_with_its_agent_and_messages_and_only_without_old_rows(
     session: AsyncSession, user: User, team: Team, agent: Agent, conversation: Conversation
 ) -> None:
     globex = await other_team(session, user)
@@ -142,25 +139,26 @@ async def test_a_conversation_moves_with_its_agent_and_user_and_only_without_old
         c=conversation.id,
     )
     assert error.constraint == "fk_conversation_agent_team"
+    assert str(error) == (
+        f"agent {agent.id} is not an agent of team {globex.id}, the team of the conversation"
+    )
 
     memory_id = await new_memory(session, team.id, source_conversation_id=conversation.id)
     error = await broken_rule(session, move, t=globex.id, a=zed, c=conversation.id)
     assert error.constraint == "fk_memory_source_conversation_team"
-    assert str(error) == (
-        f"conversation {conversation.id} is not a conversation of team {team.id},"
-        f" the team of memory {memory_id}"
-    )
+    assert str(error) == f"conversation {conversation.id} is still referenced by memory"
     await run(session, "DELETE FROM memory WHERE id = :m", m=memory_id)
 
-    await new_message(session, conversation.id, None)  # a user's message goes along
-    message_id = await new_message(session, conversation.id, agent.id)
+    await new_message(session, conversation, None)
+    message_id = await new_message(session, conversation, agent.id)
     error = await broken_rule(session, move, t=globex.id, a=zed, c=conversation.id)
-    assert error.constraint == "fk_message_agent_team"
-    assert f"(message {message_id})" in str(error)
-    # Rows that name each other move in one statement: the rules are checked at its end.
+    assert error.constraint == "fk_message_conversation_team"
+    # Rows that name each other move in one statement: the keys are checked at its end.
     await run(
         session,
-        f"WITH moved AS (UPDATE message SET agent_id = :a WHERE id = :m) {move}",
+        "WITH moved AS (UPDATE message SET team_id = :t,"
+        " agent_id = CASE WHEN id = :m THEN CAST(:a AS uuid) END WHERE conversation_id = :c)"
+        f" {move}",
         t=globex.id,
         a=zed,
         c=conversation.id,
@@ -169,6 +167,8 @@ async def test_a_conversation_moves_with_its_agent_and_user_and_only_without_old
     assert await scalar(
         session, "SELECT team_id FROM conversation WHERE id = :c", c=conversation.id
     ) == (globex.id)
+    teams = "SELECT DISTINCT team_id FROM message WHERE conversation_id = :c"
+    assert await scalar(session, teams, c=conversation.id) == globex.id
 
 
 async def test_a_conversation_moves_only_to_a_team_its_user_is_a_member_of(
@@ -204,6 +204,9 @@ async def test_a_memory_moves_only_with_references_of_its_new_team(
         session, "UPDATE memory SET team_id = :t WHERE id = :m", t=globex.id, m=memory_id
     )
     assert error.constraint == "fk_memory_agent_team"
+    assert str(error) == (
+        f"agent {agent.id} is not an agent of team {globex.id}, the team of the memory"
+    )
     await run(
         session,
         "UPDATE memory SET team_id = :t, agent_id = NULL WHERE id = :m",
@@ -218,7 +221,7 @@ async def test_a_memory_moves_only_with_references_of_its_new_team(
 async def test_deletes_and_leaving_a_team_are_not_blocked(
     session: AsyncSession, user: User, team: Team, agent: Agent, conversation: Conversation
 ) -> None:
-    """ON DELETE SET NULL updates the referencing rows; the rules let those updates pass."""
+    """ON DELETE SET NULL clears the reference only: the row keeps its team."""
     grace = await scalar(
         session,
         """INSERT INTO "user" (email, password_hash, display_name)"""
@@ -239,19 +242,16 @@ async def test_deletes_and_leaving_a_team_are_not_blocked(
     message_id = await new_message(session, graces, agent.id)
     memory_id = await new_memory(session, team.id, source_conversation_id=conversation.id)
     await run(session, "DELETE FROM agent WHERE id = :a", a=agent.id)
-    assert await scalar(session, "SELECT agent_id FROM message WHERE id = :m", m=message_id) is None
-    assert (
-        await scalar(
-            session, "SELECT source_conversation_id FROM memory WHERE id = :m", m=memory_id
-        )
-        is None
-    )
+    message = "SELECT agent_id, team_id FROM message WHERE id = :m"
+    assert tuple((await run(session, message, m=message_id)).one()) == (None, team.id)
+    memory = "SELECT source_conversation_id, team_id FROM memory WHERE id = :m"
+    assert tuple((await run(session, memory, m=memory_id)).one()) == (None, team.id)
 
 
 # -- a role that cannot see the referenced row ----------------------------------------
 
 
-async def test_a_row_the_role_cannot_see_fails_the_check_like_another_teams(
+async def test_the_team_role_can_name_its_own_teams_rows_only(
     session: AsyncSession, user: User, team: Team, agent: Agent
 ) -> None:
     """As the team role under row-level security, which sees only its team's agents."""
@@ -273,6 +273,7 @@ async def test_a_row_the_role_cannot_see_fails_the_check_like_another_teams(
         z=zed,
     )
     assert error.constraint == "fk_memory_agent_team"
+    assert str(error) == "the agent named by the memory is not of the memory's team"
     await run(
         session,
         "INSERT INTO memory (team_id, memory_type, content, agent_id)"

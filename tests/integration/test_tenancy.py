@@ -97,7 +97,9 @@ async def make_team(session: AsyncSession, slug: str, hot: int) -> Team:
         ConversationCreate(team_id=team.id, agent_id=agent.id, user_id=owner.id)
     )
     await conversations.add_message(
-        conversation.id, MessageCreate(role=MessageRole.USER, content=f"hello {slug}")
+        conversation.id,
+        MessageCreate(role=MessageRole.USER, content=f"hello {slug}"),
+        team_id=team.id,
     )
     memories = MemoryRepository(session)
     memory = await memories.create(
@@ -113,7 +115,7 @@ async def make_team(session: AsyncSession, slug: str, hot: int) -> Team:
     deleted = await memories.create(
         MemoryCreate(team_id=team.id, memory_type=MemoryType.EPISODIC, content=f"{slug} left")
     )
-    await memories.delete(deleted.id, actor="cleanup")
+    await memories.delete(deleted.id, team_id=team.id, actor="cleanup")
     return Team(team.id, owner.id, agent.id, conversation.id, memory.id, deleted.id)
 
 
@@ -169,20 +171,21 @@ async def test_repository_reads_of_another_team_find_nothing(world: World) -> No
     theirs = world.theirs
     async with scope_to_team(world.factory(), world.ours.id) as session:
         memories = MemoryRepository(session)
-        assert await memories.get_by_id(theirs.memory_id) is None
+        team = {"team_id": theirs.id}
+        assert await memories.get_by_id(theirs.memory_id, **team) is None
         with pytest.raises(NotFoundError):
             await memories.get(theirs.memory_id, theirs.id)
         assert await memories.search_by_embedding(unit_vector(1), theirs.id) == []
-        assert await memories.history(theirs.memory_id) == []
-        assert await memories.history(theirs.deleted_memory_id) == []
-        assert await memories.tags(theirs.memory_id) == []
+        assert await memories.history(theirs.memory_id, **team) == []
+        assert await memories.history(theirs.deleted_memory_id, **team) == []
+        assert await memories.tags(theirs.memory_id, **team) == []
         assert await memories.with_tag(theirs.id, "tea") == []
-        assert await memories.content_at(theirs.memory_id, datetime.now(UTC)) is None
-        assert await AgentRepository(session).get_by_id(theirs.agent_id) is None
+        assert await memories.content_at(theirs.memory_id, datetime.now(UTC), **team) is None
+        assert await AgentRepository(session).get_by_id(theirs.agent_id, **team) is None
         assert await AgentRepository(session).list_for_team(theirs.id) == []
         conversations = ConversationRepository(session)
-        assert await conversations.get_by_id(theirs.conversation_id) is None
-        assert await conversations.messages(theirs.conversation_id) == []
+        assert await conversations.get_by_id(theirs.conversation_id, **team) is None
+        assert await conversations.messages(theirs.conversation_id, **team) == []
         assert await TeamRepository(session).get_by_id(theirs.id) is None
         assert await TeamRepository(session).members(theirs.id) == []
         assert [team.id for team in await TeamRepository(session).list()] == [world.ours.id]
@@ -224,12 +227,16 @@ async def create_their_conversation(session: AsyncSession, world: World) -> Any:
 
 async def message_their_conversation(session: AsyncSession, world: World) -> Any:
     return await ConversationRepository(session).add_message(
-        world.theirs.conversation_id, MessageCreate(role=MessageRole.USER, content="psst")
+        world.theirs.conversation_id,
+        MessageCreate(role=MessageRole.USER, content="psst"),
+        team_id=world.theirs.id,
     )
 
 
 async def tag_their_memory(session: AsyncSession, world: World) -> Any:
-    return await MemoryRepository(session).add_tags(world.theirs.memory_id, ["planted"])
+    return await MemoryRepository(session).add_tags(
+        world.theirs.memory_id, ["planted"], team_id=world.theirs.id
+    )
 
 
 async def join_their_team(session: AsyncSession, world: World) -> Any:
@@ -247,7 +254,9 @@ async def delete_their_team(session: AsyncSession, world: World) -> Any:
 
 
 async def update_their_memory(session: AsyncSession, world: World) -> Any:
-    return await MemoryRepository(session).update(world.theirs.memory_id, {"content": "changed"})
+    return await MemoryRepository(session).update(
+        world.theirs.memory_id, {"content": "changed"}, team_id=world.theirs.id
+    )
 
 
 async def supersede_their_memory(session: AsyncSession, world: World) -> Any:
@@ -258,7 +267,9 @@ async def supersede_their_memory(session: AsyncSession, world: World) -> Any:
 
 
 async def link_to_their_memory(session: AsyncSession, world: World) -> Any:
-    return await MemoryRepository(session).relate(world.ours.memory_id, world.theirs.memory_id)
+    return await MemoryRepository(session).relate(
+        world.ours.memory_id, world.theirs.memory_id, team_id=world.ours.id
+    )
 
 
 async def rename_their_team(session: AsyncSession, world: World) -> Any:
@@ -266,11 +277,13 @@ async def rename_their_team(session: AsyncSession, world: World) -> Any:
 
 
 async def delete_their_memory(session: AsyncSession, world: World) -> Any:
-    return await MemoryRepository(session).delete(world.theirs.memory_id)
+    return await MemoryRepository(session).delete(world.theirs.memory_id, team_id=world.theirs.id)
 
 
 async def touch_their_memory(session: AsyncSession, world: World) -> Any:
-    return await MemoryRepository(session).update_access([world.theirs.memory_id])
+    return await MemoryRepository(session).update_access(
+        [world.theirs.memory_id], team_id=world.theirs.id
+    )
 
 
 def raw(sql: str) -> Attempt:
@@ -304,10 +317,10 @@ REFUSED: list[Attempt] = [
     raw("UPDATE memory SET team_id = :theirs WHERE team_id = :ours"),
     raw("UPDATE agent SET team_id = :theirs"),
     raw(
-        "INSERT INTO message (conversation_id, role, content)"
-        " VALUES (:their_conversation, 'user', 'x')"
+        "INSERT INTO message (team_id, conversation_id, role, content)"
+        " VALUES (:theirs, :their_conversation, 'user', 'x')"
     ),
-    raw("INSERT INTO memory_tag (memory_id, tag) VALUES (:their_memory, 'x')"),
+    raw("INSERT INTO memory_tag (team_id, memory_id, tag) VALUES (:theirs, :their_memory, 'x')"),
     raw(
         "INSERT INTO team_membership (user_id, team_id, role)"
         " VALUES (:our_owner, :theirs, 'member')"
@@ -399,19 +412,21 @@ async def test_the_same_attempts_succeed_for_our_own_team(world: World) -> None:
             memory.id,
             MemoryCreate(team_id=world.ours.id, memory_type=MemoryType.SEMANTIC, content="ours 2"),
         )
-        assert await memories.update_access([newer.id]) == 1
+        assert await memories.update_access([newer.id], team_id=world.ours.id) == 1
         hits = await memories.search_by_embedding(unit_vector(0), world.ours.id, limit=5)
         assert [hit.id for hit in hits] == [world.ours.memory_id]
         conversations = ConversationRepository(session)
         await conversations.add_message(
             world.ours.conversation_id,
             MessageCreate(role=MessageRole.USER, content="hi", token_count=4),
+            team_id=world.ours.id,
         )
         await session.commit()
 
-        conversation = await conversations.get_or_raise(world.ours.conversation_id)
-        history = await memories.history(memory.id)
-        deleted_history = await memories.history(world.ours.deleted_memory_id)
+        ours = {"team_id": world.ours.id}
+        conversation = await conversations.get_or_raise(world.ours.conversation_id, **ours)
+        history = await memories.history(memory.id, **ours)
+        deleted_history = await memories.history(world.ours.deleted_memory_id, **ours)
 
     assert conversation.message_count == 2
     assert [(entry.action, entry.changed_by, entry.team_id) for entry in history] == [

@@ -131,10 +131,10 @@ async def stats(session: AsyncSession, conversation_id: uuid.UUID) -> tuple[int,
     return (row[0], row[1], row[2], row[3])
 
 
-def message(conversation_id: uuid.UUID, role: MessageRole, token_count: int | None) -> Message:
+def message(conversation: Conversation, role: MessageRole, token_count: int | None) -> Message:
     return Message.model_validate(
         MessageCreate(role=role, content=f"{role} says hi", token_count=token_count),
-        update={"conversation_id": conversation_id},
+        update={"team_id": conversation.team_id, "conversation_id": conversation.id},
     )
 
 
@@ -151,7 +151,7 @@ async def test_each_message_insert_updates_its_conversation(
         (MessageRole.ASSISTANT, None, (6, 17, 25, 42)),
     ]
     for role, token_count, totals in expected:
-        session.add(message(conversation.id, role, token_count))
+        session.add(message(conversation, role, token_count))
         await session.flush()
         assert await stats(session, conversation.id) == totals, (role, token_count)
     last_message_at = "SELECT last_message_at FROM conversation WHERE id = :id"
@@ -164,16 +164,17 @@ async def test_each_message_insert_updates_its_conversation(
 async def test_last_message_at_never_moves_back(
     session: AsyncSession, conversation: Conversation
 ) -> None:
-    insert = """INSERT INTO message (conversation_id, role, content, created_at)
-                VALUES (:id, 'user', 'hi', :at)"""
+    insert = """INSERT INTO message (team_id, conversation_id, role, content, created_at)
+                VALUES (:team, :id, 'user', 'hi', :at)"""
     last_message_at = "SELECT last_message_at FROM conversation WHERE id = :id"
     await run(session, "UPDATE conversation SET last_message_at = :old", old=OLD)
 
-    await run(session, insert, id=conversation.id, at=datetime(1999, 1, 1, tzinfo=UTC))
+    team = conversation.team_id
+    await run(session, insert, team=team, id=conversation.id, at=datetime(1999, 1, 1, tzinfo=UTC))
     assert await scalar(session, last_message_at, id=conversation.id) == OLD
 
     later = datetime(2001, 6, 1, tzinfo=UTC)
-    await run(session, insert, id=conversation.id, at=later)
+    await run(session, insert, team=team, id=conversation.id, at=later)
     assert await scalar(session, last_message_at, id=conversation.id) == later
     assert (await stats(session, conversation.id))[0] == 2
 
@@ -192,9 +193,11 @@ async def test_one_statement_inserting_into_two_conversations(
     await session.flush()
     await run(
         session,
-        """INSERT INTO message (conversation_id, role, content, token_count) VALUES
-           (:a, 'user', 'q', 3), (:b, 'user', 'q', NULL), (:a, 'assistant', 'r', 7),
-           (:a, 'tool', 't', 2), (:b, 'assistant', 'r', 11), (:a, 'assistant', 'r', NULL)""",
+        """INSERT INTO message (team_id, conversation_id, role, content, token_count) VALUES
+           (:t, :a, 'user', 'q', 3), (:t, :b, 'user', 'q', NULL), (:t, :a, 'assistant', 'r', 7),
+           (:t, :a, 'tool', 't', 2), (:t, :b, 'assistant', 'r', 11),
+           (:t, :a, 'assistant', 'r', NULL)""",
+        t=conversation.team_id,
         a=conversation.id,
         b=other.id,
     )
@@ -204,9 +207,9 @@ async def test_one_statement_inserting_into_two_conversations(
     # The ORM's batched INSERT of several messages counts the same way.
     session.add_all(
         [
-            message(other.id, MessageRole.USER, 1),
-            message(conversation.id, MessageRole.ASSISTANT, 100),
-            message(other.id, MessageRole.ASSISTANT, 20),
+            message(other, MessageRole.USER, 1),
+            message(conversation, MessageRole.ASSISTANT, 100),
+            message(other, MessageRole.ASSISTANT, 20),
         ]
     )
     await session.flush()

@@ -58,7 +58,7 @@ MINIMAL: dict[type[BaseModel], dict[str, Any]] = {
     MessageUpdate: {},
     MemoryCreate: {"team_id": TEAM_ID, "memory_type": "semantic", "content": "Likes green tea"},
     MemoryUpdate: {},
-    MemoryTagCreate: {"memory_id": uuid.UUID(int=4), "tag": "drinks"},
+    MemoryTagCreate: {"team_id": TEAM_ID, "memory_id": uuid.UUID(int=4), "tag": "drinks"},
 }
 
 

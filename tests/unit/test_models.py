@@ -508,6 +508,7 @@ EXPECTED_COLUMNS = {
     | TIMESTAMPS,
     "message": {
         "id",
+        "team_id",
         "conversation_id",
         "agent_id",
         "role",
@@ -567,7 +568,7 @@ EXPECTED_COLUMNS = {
         "related_memory_ids",
         "created_at",
     },
-    "memory_tag": {"id", "memory_id", "tag", "created_at"},
+    "memory_tag": {"id", "team_id", "memory_id", "tag", "created_at"},
 }
 
 

@@ -18,8 +18,8 @@ these paths, named in its `path` column:
 - `unindexed`: a team past `exact_max_rows` whose index is not built (or not valid) yet:
   an exact scan, correct and slower, until the index is built.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-25
 """
 
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
