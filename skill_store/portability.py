@@ -109,4 +109,4 @@ async def export_memories(session: AsyncSession, team_id: uuid.UUID) -> AsyncIte
     )
     for memory, memory_tags in (await session.exec(statement)).all():
         exported = MemoryCreate.model_validate(memory, update={"tags": memory_tags or []})
-        yield exported.model_dump_json(exclude={"team_id"}, exclude_defaults=True)
+        yield exported.model_dump_json(exclude={"team_id"}, exclude_defaults=True, by_alias=True)

@@ -120,6 +120,9 @@ class Vector(VECTOR):
         return process
 
 
+INPUT = SQLModel.model_config | {"extra": "forbid"}
+"""For the models that take a caller's data: an unknown (e.g. misspelt) key is an error."""
+
 TEXT_ARRAY = ARRAY(sa.Text)
 UUID_ARRAY = ARRAY(sa.Uuid)
 EMPTY_JSON = sa.text("'{}'::jsonb")

@@ -12,12 +12,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import sqlalchemy as sa
-from pydantic import BaseModel, computed_field
+from pydantic import BaseModel, ConfigDict, computed_field
 from pydantic import Field as PydanticField
 from sqlmodel import Field, Relationship, SQLModel
 
 from skill_store.models._types import (
     EMPTY_TEXT_ARRAY,
+    INPUT,
     TEXT_ARRAY,
     JSONObject,
     PgStr,
@@ -38,6 +39,8 @@ Weight = Annotated[float, PydanticField(ge=0.0, le=1.0)]
 class VoiceExample(BaseModel):
     """A sample interaction that demonstrates the agent's voice."""
 
+    model_config = ConfigDict(extra="forbid")
+
     user_message: PgStr
     agent_response: PgStr
     context: PgStr = ""
@@ -45,6 +48,8 @@ class VoiceExample(BaseModel):
 
 class AgentPersonality(BaseModel):
     """How the agent thinks, speaks and behaves."""
+
+    model_config = ConfigDict(extra="forbid")
 
     system_prompt_template: PgStr
     tone: Literal[
@@ -70,6 +75,8 @@ class AgentPersonality(BaseModel):
 class AgentModelConfig(BaseModel):
     """LLM configuration of an agent."""
 
+    model_config = ConfigDict(extra="forbid")
+
     model_name: PgStr = "anthropic/claude-sonnet-4.5"
     temperature: float = PydanticField(default=0.7, ge=0.0, le=2.0)
     max_output_tokens: int = PydanticField(default=4096, ge=100, le=32000)
@@ -78,6 +85,8 @@ class AgentModelConfig(BaseModel):
 
 class RetrievalWeights(BaseModel):
     """Weights of the five signals that rank memories at retrieval."""
+
+    model_config = ConfigDict(extra="forbid")
 
     semantic: Weight = 0.35
     recency: Weight = 0.20
@@ -88,6 +97,8 @@ class RetrievalWeights(BaseModel):
 
 class AgentMemoryConfig(BaseModel):
     """Memory retrieval and extraction configuration of an agent."""
+
+    model_config = ConfigDict(extra="forbid")
 
     token_budget: int = PydanticField(default=2000, ge=100, le=8000)
     retrieval_weights: RetrievalWeights = PydanticField(default_factory=RetrievalWeights)
@@ -101,6 +112,8 @@ class AgentMemoryConfig(BaseModel):
 
 class AgentBoundaries(BaseModel):
     """What the agent can and cannot do."""
+
+    model_config = ConfigDict(extra="forbid")
 
     can_do: list[PgStr] = PydanticField(default_factory=list)
     cannot_do: list[PgStr] = PydanticField(default_factory=list)
@@ -202,7 +215,7 @@ class Agent(TeamRowId, AgentBase, Timestamps, table=True):
 
 # Properties to receive on creation
 class AgentCreate(AgentBase):
-    pass
+    model_config = INPUT
 
 
 # Properties to return: the agent's full identity document
@@ -227,6 +240,7 @@ AgentRead = AgentDNA
 
 # Properties to receive on update, all optional
 class AgentUpdate(SQLModel):
+    model_config = INPUT
     name: PgStr | None = Field(default=None, min_length=1, max_length=200)
     slug: Slug | None = None
     tagline: PgStr | None = Field(default=None, max_length=500)

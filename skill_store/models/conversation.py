@@ -16,6 +16,7 @@ from sqlmodel import Field, Relationship, SQLModel
 
 from skill_store.models._types import (
     EMPTY_JSON,
+    INPUT,
     CreatedAt,
     JSONObject,
     JSONValue,
@@ -85,7 +86,7 @@ class Conversation(TeamRowId, ConversationBase, Timestamps, table=True):
 
 # Properties to receive on creation
 class ConversationCreate(ConversationBase):
-    pass
+    model_config = INPUT
 
 
 # Properties to return
@@ -102,6 +103,7 @@ class ConversationRead(ConversationBase):
 
 # Properties to receive on update, all optional
 class ConversationUpdate(SQLModel):
+    model_config = INPUT
     title: PgStr | None = Field(default=None, max_length=500)
     status: ConversationStatus | None = None
     summary: PgStr | None = None
@@ -151,7 +153,7 @@ class Message(TeamRowId, MessageBase, CreatedAt, table=True):
 
 # Properties to receive on creation (the caller names the conversation and its team)
 class MessageCreate(MessageBase):
-    pass
+    model_config = INPUT
 
 
 # Properties to return
@@ -164,5 +166,6 @@ class MessageRead(MessageBase):
 
 # Properties to receive on update: feedback only, messages are otherwise immutable
 class MessageUpdate(SQLModel):
+    model_config = INPUT
     feedback_rating: FeedbackRating | None = None
     feedback_comment: PgStr | None = None

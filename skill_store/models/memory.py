@@ -10,12 +10,13 @@ from datetime import datetime
 from typing import Annotated
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, AwareDatetime, StringConstraints
+from pydantic import AfterValidator, AliasChoices, AwareDatetime, StringConstraints
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, Relationship, SQLModel
 
 from skill_store.models._types import (
     EMPTY_JSON,
+    INPUT,
     UUID_ARRAY,
     CreatedAt,
     Embedding,
@@ -123,8 +124,18 @@ class Memory(TeamRowId, MemoryBase, Timestamps, table=True):
     agent: Agent | None = Relationship(sa_relationship_kwargs={"overlaps": "team"})
 
 
+# Input name of `metadata_json`, also written by export: the column's own name.
+METADATA = AliasChoices("metadata_json", "metadata")
+
+
 # Properties to receive on creation
 class MemoryCreate(MemoryBase):
+    model_config = INPUT
+    metadata_json: JSONObject = Field(
+        default_factory=dict,
+        serialization_alias="metadata",
+        schema_extra={"validation_alias": METADATA},
+    )
     tags: list[Tag] = Field(default_factory=list)
 
 
@@ -147,6 +158,7 @@ class MemorySearchResult(MemoryRead):
 
 # Properties to receive on update, all optional
 class MemoryUpdate(SQLModel):
+    model_config = INPUT
     content: PgStr | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_LENGTH)
     subject: PgStr | None = Field(default=None, max_length=500)
     embedding: Embedding | None = None
@@ -155,7 +167,9 @@ class MemoryUpdate(SQLModel):
     is_pinned: bool | None = None
     contradicts: list[uuid.UUID] | None = None
     related_to: list[uuid.UUID] | None = None
-    metadata_json: JSONObject | None = None
+    metadata_json: JSONObject | None = Field(
+        default=None, schema_extra={"validation_alias": METADATA}
+    )
     tier: MemoryTier | None = None
     status: MemoryStatus | None = None
     expires_at: AwareDatetime | None = None
@@ -193,7 +207,7 @@ class MemoryLog(TeamRowId, MemoryLogBase, CreatedAt, table=True):
 
 # Properties to receive on creation: an event recorded by hand (changes log themselves)
 class MemoryLogCreate(MemoryLogBase):
-    pass
+    model_config = INPUT
 
 
 # Properties to return
@@ -226,7 +240,7 @@ class MemoryTag(TeamRowId, MemoryTagBase, CreatedAt, table=True):
 
 # Properties to receive on creation
 class MemoryTagCreate(MemoryTagBase):
-    pass
+    model_config = INPUT
 
 
 # Properties to return

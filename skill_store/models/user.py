@@ -13,6 +13,7 @@ from sqlmodel import Field, Relationship, SQLModel
 from skill_store.models._types import (
     EMPTY_JSON,
     EMPTY_TEXT_ARRAY,
+    INPUT,
     TEXT_ARRAY,
     CreatedAt,
     JSONObject,
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=100)]
 Password = Annotated[SecretStr, PydanticField(min_length=8, max_length=1024)]
-HIDE_INPUT = SQLModel.model_config | {"hide_input_in_errors": True}
-"""For the variants that take a password or a secret: errors name the field, never its value."""
+HIDE_INPUT = INPUT | {"hide_input_in_errors": True}
+"""For the inputs that take a password or a secret: errors name the field, never its value."""
 
 
 # Shared properties
@@ -173,7 +174,7 @@ class TeamMembership(TeamRowId, TeamMembershipBase, CreatedAt, table=True):
 
 # Properties to receive on creation
 class TeamMembershipCreate(TeamMembershipBase):
-    pass
+    model_config = INPUT
 
 
 # Properties to return
@@ -184,4 +185,5 @@ class TeamMembershipRead(TeamMembershipBase):
 
 # Properties to receive on update
 class TeamMembershipUpdate(SQLModel):
+    model_config = INPUT
     role: UserRole | None = None

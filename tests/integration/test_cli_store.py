@@ -144,7 +144,14 @@ def test_export_then_import_round_trips(run: Any, tmp_path: Path) -> None:
 
     fresh = tmp_path / "fresh.jsonl"
     fresh.write_text(
-        json.dumps({"memory_type": "semantic", "content": "Imported memory", "tags": ["new"]})
+        json.dumps(
+            {
+                "memory_type": "semantic",
+                "content": "Imported memory",
+                "tags": ["new"],
+                "metadata": {"source": "file"},
+            }
+        )
         + "\n"
     )
     result = run("memories", "import", str(fresh), "--team", "demo")
@@ -152,6 +159,15 @@ def test_export_then_import_round_trips(run: Any, tmp_path: Path) -> None:
     assert "imported 1 memories" in result.stdout
     hits = as_json(run("memories", "search", "--team", "demo", "Imported memory", "--json"))
     assert hits[0]["content"] == "Imported memory"
+    assert hits[0]["metadata_json"] == {"source": "file"}
+    again = tmp_path / "again.jsonl"
+    assert run("memories", "export", "--team", "demo", "--output", str(again)).exit_code == 0
+    [line] = [
+        line
+        for line in map(json.loads, again.read_text().splitlines())
+        if "tags" in line and line["tags"] == ["new"]
+    ]
+    assert line["metadata"] == {"source": "file"}
 
 
 def test_import_reports_bad_lines_and_writes_nothing(run: Any, tmp_path: Path) -> None:
@@ -162,12 +178,15 @@ def test_import_reports_bad_lines_and_writes_nothing(run: Any, tmp_path: Path) -
         '{"memory_type": "nonsense", "content": "bad type"}\n'
         "not json\n"
         '{"memory_type": "semantic", "content": "fine too", "importance": 11}\n'
+        '{"memory_type": "semantic", "content": "typo", "importanse": 9, "tag": ["x"]}\n'
     )
     result = run("memories", "import", str(bad), "--team", "demo")
     assert result.exit_code == 1
     assert "line 2: memory_type" in result.stderr
     assert "line 3: not JSON" in result.stderr
     assert "line 4: importance" in result.stderr
+    assert "line 5: importanse: Extra inputs are not permitted" in result.stderr
+    assert "tag: Extra inputs are not permitted" in result.stderr
     assert "line 1:" not in result.stderr
     assert as_json(run("stats", "--json"))["rows"]["memory"] == before
 

@@ -749,3 +749,16 @@ async def test_attribution_does_not_leak_into_later_changes(
         await attributed
     await run(session, "UPDATE memory SET importance = 7 WHERE id = :id", id=bystander.id)
     assert (await audit(memories, bystander))[-1] == ("updated", "system", None)
+
+
+async def test_a_misspelt_field_changes_nothing(
+    session: AsyncSession, memories: MemoryRepository, team: Team
+) -> None:
+    m = await memory(memories, team, "kept", 0, metadata={"k": 1})
+    assert m.metadata_json == {"k": 1}
+    with pytest.raises(ValidationError, match="contnet"):
+        await memories.update(m.id, {"contnet": "new"}, team_id=team.id)
+    stored = await scalar(session, "SELECT content FROM memory WHERE id = :id", id=m.id)
+    assert stored == "kept"
+    updated = await memories.update(m.id, {"metadata": {"k": 2}}, team_id=team.id)
+    assert updated.metadata_json == {"k": 2}

@@ -273,7 +273,8 @@ def test_agent_table_keeps_sub_configs_as_pydantic_models() -> None:
 
 @pytest.mark.parametrize("model", [Agent, AgentCreate, AgentUpdate])
 def test_personality_dict_becomes_agent_personality(model: type[BaseModel]) -> None:
-    agent = model.model_validate({**MINIMAL[AgentCreate], "personality": {**PERSONALITY}})
+    data = MINIMAL[AgentCreate] if model is not AgentUpdate else {}
+    agent = model.model_validate({**data, "personality": {**PERSONALITY}})
     assert agent.personality == AgentPersonality(**PERSONALITY)
 
 
