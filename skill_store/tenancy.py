@@ -11,8 +11,13 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy import event as sa_event
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, defer
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from skill_store.models import User
+
+WITHOUT_PASSWORD_HASH = defer(User.password_hash, raiseload=True)  # type: ignore[arg-type]
+"""A loader option: users without their password hash (the team role may not read it)."""
 
 TEAM_ROLE = "skill_store_team"
 """The role scoped sessions act as; the connecting role must be a member (see SECURITY.md)."""
@@ -56,4 +61,14 @@ def scope_to_team(session: AsyncSession, team_id: uuid.UUID) -> AsyncSession:
         connection.execute(_ENTER_TEAM, parameters)
 
     sa_event.listen(session.sync_session, "after_begin", enter_team)
+    sa_event.listen(session.sync_session, "do_orm_execute", _without_password_hashes)
     return session
+
+
+def _without_password_hashes(state: ORMExecuteState) -> None:
+    """Load users without the column the team role may not read; reading it then raises."""
+    statement = state.statement
+    if isinstance(statement, sa.Select) and any(
+        description.get("entity") is User for description in statement.column_descriptions
+    ):
+        state.statement = statement.options(WITHOUT_PASSWORD_HASH)

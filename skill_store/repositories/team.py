@@ -18,6 +18,7 @@ from skill_store.models import (
 )
 from skill_store.models._types import check_text
 from skill_store.repositories.base import Repository, translated_errors, validate
+from skill_store.tenancy import WITHOUT_PASSWORD_HASH
 
 
 class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
@@ -102,11 +103,12 @@ class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
         return True
 
     async def members(self, team_id: uuid.UUID) -> Sequence[TeamMembership]:
-        """The team's memberships, each with its `user` loaded, oldest first."""
+        """The team's memberships, oldest first, each with its `user` (no password hash)."""
+        users = selectinload(TeamMembership.user)  # type: ignore[arg-type]
         statement = (
             select(TeamMembership)
             .where(TeamMembership.team_id == team_id)
-            .options(selectinload(TeamMembership.user))  # type: ignore[arg-type]
+            .options(users.options(WITHOUT_PASSWORD_HASH))
             .order_by(col(TeamMembership.created_at), col(TeamMembership.id))
         )
         async with translated_errors():

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import make_url, text
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -533,3 +534,21 @@ async def test_an_owner_that_is_no_superuser_migrates_and_scopes(
             await connection.execute(text(f"DROP ROLE {owner}"))
         await admin.dispose()
     assert (everyone, role, teams) == (2, TEAM_ROLE, 1)
+
+
+async def test_a_scoped_session_reads_its_members_without_their_password_hashes(
+    world: World,
+) -> None:
+    ours = world.ours
+    async with scope_to_team(world.factory(), ours.id) as session:
+        users = UserRepository(session)
+        owner = await users.get_by_id(ours.owner_id)
+        assert owner is not None
+        assert owner.email == "ours@example.com"
+        assert await users.get_by_email("OURS@example.com") == owner
+        assert [user.id for user in await users.list()] == [ours.owner_id]
+        assert await users.get_by_id(world.theirs.owner_id) is None
+        [membership] = await TeamRepository(session).members(ours.id)
+        assert membership.user.email == "ours@example.com"
+        with pytest.raises(InvalidRequestError, match="password_hash"):
+            _ = owner.password_hash
