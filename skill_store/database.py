@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, PoolResetState
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.errors import DatabaseUnreachableError, SchemaNotMigratedError
@@ -87,6 +87,23 @@ def _register_vector_types(dbapi_connection: Any, _connection_record: Any) -> No
             raise
 
 
+RESET_SESSION = "RESET ROLE; RESET ALL"
+"""What a connection runs when it goes back to the pool.
+
+Raw SQL may have changed the role or settings for the whole session (`SET ROLE`,
+`set_config(..., false)`), and the next user of the connection must not inherit them.
+`RESET ALL` keeps the values the connection was opened with (its statement timeout), but
+leaves the role alone, hence `RESET ROLE`.
+"""
+
+
+def _reset_session(dbapi_connection: Any, _record: Any, reset_state: PoolResetState) -> None:
+    if reset_state.terminate_only or not reset_state.asyncio_safe:
+        return
+    dbapi_connection.rollback()
+    dbapi_connection.run_async(lambda connection: connection.execute(RESET_SESSION))
+
+
 def _server_settings(settings: Settings) -> dict[str, str]:
     """PostgreSQL settings for every connection of the package's engines."""
     timeout = settings.statement_timeout_ms
@@ -121,6 +138,7 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
         connect_args={"server_settings": _server_settings(settings)},
     )
     event.listen(engine.sync_engine, "connect", _register_vector_types)
+    event.listen(engine.sync_engine, "reset", _reset_session)
     return engine
 
 
@@ -129,6 +147,14 @@ def _register_vector_types_sync(dbapi_connection: Any, _connection_record: Any) 
         register_vector_sync(dbapi_connection)
     except ProgrammingError:  # before the first migration the `vector` type does not exist
         dbapi_connection.rollback()
+
+
+def _reset_session_sync(dbapi_connection: Any, _record: Any, reset_state: PoolResetState) -> None:
+    if reset_state.terminate_only:
+        return
+    dbapi_connection.rollback()
+    dbapi_connection.execute(RESET_SESSION)
+    dbapi_connection.commit()
 
 
 def get_sync_engine(url: str | None = None, *, settings: Settings | None = None) -> Engine:
@@ -157,6 +183,7 @@ def get_sync_engine(url: str | None = None, *, settings: Settings | None = None)
         connect_args={"options": options} if options else {},
     )
     event.listen(engine, "connect", _register_vector_types_sync)
+    event.listen(engine, "reset", _reset_session_sync)
     return engine
 
 

@@ -40,6 +40,7 @@ from skill_store import (
     UserRepository,
     get_engine,
     get_session_factory,
+    get_sync_engine,
     migrate,
     scope_to_team,
 )
@@ -470,6 +471,45 @@ async def test_pooled_connections_leave_the_scope_with_the_transaction(engine: A
     assert teams >= 2
 
 
+async def test_a_session_level_role_does_not_outlive_the_session(
+    engine: AsyncEngine, world: World
+) -> None:
+    """Raw SQL that sets the role or the team for the whole connection, then commits."""
+    single = await get_engine(
+        engine.url.render_as_string(hide_password=False),
+        settings=Settings(database_pool_size=1, database_pool_overflow=0),
+    )
+    factory = get_session_factory(single)
+    try:
+        async with factory() as session:
+            team_id = (await session.exec(text("SELECT id FROM team LIMIT 1"))).scalar_one()
+            await session.exec(
+                text(
+                    "SELECT set_config('role', :role, false),"
+                    " set_config('skill_store.team_id', :team, false),"
+                    " set_config('skill_store.actor', 'mallory', false)"
+                ),
+                params={"role": TEAM_ROLE, "team": str(team_id)},
+            )
+            await session.commit()
+        async with factory() as session:
+            user, team, actor = (
+                await session.exec(
+                    text(
+                        "SELECT current_user, current_setting('skill_store.team_id', true),"
+                        " current_setting('skill_store.actor', true)"
+                    )
+                )
+            ).one()
+            teams = (await session.exec(text("SELECT count(*) FROM team"))).scalar_one()
+    finally:
+        await single.dispose()
+    assert user != TEAM_ROLE
+    assert team in ("", None)
+    assert actor in ("", None)
+    assert teams >= 2
+
+
 async def test_a_session_is_scoped_once_and_before_it_begins(world: World) -> None:
     session = scope_to_team(world.factory(), world.ours.id)
     with pytest.raises(ValueError, match="already scoped"):
@@ -552,3 +592,19 @@ async def test_a_scoped_session_reads_its_members_without_their_password_hashes(
         assert membership.user.email == "ours@example.com"
         with pytest.raises(InvalidRequestError, match="password_hash"):
             _ = owner.password_hash
+
+
+def test_a_synchronous_engine_resets_the_role_too(engine: AsyncEngine, world: World) -> None:
+    single = get_sync_engine(
+        engine.url.render_as_string(hide_password=False),
+        settings=Settings(database_pool_size=1, database_pool_overflow=0),
+    )
+    try:
+        with single.connect() as connection:
+            connection.execute(text("SELECT set_config('role', :role, false)"), {"role": TEAM_ROLE})
+            connection.commit()
+        with single.connect() as connection:
+            user = connection.execute(text("SELECT current_user")).scalar_one()
+    finally:
+        single.dispose()
+    assert user != TEAM_ROLE
