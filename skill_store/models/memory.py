@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, AliasChoices, AwareDatetime, StringConstraints
+from pydantic import AfterValidator, AliasChoices, AwareDatetime, StringConstraints, field_validator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, Relationship, SQLModel
 
@@ -173,6 +173,13 @@ class MemoryUpdate(SQLModel):
     tier: MemoryTier | None = None
     status: MemoryStatus | None = None
     expires_at: AwareDatetime | None = None
+
+    @field_validator("status")
+    @classmethod
+    def _not_superseded(cls, status: MemoryStatus | None) -> MemoryStatus | None:
+        if status == MemoryStatus.SUPERSEDED:
+            raise ValueError("a memory becomes superseded only by MemoryRepository.supersede")
+        return status
 
 
 # Shared properties

@@ -236,17 +236,21 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         actor: str | None = None,
         reason: str | None = None,
     ) -> Memory:
-        """Apply the fields set in `data` (see `TeamRowRepository.update`), attributed."""
+        """Apply the fields set in `data` (see `TeamRowRepository.update`), attributed.
+
+        Raises:
+            ConflictError: If the memory is superseded: a replaced version stays as it was.
+        """
         validated = validate(MemoryUpdate, data)
         if validated.embedding is not None:
             await self._check_embedding(validated.embedding)
-        if actor is None and reason is None:
+        async with self.writing_as(actor, reason):
+            current = await self._locked(team_id, id)
+            if current.status == MemoryStatus.SUPERSEDED:
+                raise ConflictError(
+                    f"memory {id} is superseded by {current.superseded_by} and cannot change"
+                )
             return await super().update(id, validated, team_id=team_id)
-        await self._attribute(actor or "", reason or "")
-        try:
-            return await super().update(id, validated, team_id=team_id)
-        finally:
-            await self._attribute("", "")
 
     async def delete(
         self,

@@ -42,7 +42,7 @@ from skill_store import (
 from skill_store.repositories import memory as memory_module
 from skill_store.settings import get_settings
 
-from .conftest import unit_vector
+from .conftest import fingerprint, unit_vector
 from .test_repositories import count, new_user, scalar
 
 WHEN = datetime(2030, 1, 1, tzinfo=UTC)
@@ -762,3 +762,21 @@ async def test_a_misspelt_field_changes_nothing(
     assert stored == "kept"
     updated = await memories.update(m.id, {"metadata": {"k": 2}}, team_id=team.id)
     assert updated.metadata_json == {"k": 2}
+
+
+async def test_a_superseded_memory_cannot_be_brought_back_or_changed(
+    session: AsyncSession, memories: MemoryRepository, team: Team
+) -> None:
+    old = await memory(memories, team, "Ada likes tea.", 0)
+    new = await memories.supersede(old.id, data(team, "Ada likes coffee.", 1), "switched")
+    before = await fingerprint(session)
+    for change in ({"status": "active"}, {"content": "Ada likes tea again."}, {"importance": 9}):
+        with pytest.raises(ConflictError, match=f"superseded by {new.id} and cannot change"):
+            await memories.update(old.id, change, team_id=team.id)
+    with pytest.raises(ConflictError, match="superseded"):
+        await memories.pin(old.id, team_id=team.id)
+    with pytest.raises(ValidationError, match="only by MemoryRepository.supersede"):
+        await memories.update(new.id, {"status": "superseded"}, team_id=team.id)
+    assert await fingerprint(session) == before
+    hits = await memories.search_by_embedding(unit_vector(0), team.id)
+    assert [hit.id for hit in hits] == [new.id]
