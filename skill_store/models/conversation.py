@@ -61,7 +61,7 @@ class Conversation(TeamRowId, ConversationBase, Timestamps, table=True):
     __tablename__ = "conversation"
     __table_args__ = (
         team_primary_key("conversation"),
-        team_foreign_key("fk_conversation_agent_team", "agent_id", "agent", "CASCADE"),
+        team_foreign_key("fk_conversation_agent_team", "agent_id", "agent"),
         sa.Index("idx_conversation_team_user", "team_id", "user_id", "last_message_at"),
         sa.Index("idx_conversation_agent", "agent_id"),
     )

@@ -91,7 +91,7 @@ class Memory(TeamRowId, MemoryBase, Timestamps, table=True):
     __tablename__ = "memory"
     __table_args__ = (
         team_primary_key("memory"),
-        team_foreign_key("fk_memory_agent_team", "agent_id", "agent", "CASCADE"),
+        team_foreign_key("fk_memory_agent_team", "agent_id", "agent"),
         team_foreign_key(
             "fk_memory_source_conversation_team",
             "source_conversation_id",

@@ -3,9 +3,20 @@
 import uuid
 from collections.abc import Sequence
 
-from sqlmodel import col, select
+import sqlalchemy as sa
+from sqlmodel import col, func, select
 
-from skill_store.models import Agent, AgentCreate, AgentDNA, AgentStatus, AgentUpdate, Team
+from skill_store.errors import ConflictError
+from skill_store.models import (
+    Agent,
+    AgentCreate,
+    AgentDNA,
+    AgentStatus,
+    AgentUpdate,
+    Conversation,
+    Memory,
+    Team,
+)
 from skill_store.models._types import check_text
 from skill_store.repositories.base import TeamRowRepository, translated_errors
 
@@ -32,6 +43,45 @@ class AgentRepository(TeamRowRepository[Agent, AgentCreate, AgentUpdate]):
             statement = statement.where(Agent.status == status)
         async with translated_errors():
             return (await self.session.exec(statement.order_by(col(Agent.name)))).all()
+
+    async def delete(self, id: uuid.UUID, *, team_id: uuid.UUID, cascade: bool = False) -> bool:
+        """Delete the team's agent; to keep its data, archive it instead (`set_status`).
+
+        Args:
+            id: The agent.
+            team_id: Its team.
+            cascade: Also delete the agent's memories (their history stays in `memory_log`)
+                and its conversations with their messages. Without it, an agent that still
+                has any is not deleted.
+
+        Returns:
+            Whether an agent was deleted.
+
+        Raises:
+            ConflictError: If the agent still has memories or conversations and `cascade` is
+                false (the message counts them).
+        """
+        owned = [
+            (table, col(table.team_id) == team_id, col(table.agent_id) == id)
+            for table in (Memory, Conversation)
+        ]
+        async with self.writing():
+            if cascade:
+                for table, *conditions in owned:
+                    await self.session.exec(sa.delete(table).where(*conditions))
+            else:
+                memories, conversations = [
+                    (await self.session.exec(select(func.count()).where(*conditions))).one()
+                    for _table, *conditions in owned
+                ]
+                if memories or conversations:
+                    raise ConflictError(
+                        f"agent {id} still has {memories} memories and {conversations}"
+                        " conversations: archive the agent to keep them, or delete it with"
+                        " cascade=True to delete them too",
+                        "fk_memory_agent_team" if memories else "fk_conversation_agent_team",
+                    )
+            return await super().delete(id, team_id=team_id)
 
     async def set_status(
         self, agent_id: uuid.UUID, status: AgentStatus, *, team_id: uuid.UUID

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store import (
@@ -22,6 +23,9 @@ from skill_store import (
     Conversation,
     ConversationRepository,
     ConversationStatus,
+    MemoryCreate,
+    MemoryRepository,
+    MemoryType,
     MessageCreate,
     MessageRole,
     NotFoundError,
@@ -32,6 +36,7 @@ from skill_store import (
     UserRole,
 )
 
+from .conftest import fingerprint
 from .test_repositories import (
     PASSWORD,
     agent_data,
@@ -389,3 +394,36 @@ async def test_list_for_user_most_recent_first(
     assert [c.id for c in listed] == [newer.id, older.id, conversation.id]
     assert await conversations.list_for_user(team.id, graces.user_id) == [graces]
     assert await conversations.list_for_user(globex.id, user.id) == [elsewhere]
+
+
+async def test_deleting_an_agent_keeps_its_data_unless_asked(
+    session: AsyncSession, team: Team, agent: Agent, conversation: Conversation
+) -> None:
+    agents = AgentRepository(session)
+    memories = MemoryRepository(session)
+    kept = await memories.create(
+        MemoryCreate(
+            team_id=team.id, agent_id=agent.id, memory_type=MemoryType.SEMANTIC, content="x"
+        )
+    )
+    before = await fingerprint(session)
+    with pytest.raises(ConflictError, match="still has 1 memories and 1 conversations"):
+        await agents.delete(agent.id, team_id=team.id)
+    with pytest.raises(ConflictError, match=r"is still referenced by (memory|conversation)"):
+        async with agents.writing():
+            await session.exec(text("DELETE FROM agent WHERE id = :a"), params={"a": agent.id})
+    assert await fingerprint(session) == before
+
+    await agents.set_status(agent.id, AgentStatus.ARCHIVED, team_id=team.id)
+    assert await memories.get_by_id(kept.id, team_id=team.id) is not None
+
+    assert await agents.delete(agent.id, team_id=team.id, cascade=True)
+    assert await memories.get_by_id(kept.id, team_id=team.id) is None
+    counts = await session.exec(
+        text("SELECT count(*) FROM conversation WHERE id = :c"), params={"c": conversation.id}
+    )
+    assert counts.scalar_one() == 0
+    assert [log.action for log in await memories.history(kept.id, team_id=team.id)] == [
+        "created",
+        "deleted",
+    ]

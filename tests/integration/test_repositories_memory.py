@@ -775,7 +775,7 @@ async def test_a_superseded_memory_cannot_be_brought_back_or_changed(
             await memories.update(old.id, change, team_id=team.id)
     with pytest.raises(ConflictError, match="superseded"):
         await memories.pin(old.id, team_id=team.id)
-    with pytest.raises(ValidationError, match="only by MemoryRepository.supersede"):
+    with pytest.raises(ValidationError, match=r"only by MemoryRepository\.supersede"):
         await memories.update(new.id, {"status": "superseded"}, team_id=team.id)
     assert await fingerprint(session) == before
     hits = await memories.search_by_embedding(unit_vector(0), team.id)

@@ -354,7 +354,7 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
     await call("MemoryRepository.delete", lambda: memories.delete(tea.id, **t))
     await call("ConversationRepository.delete", lambda: conversations.delete(chat.id, **t))
     await call("TeamRepository.remove_member", lambda: teams.remove_member(team.id, grace.id))
-    await call("AgentRepository.delete", lambda: agents.delete(kyra.id, **t))
+    await call("AgentRepository.delete", lambda: agents.delete(kyra.id, **t, cascade=True))
     return {"team": team.id, "owner": ada.id}
 
 

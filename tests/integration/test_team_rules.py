@@ -241,6 +241,8 @@ async def test_deletes_and_leaving_a_team_are_not_blocked(
 
     message_id = await new_message(session, graces, agent.id)
     memory_id = await new_memory(session, team.id, source_conversation_id=conversation.id)
+    # An agent's conversations are deleted first: they keep it from being deleted.
+    await run(session, "DELETE FROM conversation WHERE agent_id = :a", a=agent.id)
     await run(session, "DELETE FROM agent WHERE id = :a", a=agent.id)
     message = "SELECT agent_id, team_id FROM message WHERE id = :m"
     assert tuple((await run(session, message, m=message_id)).one()) == (None, team.id)
