@@ -2,13 +2,13 @@
 
 import math
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from pgvector import Vector as PgVector
 from pgvector.sqlalchemy import VECTOR
-from pydantic import AfterValidator, BaseModel, FiniteFloat, JsonValue
+from pydantic import AfterValidator, AwareDatetime, BaseModel, FiniteFloat, JsonValue
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
 
@@ -66,6 +66,24 @@ def _check_embedding(value: list[float]) -> list[float]:
 
 PgStr = Annotated[str, AfterValidator(check_text)]
 """A string PostgreSQL can store: no NUL characters, no lone surrogates."""
+
+INT4_MAX = 2**31 - 1
+"""The largest value of an `integer` column."""
+
+INT8_MAX = 2**63 - 1
+"""The largest value of a `bigint` (and of a `LIMIT` or `OFFSET`)."""
+
+
+def _check_moment(value: datetime) -> datetime:
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is out of range once in UTC") from None
+    return value
+
+
+Moment = Annotated[AwareDatetime, AfterValidator(_check_moment)]
+"""An aware date and time that `timestamptz` can store (year 1 to 9999 in UTC)."""
 
 JSONObject = Annotated[dict[str, JsonValue], AfterValidator(_check_json)]
 """A JSON object PostgreSQL can store in `jsonb`: JSON types only (no tuples, sets, UUIDs)."""

@@ -17,6 +17,7 @@ from sqlmodel import Field, Relationship, SQLModel
 from skill_store.models._types import (
     EMPTY_JSON,
     INPUT,
+    INT4_MAX,
     CreatedAt,
     JSONObject,
     JSONValue,
@@ -67,12 +68,16 @@ class Conversation(TeamRowId, ConversationBase, Timestamps, table=True):
     )
 
     message_count: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
-    total_input_tokens: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
-    total_output_tokens: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
+    total_input_tokens: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": sa.text("0")}
+    )
+    total_output_tokens: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": sa.text("0")}
+    )
     token_count: int | None = Field(
         default=None,
         sa_column=sa.Column(
-            sa.Integer,
+            sa.BigInteger,
             sa.Computed("total_input_tokens + total_output_tokens", persisted=True),
             nullable=False,
         ),
@@ -117,7 +122,7 @@ class MessageBase(SQLModel):
     content: PgStr = Field(max_length=MAX_MESSAGE_LENGTH, sa_type=sa.Text)
     tool_calls: JSONValue | None = Field(default=None, sa_type=JSONB)
     tool_results: JSONValue | None = Field(default=None, sa_type=JSONB)
-    token_count: int | None = Field(default=None, ge=0)
+    token_count: int | None = Field(default=None, ge=0, le=INT4_MAX)
     model: PgStr | None = Field(default=None, max_length=200, sa_type=sa.Text)
     feedback_rating: FeedbackRating | None = Field(default=None, sa_type=sa.Text)
     feedback_comment: PgStr | None = Field(default=None, sa_type=sa.Text)

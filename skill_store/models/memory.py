@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, AliasChoices, AwareDatetime, StringConstraints, field_validator
+from pydantic import AfterValidator, AliasChoices, StringConstraints, field_validator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, Relationship, SQLModel
 
@@ -21,6 +21,7 @@ from skill_store.models._types import (
     CreatedAt,
     Embedding,
     JSONObject,
+    Moment,
     PgStr,
     TeamRowId,
     Timestamps,
@@ -81,7 +82,7 @@ class MemoryBase(SQLModel):
         sa_type=pg_enum(MemoryTier, "memory_tier"),
         sa_column_kwargs={"server_default": MemoryTier.WARM.value},
     )
-    expires_at: AwareDatetime | None = None
+    expires_at: Moment | None = None
 
 
 # Database model
@@ -172,7 +173,7 @@ class MemoryUpdate(SQLModel):
     )
     tier: MemoryTier | None = None
     status: MemoryStatus | None = None
-    expires_at: AwareDatetime | None = None
+    expires_at: Moment | None = None
 
     @field_validator("status")
     @classmethod

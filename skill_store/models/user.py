@@ -14,6 +14,7 @@ from skill_store.models._types import (
     EMPTY_JSON,
     EMPTY_TEXT_ARRAY,
     INPUT,
+    INT4_MAX,
     TEXT_ARRAY,
     CreatedAt,
     JSONObject,
@@ -97,7 +98,7 @@ class TeamBase(SQLModel):
     )
     webhook_url: PgStr | None = Field(default=None, max_length=2048, sa_type=sa.Text)
     conversation_retention_days: int = Field(
-        default=90, ge=1, sa_column_kwargs={"server_default": sa.text("90")}
+        default=90, ge=1, le=INT4_MAX, sa_column_kwargs={"server_default": sa.text("90")}
     )
 
 
@@ -143,7 +144,7 @@ class TeamUpdate(SQLModel):
     shared_skill_names: list[PgStr] | None = None
     webhook_url: PgStr | None = Field(default=None, max_length=2048)
     webhook_secret: PgStr | None = Field(default=None, repr=False)
-    conversation_retention_days: int | None = Field(default=None, ge=1)
+    conversation_retention_days: int | None = Field(default=None, ge=1, le=INT4_MAX)
 
 
 # Shared properties

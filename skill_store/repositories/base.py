@@ -8,7 +8,7 @@ from functools import cache
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm.attributes import flag_modified
@@ -24,6 +24,7 @@ from skill_store.errors import (
     SkillStoreError,
     StatementTimeoutError,
 )
+from skill_store.models._types import INT4_MAX, INT8_MAX, Moment
 
 ModelT = TypeVar("ModelT", bound=SQLModel)
 CreateT = TypeVar("CreateT", bound=SQLModel)
@@ -184,10 +185,18 @@ def validate(schema: type[SchemaT], data: SchemaT | Mapping[str, Any]) -> Schema
     return data if isinstance(data, schema) else schema.model_validate(data)
 
 
+class _Page(BaseModel):
+    limit: int = Field(ge=0, le=INT4_MAX)
+    offset: int = Field(ge=0, le=INT8_MAX)
+
+
 def check_page(limit: int, offset: int = 0) -> None:
-    """Raise ValueError for a negative page size or offset, before any SQL."""
-    if limit < 0 or offset < 0:
-        raise ValueError(f"limit and offset must not be negative (got {limit}, {offset})")
+    """Check a page size and offset before any SQL.
+
+    Raises:
+        pydantic.ValidationError: If either is negative, or larger than PostgreSQL takes.
+    """
+    _Page(limit=limit, offset=offset)
 
 
 Key = uuid.UUID | tuple[uuid.UUID, uuid.UUID]
@@ -209,7 +218,14 @@ async def get_or_raise(session: AsyncSession, model: type[RowT], key: Key) -> Ro
 
 @cache
 def _field_adapter(model: type[SQLModel], name: str) -> TypeAdapter[Any]:
-    """A validator of the field's type, built once per field (building one is costly)."""
+    """A validator of the field's type, built once per field (building one is costly).
+
+    A `timestamptz` column takes only aware moments: a naive one is refused, not guessed.
+    """
+    column_type = sa.inspect(model).columns[name].type
+    stored = getattr(column_type, "impl", column_type)
+    if isinstance(stored, sa.DateTime) and stored.timezone:
+        return TypeAdapter(Moment | None)
     return TypeAdapter(model.model_fields[name].annotation or Any)
 
 

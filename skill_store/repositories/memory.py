@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
-from pydantic import AwareDatetime, TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
@@ -38,7 +38,7 @@ from skill_store.models import (
     MemoryType,
     MemoryUpdate,
 )
-from skill_store.models._types import Vector
+from skill_store.models._types import Moment, PgStr, Vector
 from skill_store.models.memory import Tag
 from skill_store.repositories.base import (
     TeamRowRepository,
@@ -58,8 +58,14 @@ benchmark machine, see BENCHMARKS.md), so past this size the team's own HNSW ind
 
 logger = logging.getLogger(__name__)
 
+
+class _Attribution(BaseModel):
+    actor: PgStr
+    reason: PgStr
+
+
 _tag = TypeAdapter(Tag)
-_moment = TypeAdapter(AwareDatetime)
+_moment = TypeAdapter(Moment)
 _tags = TypeAdapter(list[Tag])
 _many = TypeAdapter(list[MemoryCreate])
 
@@ -171,8 +177,15 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
     async def writing_as(
         self, actor: str | None = None, reason: str | None = None
     ) -> AsyncIterator[None]:
-        """A write whose audit rows name `actor` and `reason` (default `system`, none)."""
+        """A write whose audit rows name `actor` and `reason` (default `system`, none).
+
+        Raises:
+            pydantic.ValidationError: If `actor` or `reason` holds characters PostgreSQL
+                cannot store (NUL, lone surrogates).
+        """
         attributed = actor is not None or reason is not None
+        if attributed:
+            _Attribution(actor=actor or "", reason=reason or "")
         async with self.writing():
             if attributed:
                 await self._attribute(actor or "", reason or "")

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -294,6 +295,48 @@ VALIDATION_CASES: dict[str, tuple[Action, tuple[str | int, ...]]] = {
         ),
         (1,),
     ),
+    "message-token-count-beyond-integer": (
+        lambda w: ConversationRepository(w.session).add_message(
+            w.chat.id, {"role": "user", "content": "hi", "token_count": 2**31}, team_id=w.acme.id
+        ),
+        ("token_count",),
+    ),
+    "team-retention-beyond-integer": (
+        lambda w: TeamRepository(w.session).update(
+            w.acme.id, {"conversation_retention_days": 2**31}
+        ),
+        ("conversation_retention_days",),
+    ),
+    "list-limit-beyond-bigint": (
+        lambda w: MemoryRepository(w.session).list(limit=2**63, team_id=w.acme.id),
+        ("limit",),
+    ),
+    "list-offset-beyond-bigint": (
+        lambda w: UserRepository(w.session).list(offset=2**63),
+        ("offset",),
+    ),
+    "search-limit-beyond-integer": (
+        lambda w: MemoryRepository(w.session).search_by_embedding(
+            unit_vector(0), w.acme.id, limit=2**31
+        ),
+        ("limit",),
+    ),
+    "memory-expires-before-year-1-in-utc": (
+        lambda w: MemoryRepository(w.session).create(
+            memory(w, expires_at=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))))
+        ),
+        ("expires_at",),
+    ),
+    "memory-actor-nul": (
+        lambda w: MemoryRepository(w.session).update(
+            w.memory_id, {"importance": 3}, team_id=w.acme.id, actor="a\x00"
+        ),
+        ("actor",),
+    ),
+    "memory-reason-lone-surrogate": (
+        lambda w: MemoryRepository(w.session).create(memory(w), reason="\ud800"),
+        ("reason",),
+    ),
     "memory-many-one-bad": (
         lambda w: MemoryRepository(w.session).add_many(
             [memory(w), memory(w, tier="lukewarm"), memory(w)]
@@ -301,6 +344,33 @@ VALIDATION_CASES: dict[str, tuple[Action, tuple[str | int, ...]]] = {
         (1, "tier"),
     ),
 }
+
+
+async def test_a_naive_moment_filter_is_refused_and_the_transaction_stays_usable(
+    world: World,
+) -> None:
+    memories = MemoryRepository(world.session)
+    await assert_unchanged_after(
+        world.session,
+        lambda: memories.list(team_id=world.acme.id, created_at=datetime(2026, 1, 1)),
+        ValidationError,
+    )
+    assert len(await memories.list(team_id=world.acme.id)) == 1
+
+
+async def test_token_totals_go_past_the_integer_range(world: World) -> None:
+    await world.session.exec(
+        text("UPDATE conversation SET total_input_tokens = 2147483647 WHERE id = :c"),
+        params={"c": world.chat.id},
+    )
+    await ConversationRepository(world.session).add_message(
+        world.chat.id, {"role": "user", "content": "hi", "token_count": 10}, team_id=world.acme.id
+    )
+    totals = await world.session.exec(
+        text("SELECT total_input_tokens, token_count FROM conversation WHERE id = :c"),
+        params={"c": world.chat.id},
+    )
+    assert tuple(totals.one()) == (2**31 + 9, 2**31 + 9)
 
 
 @pytest.mark.parametrize("case", VALIDATION_CASES)
