@@ -1,5 +1,6 @@
 """The migrations against an empty database, inspected with raw SQL."""
 
+import importlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -335,3 +336,18 @@ async def test_team_rules_are_constraints_and_downgrade_to_0001_removes_them(
     await run_alembic(command.check, empty_engine)
     async with empty_engine.connect() as connection:
         assert await our_triggers(connection) == TRIGGERS | TEAM_KEY_TRIGGERS
+
+
+async def test_the_audit_knows_every_column_of_memory(empty_engine: AsyncEngine) -> None:
+    """An update is logged unless it changed access bookkeeping only: each column is in one list."""
+    audit = importlib.import_module("skill_store._migrations.versions.0009_audit_and_members")
+    await migrate(empty_engine)
+    async with empty_engine.connect() as connection:
+        columns = await rows(
+            connection,
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'memory'::regclass"
+            " AND attnum > 0 AND NOT attisdropped AND attgenerated = ''",
+        )
+    assert sorted(audit.LOGGED_COLUMNS + audit.ACCESS_COLUMNS) == sorted(
+        name for (name,) in columns
+    )

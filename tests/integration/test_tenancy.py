@@ -38,6 +38,7 @@ from skill_store import (
     TeamUpdate,
     UserCreate,
     UserRepository,
+    UserRole,
     get_engine,
     get_session_factory,
     get_sync_engine,
@@ -336,6 +337,32 @@ REFUSED: list[Attempt] = [
     raw("DELETE FROM team WHERE id = :theirs"),
     raw("ALTER TABLE memory DISABLE ROW LEVEL SECURITY"),
 ]
+
+
+async def add_a_stranger_as_our_owner(session: AsyncSession, world: World) -> Any:
+    return await TeamRepository(session).add_member(
+        world.ours.id, world.theirs.owner_id, UserRole.OWNER
+    )
+
+
+async def demote_our_owner(session: AsyncSession, world: World) -> Any:
+    return await TeamRepository(session).set_role(
+        world.ours.id, world.ours.owner_id, UserRole.VIEWER
+    )
+
+
+@pytest.mark.parametrize(
+    "attempt", [add_a_stranger_as_our_owner, demote_our_owner], ids=lambda a: a.__name__
+)
+async def test_the_team_role_cannot_add_members_or_change_roles(
+    world: World, attempt: Attempt
+) -> None:
+    """Else it could add anyone, even as owner, and read their email."""
+    before = await snapshot(world)
+    with pytest.raises(AccessDeniedError):
+        await attempt_and_commit(world, attempt)
+    assert await snapshot(world) == before
+
 
 NOT_FOUND: list[Attempt] = [
     update_their_memory,

@@ -243,7 +243,8 @@ async def test_insert_is_logged_as_created(
     assert (log.changed_by, log.reason) == ("system", None)
     assert log.conversation_id == conversation.id
     assert log.related_memory_ids is None
-    assert log.created_at == await now(session)
+    # The time of the change, not of its transaction's start.
+    assert await now(session) < log.created_at < await scalar(session, "SELECT clock_timestamp()")
 
 
 async def test_actor_and_reason_come_from_transaction_settings(
@@ -383,23 +384,47 @@ async def test_superseding_records_the_successor(session: AsyncSession, team: Te
     assert (log.action, log.related_memory_ids) == ("updated", None)
 
 
-async def test_only_update_memory_access_is_not_logged(session: AsyncSession, team: Team) -> None:
+async def test_only_access_bookkeeping_is_not_logged(session: AsyncSession, team: Team) -> None:
     memory = await new_memory(session, team)
     for _ in range(2):
         touched = await scalar(
             session, "SELECT update_memory_access(ARRAY[:id]::uuid[])", id=memory.id
         )
         assert touched == 1
+    await update_memory(session, memory.id, "access_count = 7, last_accessed_at = now()")
     assert [log.action for log in await log_rows(session, memory.id)] == ["created"]
     access_count = "SELECT access_count FROM memory WHERE id = :id"
-    assert await scalar(session, access_count, id=memory.id) == 2
+    assert await scalar(session, access_count, id=memory.id) == 7
 
-    # The function's flag does not outlive it: later updates, even of access_count, are logged.
-    await update_memory(session, memory.id, "access_count = access_count + 1")
     await update_memory(session, memory.id, "access_count = access_count + 1, content = 'Tea!'")
     logs = await log_rows(session, memory.id)
-    assert [log.action for log in logs] == ["created", "updated", "updated"]
+    assert [log.action for log in logs] == ["created", "updated"]
     assert (logs[-1].old_content, logs[-1].new_content) == ("Ada likes tea.", "Tea!")
+
+
+async def test_no_setting_turns_the_audit_off(session: AsyncSession, team: Team) -> None:
+    memory = await new_memory(session, team)
+    await run(session, "SELECT set_config('skill_store.recording_access', 'on', true)")
+    await run(session, "SET LOCAL ROLE skill_store_team")
+    await run(session, "SELECT set_config('skill_store.team_id', :t, true)", t=str(team.id))
+    await update_memory(session, memory.id, "content = 'Ada likes nothing.'")
+    await run(session, "RESET ROLE")
+    logs = await log_rows(session, memory.id)
+    assert [log.action for log in logs] == ["created", "updated"]
+    assert logs[-1].new_content == "Ada likes nothing."
+
+
+async def test_a_log_row_has_the_time_of_its_change_not_of_its_transaction(
+    session: AsyncSession, team: Team
+) -> None:
+    memory = await new_memory(session, team, "before")
+    await run(session, "SELECT pg_sleep(0.05)")
+    between = await scalar(session, "SELECT clock_timestamp()")
+    await run(session, "SELECT pg_sleep(0.05)")
+    await update_memory(session, memory.id, "content = 'after'")
+    content_at = "SELECT reconstruct_memory_at(:id, :at)"
+    assert await scalar(session, content_at, id=memory.id, at=between) == "before"
+    assert (await last_log(session, memory.id)).created_at > between
 
 
 async def test_access_bump_with_a_successor_change_is_logged(
@@ -428,7 +453,7 @@ async def test_log_times_strictly_increase_within_one_transaction(
     assert [log.action for log in logs] == ["created", "updated", "updated", "promoted", "deleted"]
     times = [log.created_at for log in logs]
     assert all(earlier < later for earlier, later in pairwise(times))
-    assert times[0] == await now(session)
+    assert times[0] > await now(session)
 
 
 async def test_a_memory_recreated_after_its_deletion_logs_after_the_deletion(
@@ -506,7 +531,7 @@ async def test_update_memory_access(session: AsyncSession, team: Team) -> None:
 
 async def test_reconstruct_memory_at(session: AsyncSession, team: Team) -> None:
     memory = await new_memory(session, team, "v1")
-    start = await now(session)
+    start = (await last_log(session, memory.id)).created_at
 
     async def content_at(moment: datetime) -> str | None:
         result: str | None = await scalar(
