@@ -1,7 +1,10 @@
 """Field types and column mixins shared by every model family."""
 
 import math
+import operator
 import uuid
+from array import array
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -53,14 +56,57 @@ def _check_json(value: Any) -> Any:
     return value
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_SMALLEST_NORMAL = 1.1754943508222875e-38
+
+
+def check_vector(values: Iterable[float]) -> list[float]:
+    """Return `values` as floats if a `vector` column can store them and compare them by cosine.
+
+    `vector` stores float32 and pgvector sums squares in float32, so the values are checked
+    after conversion to float32: each finite and within float32's range, and the squared norm
+    neither zero (values so small that they underflow) nor overflowing. Otherwise every
+    cosine similarity with the vector would be NaN.
+
+    Args:
+        values: The vector's values.
+
+    Returns:
+        The values as Python floats, unchanged.
+
+    Raises:
+        ValueError: Saying which condition the vector breaks.
+    """
+    floats = list(map(float, values))
+    if not all(map(math.isfinite, floats)):
+        raise ValueError("embedding values must be finite (no NaN or infinity)")
+    stored = array("f", floats)
+    if not all(map(math.isfinite, stored)):
+        raise ValueError(
+            f"embedding values must be within float32 range (±{FLOAT32_MAX:.7g}):"
+            " the vector column stores float32"
+        )
+    squared_norm = sum(map(operator.mul, stored, stored))
+    if squared_norm < _FLOAT32_SMALLEST_NORMAL:
+        raise ValueError(
+            "embedding must not be all zeros (nor so small that it is zero in float32):"
+            " its cosine similarity is undefined"
+        )
+    if squared_norm > FLOAT32_MAX / 2:  # a margin for the rounding of pgvector's float32 sum
+        raise ValueError(
+            "embedding's norm is too large: its square overflows float32, so its cosine"
+            " similarity is undefined"
+        )
+    return floats
+
+
 def _check_embedding(value: list[float]) -> list[float]:
     expected = get_settings().embedding_dimensions
     if len(value) != expected:
         raise ValueError(
             f"embedding has {len(value)} dimensions; expected {expected} (EMBEDDING_DIMENSIONS)"
         )
-    if not any(value):
-        raise ValueError("embedding must not be all zeros: its cosine similarity is undefined")
+    check_vector(value)
     return value
 
 
@@ -74,7 +120,7 @@ JSONValue = Annotated[dict[str, JsonValue] | list[JsonValue], AfterValidator(_ch
 """A JSON object or array PostgreSQL can store in `jsonb`."""
 
 Embedding = Annotated[list[FiniteFloat], AfterValidator(_check_embedding)]
-"""A vector of `EMBEDDING_DIMENSIONS` finite floats, not all zero."""
+"""A vector of `EMBEDDING_DIMENSIONS` finite floats that `check_vector` accepts."""
 
 
 class PydanticJSONB(sa.types.TypeDecorator[ModelT], Generic[ModelT]):

@@ -5,7 +5,6 @@ Every read that takes a `team_id` returns only that team's memories. Mutating me
 """
 
 import json
-import math
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -37,7 +36,7 @@ from skill_store.models import (
     MemoryType,
     MemoryUpdate,
 )
-from skill_store.models._types import Vector
+from skill_store.models._types import Vector, check_vector
 from skill_store.models.memory import Tag
 from skill_store.repositories.base import Repository, check_page, translated_errors, validate
 from skill_store.tenancy import TEAM_SETTING
@@ -646,13 +645,8 @@ def _check_length(embedding: Sequence[float], expected: int) -> None:
 
 
 def _embedding_values(embedding: Sequence[float]) -> list[float]:
-    """The embedding as floats, if they are all finite and not all zero."""
-    values = list(map(float, embedding))
-    if not all(map(math.isfinite, values)):
-        raise ValueError("embedding values must be finite (no NaN or infinity)")
-    if not any(values):
-        raise ValueError("embedding must not be all zeros: its cosine similarity is undefined")
-    return values
+    """The embedding as floats, if `check_vector` accepts them (as it does stored embeddings)."""
+    return check_vector(embedding)
 
 
 def _search_result(memory: Memory, similarity: float) -> MemorySearchResult:
