@@ -7,12 +7,12 @@ from typing import Any
 import alembic_postgresql_enum  # noqa: F401 (autogenerate sees enum types and their labels)
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from skill_store.database import database_url
+from skill_store.database import MIGRATION_LOCK, database_url
 from skill_store.models import metadata
 from skill_store.models._types import PydanticJSONB
 
@@ -57,6 +57,8 @@ def configure(**options: Any) -> None:
 def run_migrations(connection: Connection) -> None:
     configure(connection=connection)
     with context.begin_transaction():
+        # One migration at a time per database: the next reads the version this one commits.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 

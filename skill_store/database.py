@@ -34,6 +34,12 @@ T = TypeVar("T")
 MIGRATIONS_DIR = Path(str(files("skill_store._migrations")))
 """The alembic script directory, inside the installed package."""
 
+MIGRATION_LOCK = 0x736B696C6C73746F  # "skillsto"
+"""Key of the transaction-level advisory lock every migration of a database holds.
+
+Processes that migrate one database at once take their turns: the second finds the
+schema already upgraded."""
+
 
 def start_embedded_server(data_dir: Path) -> str:
     """Start the embedded PostgreSQL + pgvector server in `data_dir`, or join it if running.
@@ -266,6 +272,9 @@ async def ensure_migrated(engine: AsyncEngine) -> None:
 
 async def migrate(engine_or_url: AsyncEngine | str | None = None, revision: str = "head") -> None:
     """Upgrade the database schema to `revision`.
+
+    The migration holds a PostgreSQL advisory lock (`MIGRATION_LOCK`) until it commits, so
+    processes that migrate the same database at once take their turns and all succeed.
 
     Args:
         engine_or_url: The database: an engine, a URL, or by default the configured one.
