@@ -3,9 +3,11 @@
 import asyncio
 import atexit
 import json
+import socket
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
@@ -174,6 +176,51 @@ def _unreachable_on_connect(engine: Engine, url: str) -> None:
             ) from error
 
 
+_KEEPALIVE_PROBES = 3
+
+
+def _keepalive(settings: Settings) -> dict[str, int]:
+    """TCP options that make the kernel drop a connection whose server stays silent.
+
+    After `connection_lost_timeout`: keepalive probes go out when nothing was received for
+    half of it, and three unanswered probes end the connection; sent data unacknowledged for
+    the whole of it ends the connection too. Probes count whole seconds, one at least.
+    """
+    timeout = settings.connection_lost_timeout.total_seconds()
+    idle = max(1, int(timeout / 2))
+    return {
+        "TCP_KEEPIDLE": idle,
+        "TCP_KEEPINTVL": max(1, int((timeout - idle) / _KEEPALIVE_PROBES)),
+        "TCP_KEEPCNT": _KEEPALIVE_PROBES,
+        "TCP_USER_TIMEOUT": int(timeout * 1000),
+    }
+
+
+def detect_lost_server(sock: socket.socket, settings: Settings) -> None:
+    """Make a TCP socket fail once its server has been silent for `connection_lost_timeout`.
+
+    A Unix socket needs nothing: it fails as soon as the server's end closes. Options the
+    platform lacks (only Linux has them all) are left out.
+
+    Args:
+        sock: A connected socket to a PostgreSQL server.
+        settings: Settings with the timeout.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in _keepalive(settings).items():
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def _detect_lost_server_asyncpg(
+    settings: Settings, dbapi_connection: Any, _connection_record: Any
+) -> None:
+    transport = dbapi_connection.driver_connection._transport  # asyncpg has no public way
+    detect_lost_server(transport.get_extra_info("socket"), settings)
+
+
 def _server_settings(settings: Settings) -> dict[str, str]:
     """PostgreSQL settings for every connection of the package's engines."""
     timeout = settings.statement_timeout_ms
@@ -184,9 +231,10 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
     """Create an async engine on `url`, the configured database, or the embedded server.
 
     Connections register pgvector's binary codecs, so `vector` columns round-trip as
-    `list[float]`, and carry the settings' `statement_timeout`. A pooled connection is
-    checked before use (a server restart costs the pool nothing but new connections); a
-    connection that cannot be opened raises `DatabaseUnreachableError`.
+    `list[float]`, carry the settings' `statement_timeout`, and over TCP count as lost
+    once the server has been silent for `connection_lost_timeout` (`detect_lost_server`).
+    A pooled connection is checked before use (a server restart costs the pool nothing but
+    new connections); a connection that cannot be opened raises `DatabaseUnreachableError`.
 
     Args:
         url: A PostgreSQL URL; by default `DATABASE_URL`, or the embedded server when unset.
@@ -209,8 +257,23 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
         connect_args={"server_settings": _server_settings(settings)},
     )
     event.listen(engine.sync_engine, "connect", _register_vector_types)
+    event.listen(engine.sync_engine, "connect", partial(_detect_lost_server_asyncpg, settings))
     _unreachable_on_connect(engine.sync_engine, resolved)
     return engine
+
+
+def _libpq_options(settings: Settings) -> dict[str, Any]:
+    """The connection parameters (of libpq) for the statement timeout and lost servers."""
+    keepalive = _keepalive(settings)
+    options = " ".join(f"-c {name}={value}" for name, value in _server_settings(settings).items())
+    return {
+        **({"options": options} if options else {}),
+        "keepalives": 1,
+        "keepalives_idle": keepalive["TCP_KEEPIDLE"],
+        "keepalives_interval": keepalive["TCP_KEEPINTVL"],
+        "keepalives_count": keepalive["TCP_KEEPCNT"],
+        "tcp_user_timeout": keepalive["TCP_USER_TIMEOUT"],
+    }
 
 
 def _register_vector_types_sync(dbapi_connection: Any, _connection_record: Any) -> None:
@@ -224,7 +287,7 @@ def get_sync_engine(url: str | None = None, *, settings: Settings | None = None)
     """Create a synchronous engine (psycopg 3), for notebooks, scripts and `pandas.read_sql`.
 
     Use it with `sqlmodel.Session`; vectors round-trip as `list[float]` and connections
-    carry the statement timeout, as with `get_engine`.
+    carry the statement timeout and the lost-connection timeout, as with `get_engine`.
 
     Args:
         url: A PostgreSQL URL; by default `DATABASE_URL`, or the embedded server when unset.
@@ -236,14 +299,13 @@ def get_sync_engine(url: str | None = None, *, settings: Settings | None = None)
     """
     settings = settings or get_settings()
     resolved = normalize_database_url(url) if url else database_url(settings)
-    options = " ".join(f"-c {name}={value}" for name, value in _server_settings(settings).items())
     engine = create_engine(
         resolved.replace("postgresql+asyncpg://", "postgresql+psycopg://", 1),
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_overflow,
         pool_pre_ping=True,
         hide_parameters=True,
-        connect_args={"options": options} if options else {},
+        connect_args=_libpq_options(settings),
     )
     event.listen(engine, "connect", _register_vector_types_sync)
     _unreachable_on_connect(engine, resolved)

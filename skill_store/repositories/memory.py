@@ -4,10 +4,11 @@ Every read that takes a `team_id` returns only that team's memories. Mutating me
 `actor` and `reason`, which the database's audit trigger writes to `memory_log`.
 """
 
+import asyncio
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -23,7 +24,12 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.embeddings import Embedder, embedder_from_settings
-from skill_store.errors import ConflictError, EmbeddingDimensionError, NotFoundError
+from skill_store.errors import (
+    ConflictError,
+    ConnectionLostError,
+    EmbeddingDimensionError,
+    NotFoundError,
+)
 from skill_store.models import (
     Memory,
     MemoryCreate,
@@ -410,16 +416,22 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
             driver = (await connection.get_raw_connection()).driver_connection
             # PostgreSQL refuses COPY FROM under row-level security: scoped sessions INSERT.
             insert_rows = _insert if TEAM_SETTING in self.session.info else _copy
-            for start in range(0, len(validated), batch_size):
-                tags: list[tuple[uuid.UUID, str]] = []
-                memories = _memory_records(validated[start : start + batch_size], tags)
-                await insert_rows(driver, "memory", memories, _COPY_COLUMNS)
-                if tags:
-                    tag_rows = [
-                        (tag_id, memory_id, tag)
-                        for tag_id, (memory_id, tag) in zip(_uuid4s(len(tags)), tags, strict=True)
-                    ]
-                    await insert_rows(driver, "memory_tag", tag_rows, _TAG_COPY_COLUMNS)
+            try:
+                for start in range(0, len(validated), batch_size):
+                    tags: list[tuple[uuid.UUID, str]] = []
+                    memories = _memory_records(validated[start : start + batch_size], tags)
+                    await insert_rows(driver, "memory", memories, _COPY_COLUMNS)
+                    if tags:
+                        tag_rows = [
+                            (tag_id, memory_id, tag)
+                            for tag_id, (memory_id, tag) in zip(
+                                _uuid4s(len(tags)), tags, strict=True
+                            )
+                        ]
+                        await insert_rows(driver, "memory_tag", tag_rows, _TAG_COPY_COLUMNS)
+            except ConnectionLostError:
+                await connection.invalidate()  # so that no rollback is sent to a lost server
+                raise
         return len(validated)
 
     # -- text ---------------------------------------------------------------------------
@@ -702,8 +714,27 @@ def _memory_records(
 
 async def _copy(driver: Any, table: str, records: Iterable[Any], columns: Sequence[str]) -> None:
     """`COPY table (columns) FROM STDIN (FORMAT binary)` on the asyncpg connection."""
+    rows = _while_connected(driver, records)
     async with _driver_errors(f"COPY {table} FROM STDIN"):
-        await driver.copy_records_to_table(table, records=records, columns=list(columns))
+        await _until_lost(
+            driver, driver.copy_records_to_table(table, records=rows, columns=list(columns))
+        )
+
+
+def _while_connected(driver: Any, records: Iterable[Any]) -> Iterator[Any]:
+    """`records`, until the asyncpg connection's socket fails.
+
+    Otherwise asyncpg would encode and write the rest into the closed socket (asyncio logs a
+    warning for each write) before it notices.
+
+    Raises:
+        ConnectionLostError: If the socket failed.
+    """
+    transport = driver._transport  # asyncpg has no public way
+    for record in records:
+        if transport.is_closing():
+            raise ConnectionLostError("the server closed it")
+        yield record
 
 
 async def _insert(driver: Any, table: str, records: Iterable[Any], columns: Sequence[str]) -> None:
@@ -711,7 +742,45 @@ async def _insert(driver: Any, table: str, records: Iterable[Any], columns: Sequ
     placeholders = ", ".join(f"${position}" for position in range(1, len(columns) + 1))
     statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
     async with _driver_errors(statement):
-        await driver.executemany(statement, list(records))
+        await _until_lost(driver, driver.executemany(statement, list(records)))
+
+
+_LOST = (
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.AdminShutdownError,  # the server is stopping, or its postmaster died
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+async def _until_lost(driver: Any, operation: Awaitable[None]) -> None:
+    """Await `operation` on the asyncpg connection `driver`, or until the connection is lost.
+
+    asyncpg does not wake a `COPY` that waits for a full socket to drain when the connection
+    drops: it would wait for ever. The operation is cancelled as soon as the connection
+    closes instead.
+
+    Raises:
+        ConnectionLostError: If the connection was lost (the server rolled back).
+    """
+    task = asyncio.ensure_future(operation)
+
+    def lost(_connection: Any) -> None:
+        task.cancel()
+
+    driver.add_termination_listener(lost)
+    try:
+        await task
+    except (asyncio.CancelledError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the caller cancelled
+        if isinstance(error, _LOST) or driver.is_closed():
+            reason = "the server closed it" if isinstance(error, asyncio.CancelledError) else error
+            raise ConnectionLostError(str(reason)) from error
+        raise
+    finally:
+        driver.remove_termination_listener(lost)
 
 
 @asynccontextmanager
