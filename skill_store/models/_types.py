@@ -1,10 +1,9 @@
 """Field types and column mixins shared by every model family."""
 
 import math
-import operator
 import uuid
 from array import array
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -57,11 +56,12 @@ def _check_json(value: Any) -> Any:
 
 
 FLOAT32_MAX = 3.4028234663852886e38
-_FLOAT32_SMALLEST_NORMAL = 1.1754943508222875e-38
+_SMALLEST_NORM = math.sqrt(1.1754943508222875e-38)  # its square is float32's smallest normal
+_LARGEST_NORM = math.sqrt(FLOAT32_MAX / 2)  # a margin for the rounding of a float32 sum
 
 
-def check_vector(values: Iterable[float]) -> list[float]:
-    """Return `values` as floats if a `vector` column can store them and compare them by cosine.
+def check_vector(values: Sequence[float]) -> None:
+    """Check that a `vector` column can store `values` and compare them by cosine.
 
     `vector` stores float32 and pgvector sums squares in float32, so the values are checked
     after conversion to float32: each finite and within float32's range, and the squared norm
@@ -71,33 +71,27 @@ def check_vector(values: Iterable[float]) -> list[float]:
     Args:
         values: The vector's values.
 
-    Returns:
-        The values as Python floats, unchanged.
-
     Raises:
         ValueError: Saying which condition the vector breaks.
     """
-    floats = list(map(float, values))
-    if not all(map(math.isfinite, floats)):
-        raise ValueError("embedding values must be finite (no NaN or infinity)")
-    stored = array("f", floats)
-    if not all(map(math.isfinite, stored)):
+    norm = math.hypot(*array("f", values))  # infinite or NaN if any value is
+    if not math.isfinite(norm):
+        if not all(map(math.isfinite, values)):
+            raise ValueError("embedding values must be finite (no NaN or infinity)")
         raise ValueError(
             f"embedding values must be within float32 range (±{FLOAT32_MAX:.7g}):"
             " the vector column stores float32"
         )
-    squared_norm = sum(map(operator.mul, stored, stored))
-    if squared_norm < _FLOAT32_SMALLEST_NORMAL:
+    if norm < _SMALLEST_NORM:
         raise ValueError(
             "embedding must not be all zeros (nor so small that it is zero in float32):"
             " its cosine similarity is undefined"
         )
-    if squared_norm > FLOAT32_MAX / 2:  # a margin for the rounding of pgvector's float32 sum
+    if norm > _LARGEST_NORM:
         raise ValueError(
             "embedding's norm is too large: its square overflows float32, so its cosine"
             " similarity is undefined"
         )
-    return floats
 
 
 def _check_embedding(value: list[float]) -> list[float]:

@@ -658,7 +658,9 @@ def _check_length(embedding: Sequence[float], expected: int) -> None:
 
 def _embedding_values(embedding: Sequence[float]) -> list[float]:
     """The embedding as floats, if `check_vector` accepts them (as it does stored embeddings)."""
-    return check_vector(embedding)
+    values = list(map(float, embedding))
+    check_vector(values)
+    return values
 
 
 def _search_result(memory: Memory, similarity: float) -> MemorySearchResult:
