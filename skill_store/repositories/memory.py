@@ -753,6 +753,8 @@ _LOST = (
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
 )
+_OUT_OF_STEP = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""Driver errors after which the connection's protocol state is unusable."""
 
 
 async def _until_lost(driver: Any, operation: Awaitable[None]) -> None:
@@ -760,10 +762,13 @@ async def _until_lost(driver: Any, operation: Awaitable[None]) -> None:
 
     asyncpg does not wake a `COPY` that waits for a full socket to drain when the connection
     drops: it would wait for ever. The operation is cancelled as soon as the connection
-    closes instead.
+    closes instead. A connection cut mid-operation can also leave asyncpg out of step with
+    the server (an operation "in progress" that never ends): it is closed, which rolls
+    the transaction back, rather than used again.
 
     Raises:
-        ConnectionLostError: If the connection was lost (the server rolled back).
+        ConnectionLostError: If the connection was lost, or closed for being out of step
+            (either way the server rolled back).
     """
     task = asyncio.ensure_future(operation)
 
@@ -773,13 +778,19 @@ async def _until_lost(driver: Any, operation: Awaitable[None]) -> None:
     driver.add_termination_listener(lost)
     try:
         await task
-    except (asyncio.CancelledError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except asyncio.CancelledError as error:
         current = asyncio.current_task()
-        if current is not None and current.cancelling():
+        if not driver.is_closed() or (current is not None and current.cancelling()):
             raise  # the caller cancelled
-        if isinstance(error, _LOST) or driver.is_closed():
-            reason = "the server closed it" if isinstance(error, asyncio.CancelledError) else error
-            raise ConnectionLostError(str(reason)) from error
+        raise ConnectionLostError("the server closed it") from error
+    except (*_LOST, *_OUT_OF_STEP) as error:
+        if isinstance(error, ValueError):
+            raise  # a value the driver cannot encode: the connection is fine
+        driver.terminate()
+        raise ConnectionLostError(str(error)) from error
+    except asyncpg.PostgresError as error:
+        if driver.is_closed():
+            raise ConnectionLostError(str(error)) from error
         raise
     finally:
         driver.remove_termination_listener(lost)

@@ -1,9 +1,10 @@
 """The server killed during `add_many` or `memories import`: a prompt `ConnectionLostError`.
 
 Each kill is real (SIGKILL of the embedded server's postmaster, in a data directory of this
-module's own) and lands while a `COPY` waits for a lock that another connection holds:
-locking `memory` leaves the client blocked on a full socket mid-`COPY`, locking
-`memory_tag` leaves it waiting for the server's answer to a sent `COPY`.
+module's own). It lands while a `COPY` waits for a lock that another connection holds
+(locking `memory` leaves the client blocked on a full socket mid-`COPY`, locking
+`memory_tag` leaves it waiting for the server's answer to a sent `COPY`), or while the
+copies run.
 """
 
 import asyncio
@@ -43,8 +44,8 @@ from skill_store import (
 from skill_store.database import start_embedded_server
 from skill_store.settings import get_settings
 
-RUNS = 20
-MEMORIES = 600  # one COPY batch of 3.7 MB with their embeddings: more than sockets buffer
+RUNS = 21
+MEMORIES = 600  # 3.7 MB with their embeddings: more than sockets buffer
 LOST_TIMEOUT = timedelta(seconds=2)
 SKILL_STORE = Path(sys.executable).with_name("skill-store")
 
@@ -95,10 +96,11 @@ async def server() -> AsyncIterator[Server]:
 
 
 @asynccontextmanager
-async def locked(engine: AsyncEngine, table: str) -> AsyncIterator[None]:
+async def locked(engine: AsyncEngine, table: str | None) -> AsyncIterator[None]:
     """Hold a lock that makes any `COPY` into `table` wait, on a connection the kill cuts."""
     connection = await engine.connect()
-    await connection.execute(text(f"LOCK TABLE {table} IN SHARE MODE"))
+    if table is not None:
+        await connection.execute(text(f"LOCK TABLE {table} IN SHARE MODE"))
     try:
         yield
     finally:
@@ -106,18 +108,16 @@ async def locked(engine: AsyncEngine, table: str) -> AsyncIterator[None]:
         await connection.close()
 
 
-async def wait_for_blocked_copy(engine: AsyncEngine) -> None:
-    """Until a `COPY` waits for a lock."""
-    query = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-        " AND query LIKE 'COPY%'"
-    )
+async def wait_for_copy(engine: AsyncEngine, *, blocked: bool) -> None:
+    """Until a `COPY` runs (`blocked`: waits for a lock)."""
+    waiting = " AND wait_event_type = 'Lock'" if blocked else ""
+    query = text(f"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%'{waiting}")
     for _ in range(400):
         async with engine.connect() as watcher:
             if (await watcher.execute(query)).scalar():
                 return
-        await asyncio.sleep(0.025)
-    raise AssertionError("no COPY ever waited for the lock")
+        await asyncio.sleep(0.01)
+    raise AssertionError("no COPY ever ran")
 
 
 async def memory_count(server: Server) -> int:
@@ -145,16 +145,21 @@ def memories(team_id: uuid.UUID) -> list[MemoryCreate]:
 async def test_add_many_raises_connection_lost_promptly_when_the_server_is_killed(
     server: Server,
 ) -> None:
+    """Run by run: a `COPY` blocked mid-stream, one waiting for its answer, and one under way
+    (killed a little later each time, in whatever step it has reached)."""
     settings = Settings(connection_lost_timeout=LOST_TIMEOUT)
     items = memories(server.team_id)
     for run in range(RUNS):
-        table = "memory" if run % 2 == 0 else "memory_tag"
+        lock = ("memory", "memory_tag", None)[run % 3]
         engine = await get_engine(server.start(), settings=settings)
         try:
-            async with locked(engine, table), get_session_factory(engine)() as session:
-                task = asyncio.create_task(MemoryRepository(session).add_many(items))
-                await wait_for_blocked_copy(engine)
-                await asyncio.sleep(run * 0.002)
+            async with locked(engine, lock), get_session_factory(engine)() as session:
+                task = asyncio.create_task(
+                    MemoryRepository(session).add_many(items, batch_size=MEMORIES // 6)
+                )
+                await wait_for_copy(engine, blocked=lock is not None)
+                await asyncio.sleep(run * 0.003)
+                assert not task.done()
                 server.kill()
                 killed = time.monotonic()
                 with pytest.raises(ConnectionLostError, match="connection"):
@@ -194,7 +199,7 @@ async def test_import_exits_1_with_one_line_when_the_server_is_killed(
                 text=True,
             )
             try:
-                await wait_for_blocked_copy(engine)
+                await wait_for_copy(engine, blocked=True)
                 server.kill()
                 _, stderr = await asyncio.to_thread(importer.communicate, timeout=60)
             finally:
