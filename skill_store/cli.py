@@ -35,6 +35,7 @@ from skill_store.errors import NotFoundError, SkillStoreError
 from skill_store.models import Agent, Memory, MemoryType, Team
 from skill_store.portability import export_memories, import_memories
 from skill_store.repositories import AgentRepository, MemoryRepository, TeamRepository
+from skill_store.repositories.base import translated_errors
 from skill_store.settings import get_settings, mask_password
 
 T = TypeVar("T")
@@ -123,7 +124,8 @@ def _in_session(work: Callable[[AsyncSession], Awaitable[T]], *, upgrade: bool =
             await (migrate(engine) if upgrade else ensure_migrated(engine))
             async with get_session_factory(engine)() as session:
                 result = await work(session)
-                await session.commit()
+                async with translated_errors():  # e.g. the connection lost meanwhile
+                    await session.commit()
                 return result
         finally:
             await engine.dispose()

@@ -6,9 +6,19 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlmodel.ext.asyncio.session import AsyncSession
 from typer.testing import CliRunner, Result
 
-from skill_store import TeamCreate, TeamRepository, UserCreate, UserRepository, get_session_factory
+from skill_store import (
+    TeamCreate,
+    TeamRepository,
+    UserCreate,
+    UserRepository,
+    cli,
+    get_session_factory,
+)
 from skill_store.cli import app
 from skill_store.settings import get_settings
 
@@ -52,6 +62,7 @@ def assert_one_line_error(result: Result, message: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.output
     assert "imported" not in result.stdout and "exported" not in result.stdout
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("limit", ["-1", "0", "99999999999"])
@@ -126,3 +137,23 @@ async def test_nothing_was_imported(acme_url: str) -> None:
     async with engine.connect() as connection:
         assert (await connection.execute(text("SELECT count(*) FROM memory"))).scalar() == 0
     await engine.dispose()
+
+
+def test_a_connection_lost_before_the_commit_is_one_line(
+    run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import's transaction is cut just before the command commits it."""
+
+    async def cut_import(session: AsyncSession, *args: Any, **kwargs: Any) -> int:
+        pid = (await session.exec(text("SELECT pg_backend_pid()"))).one()[0]  # type: ignore[call-overload]
+        bind = session.bind
+        assert bind is not None
+        engine = create_async_engine(bind.engine.url, poolclass=NullPool)
+        async with engine.connect() as other:
+            await other.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
+        await engine.dispose()
+        return 1
+
+    monkeypatch.setattr(cli, "import_memories", cut_import)
+    result = run("memories", "import", str(lines(tmp_path, GOOD_LINE)), "--team", "acme")
+    assert_one_line_error(result, "the connection to the database was lost")
