@@ -19,7 +19,7 @@ import psutil
 import pytest
 from sqlalchemy import text
 
-from skill_store import DatabaseUnreachableError, Settings, get_engine
+from skill_store import DatabaseUnreachableError, Settings, get_engine, get_sync_engine
 
 # A process that starts (or joins) the embedded server in argv[1], says so, and exits
 # normally when its standard input closes.
@@ -136,13 +136,27 @@ async def test_a_crashed_server_is_restarted_by_the_next_get_engine(data_dir: Pa
     assert postmaster_pid(data_dir) is None
 
 
+UNREACHABLE = "postgresql://bob:s3cret@127.0.0.1:1/store"
+
+
 async def test_an_unreachable_server_is_database_unreachable() -> None:
-    engine = await get_engine("postgresql://bob:s3cret@127.0.0.1:1/store")
+    engine = await get_engine(UNREACHABLE)
     try:
         with pytest.raises(DatabaseUnreachableError) as caught:
             async with engine.connect():
                 pass
     finally:
         await engine.dispose()
+    assert "bob:***@127.0.0.1:1/store" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_an_unreachable_server_is_database_unreachable_for_the_sync_engine_too() -> None:
+    engine = get_sync_engine(UNREACHABLE)
+    try:
+        with pytest.raises(DatabaseUnreachableError) as caught, engine.connect():
+            pass
+    finally:
+        engine.dispose()
     assert "bob:***@127.0.0.1:1/store" in str(caught.value)
     assert "s3cret" not in str(caught.value)
