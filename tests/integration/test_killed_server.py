@@ -46,7 +46,7 @@ from skill_store.settings import get_settings
 
 RUNS = 21
 MEMORIES = 600  # 3.7 MB with their embeddings: more than sockets buffer
-LOST_TIMEOUT = timedelta(seconds=2)
+LOST_TIMEOUT = timedelta(seconds=5)
 SKILL_STORE = Path(sys.executable).with_name("skill-store")
 
 
@@ -188,7 +188,7 @@ async def test_import_exits_1_with_one_line_when_the_server_is_killed(
     url = server.start()
     engine = await get_engine(url)
     environment = {name: value for name, value in os.environ.items()}
-    environment |= {"DATABASE_URL": url, "CONNECTION_LOST_TIMEOUT": "2"}
+    environment |= {"DATABASE_URL": url, "CONNECTION_LOST_TIMEOUT": "5"}
     try:
         async with locked(engine, "memory"):
             importer = subprocess.Popen(
