@@ -7,12 +7,13 @@ from typing import Any
 import alembic_postgresql_enum  # noqa: F401 (autogenerate sees enum types and their labels)
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
-from sqlalchemy import Connection
+from pgvector.sqlalchemy import VECTOR
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from skill_store.database import database_url
+from skill_store.database import MIGRATION_LOCK, database_url
 from skill_store.models import metadata
 from skill_store.models._types import PydanticJSONB
 
@@ -35,7 +36,11 @@ def include_object(
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
-    """Render the package's column types as plain SQLAlchemy types in new migrations."""
+    """Render column types so that a new migration imports each one it uses, and no other.
+
+    The package's own types become the SQLAlchemy or pgvector types they store as, so a
+    migration never depends on the package's code.
+    """
     if type_ != "type":
         return False
     if isinstance(obj, PydanticJSONB):
@@ -43,6 +48,11 @@ def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | 
         return "postgresql.JSONB(astext_type=sa.Text())"
     if isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
+    if isinstance(obj, VECTOR):
+        autogen_context.imports.add("import pgvector.sqlalchemy")
+        return f"pgvector.sqlalchemy.VECTOR(dim={obj.dim})"
+    if type(obj).__module__.startswith("sqlmodel."):
+        autogen_context.imports.add("import sqlmodel")  # rendered as sqlmodel.sql.sqltypes.X()
     return False
 
 
@@ -59,6 +69,8 @@ def configure(**options: Any) -> None:
 def run_migrations(connection: Connection) -> None:
     configure(connection=connection)
     with context.begin_transaction():
+        # One migration at a time per database: the next reads the version this one commits.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 

@@ -35,6 +35,7 @@ from skill_store.errors import NotFoundError, SkillStoreError
 from skill_store.models import Agent, Memory, MemoryType, Team
 from skill_store.portability import export_memories, import_memories
 from skill_store.repositories import AgentRepository, MemoryRepository, TeamRepository
+from skill_store.repositories.base import translated_errors
 from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
 from skill_store.settings import get_settings, mask_password
 from skill_store.team_indexes import TeamIndexes, index_large_teams
@@ -62,11 +63,18 @@ TABLES = (
     *("user", "team", "team_membership", "agent", "conversation", "message"),
     *("memory", "memory_log", "memory_tag"),
 )
+MAX_LIMIT = 10_000
+"""The most memories `memories list` and `memories search` print (`export` has no limit)."""
 
 
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code=1)
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise _fail(f"--limit must be between 1 and {MAX_LIMIT}, got {limit}")
 
 
 @contextmanager
@@ -118,7 +126,8 @@ def _in_session(work: Callable[[AsyncSession], Awaitable[T]], *, upgrade: bool =
             await (migrate(engine) if upgrade else ensure_migrated(engine))
             async with get_session_factory(engine)() as session:
                 result = await work(session)
-                await session.commit()
+                async with translated_errors():  # e.g. the connection lost meanwhile
+                    await session.commit()
                 return result
         finally:
             await engine.dispose()
@@ -431,10 +440,13 @@ def list_memories(
     memory_type: Annotated[
         MemoryType | None, typer.Option("--type", help="Only memories of this type.")
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    limit: Annotated[
+        int, typer.Option(help=f"At most this many (1 to {MAX_LIMIT}), newest first.")
+    ] = 50,
     as_json: AsJson = False,
 ) -> None:
     """The team's memories, newest first."""
+    _check_limit(limit)
 
     async def work(session: AsyncSession) -> list[Memory]:
         statement = select(Memory).where(Memory.team_id == (await _team(session, team)).id)
@@ -520,10 +532,11 @@ def search_memories(
     team: TeamSlug,
     query: Annotated[str, typer.Argument(help="What to look for, in words.")],
     agent: Annotated[str | None, typer.Option(help="As this agent (its slug) sees them.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many results.")] = 10,
+    limit: Annotated[int, typer.Option(help=f"At most this many results (1 to {MAX_LIMIT}).")] = 10,
     as_json: AsJson = False,
 ) -> None:
     """The team's memories most similar to QUERY (embedded with the configured embedder)."""
+    _check_limit(limit)
 
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
         found = await _team(session, team)
@@ -555,6 +568,8 @@ def import_command(
     Every line is checked before anything is written; a bad line is reported with its number
     and nothing is imported.
     """
+    if batch_size < 1:
+        raise _fail(f"--batch-size must be at least 1, got {batch_size}")
 
     async def work(session: AsyncSession) -> int:
         found = await _team(session, team)
@@ -581,6 +596,8 @@ def export_command(
     ] = None,
 ) -> None:
     """Write the team's memories as JSON Lines that `memories import` reads back."""
+    if output is not None and not output.parent.is_dir():
+        raise _fail(f"cannot write {output}: {output.parent} is not a folder")
 
     async def work(session: AsyncSession) -> list[str]:
         found = await _team(session, team)
@@ -591,7 +608,8 @@ def export_command(
         for line in lines:
             typer.echo(line)
         return
-    output.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    with _user_errors():
+        output.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     console.print(f"exported {len(lines)} memories to {output}")
 
 

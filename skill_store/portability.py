@@ -29,12 +29,19 @@ def read_memory_file(path: Path, team_id: uuid.UUID) -> list[MemoryCreate]:
     """Parse and validate every line of a JSON Lines file of memories for the team.
 
     Raises:
-        MemoryFileError: Naming each bad line's number and problem; nothing is returned.
+        MemoryFileError: Naming each bad line's number and problem (not UTF-8, not JSON,
+            nested too deeply, not a valid memory); nothing is returned.
+        OSError: If the file cannot be read.
     """
     items: list[MemoryCreate] = []
     problems: list[str] = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                problems.append(f"line {number}: not UTF-8 (byte {error.start + 1} of the line)")
+                continue
             if not line.strip():
                 continue
             try:
@@ -46,6 +53,8 @@ def read_memory_file(path: Path, team_id: uuid.UUID) -> list[MemoryCreate]:
                 items.append(MemoryCreate.model_validate({**data, "team_id": team_id}))
             except json.JSONDecodeError as error:
                 problems.append(f"line {number}: not JSON ({error.msg} at column {error.colno})")
+            except RecursionError:
+                problems.append(f"line {number}: JSON nested too deeply")
             except ValidationError as error:
                 problems.append(f"line {number}: {_problem(error)}")
             except ValueError as error:
@@ -76,7 +85,10 @@ async def import_memories(
         MemoryFileError: If any line is not a valid memory (nothing is written).
         ConflictError: If a line names an agent, user or conversation that does not exist
             (nothing is written).
+        ValueError: If `batch_size` is less than 1 (the file is not read).
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     items = read_memory_file(path, team_id)
     missing = [index for index, item in enumerate(items) if item.embedding is None]
     for start in range(0, len(missing), EMBED_BATCH):

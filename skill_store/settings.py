@@ -76,6 +76,13 @@ class Settings(BaseSettings):
         default=None,
         description="Longest a statement may run: milliseconds or a timedelta; 0 or unset: none.",
     )
+    connection_lost_timeout: timedelta = Field(
+        default=timedelta(seconds=30),
+        ge=timedelta(seconds=1),
+        le=timedelta(hours=1),
+        description="How long a TCP connection's server may stay silent before the connection"
+        " counts as lost: seconds or a timedelta.",
+    )
     embedding_model: str = Field(default="text-embedding-3-small")
     embedding_api_key: SecretStr | None = Field(default=None)
     embedding_base_url: str = Field(
@@ -108,6 +115,14 @@ class Settings(BaseSettings):
             value = float(value)
         if isinstance(value, int | float) and not isinstance(value, bool):
             return timedelta(milliseconds=value)
+        return value
+
+    @field_validator("connection_lost_timeout", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        """A bare number from the environment is seconds, as pydantic reads a number."""
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)
         return value
 
     @field_validator("statement_timeout")

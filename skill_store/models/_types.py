@@ -2,6 +2,8 @@
 
 import math
 import uuid
+from array import array
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -53,14 +55,52 @@ def _check_json(value: Any) -> Any:
     return value
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+_SMALLEST_NORM = math.sqrt(1.1754943508222875e-38)  # its square is float32's smallest normal
+_LARGEST_NORM = math.sqrt(FLOAT32_MAX / 2)  # a margin for the rounding of a float32 sum
+
+
+def check_vector(values: Sequence[float]) -> None:
+    """Check that a `vector` column can store `values` and compare them by cosine.
+
+    `vector` stores float32 and pgvector sums squares in float32, so the values are checked
+    after conversion to float32: each finite and within float32's range, and the squared norm
+    neither zero (values so small that they underflow) nor overflowing. Otherwise every
+    cosine similarity with the vector would be NaN.
+
+    Args:
+        values: The vector's values.
+
+    Raises:
+        ValueError: Saying which condition the vector breaks.
+    """
+    norm = math.hypot(*array("f", values))  # infinite or NaN if any value is
+    if not math.isfinite(norm):
+        if not all(map(math.isfinite, values)):
+            raise ValueError("embedding values must be finite (no NaN or infinity)")
+        raise ValueError(
+            f"embedding values must be within float32 range (±{FLOAT32_MAX:.7g}):"
+            " the vector column stores float32"
+        )
+    if norm < _SMALLEST_NORM:
+        raise ValueError(
+            "embedding must not be all zeros (nor so small that it is zero in float32):"
+            " its cosine similarity is undefined"
+        )
+    if norm > _LARGEST_NORM:
+        raise ValueError(
+            "embedding's norm is too large: its square overflows float32, so its cosine"
+            " similarity is undefined"
+        )
+
+
 def _check_embedding(value: list[float]) -> list[float]:
     expected = get_settings().embedding_dimensions
     if len(value) != expected:
         raise ValueError(
             f"embedding has {len(value)} dimensions; expected {expected} (EMBEDDING_DIMENSIONS)"
         )
-    if not any(value):
-        raise ValueError("embedding must not be all zeros: its cosine similarity is undefined")
+    check_vector(value)
     return value
 
 
@@ -92,7 +132,7 @@ JSONValue = Annotated[dict[str, JsonValue] | list[JsonValue], AfterValidator(_ch
 """A JSON object or array PostgreSQL can store in `jsonb`."""
 
 Embedding = Annotated[list[FiniteFloat], AfterValidator(_check_embedding)]
-"""A vector of `EMBEDDING_DIMENSIONS` finite floats, not all zero."""
+"""A vector of `EMBEDDING_DIMENSIONS` finite floats that `check_vector` accepts."""
 
 
 class PydanticJSONB(sa.types.TypeDecorator[ModelT], Generic[ModelT]):

@@ -4,12 +4,12 @@ Every read that takes a `team_id` returns only that team's memories. Mutating me
 `actor` and `reason`, which the database's audit trigger writes to `memory_log`.
 """
 
+import asyncio
 import json
 import logging
-import math
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -25,7 +25,12 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.embeddings import Embedder, embedder_from_settings
-from skill_store.errors import ConflictError, EmbeddingDimensionError, NotFoundError
+from skill_store.errors import (
+    ConflictError,
+    ConnectionLostError,
+    EmbeddingDimensionError,
+    NotFoundError,
+)
 from skill_store.models import (
     Memory,
     MemoryCreate,
@@ -38,7 +43,7 @@ from skill_store.models import (
     MemoryType,
     MemoryUpdate,
 )
-from skill_store.models._types import Moment, PgStr, Vector
+from skill_store.models._types import Moment, PgStr, Vector, check_vector
 from skill_store.models.memory import Tag
 from skill_store.repositories.base import (
     TeamRowRepository,
@@ -484,15 +489,20 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             driver = (await connection.get_raw_connection()).driver_connection
             # PostgreSQL refuses COPY FROM under row-level security: scoped sessions INSERT.
             insert_rows = _insert if TEAM_SETTING in self.session.info else _copy
-            for start in range(0, len(validated), batch_size):
-                tags: list[tuple[uuid.UUID, uuid.UUID, str]] = []
-                memories = _memory_records(validated[start : start + batch_size], tags)
-                await insert_rows(driver, "memory", memories, _COPY_COLUMNS)
-                if tags:
-                    tag_rows = [
-                        (tag_id, *tag) for tag_id, tag in zip(_uuid4s(len(tags)), tags, strict=True)
-                    ]
-                    await insert_rows(driver, "memory_tag", tag_rows, _TAG_COPY_COLUMNS)
+            try:
+                for start in range(0, len(validated), batch_size):
+                    tags: list[tuple[uuid.UUID, uuid.UUID, str]] = []
+                    memories = _memory_records(validated[start : start + batch_size], tags)
+                    await insert_rows(driver, "memory", memories, _COPY_COLUMNS)
+                    if tags:
+                        tag_rows = [
+                            (tag_id, *tag)
+                            for tag_id, tag in zip(_uuid4s(len(tags)), tags, strict=True)
+                        ]
+                        await insert_rows(driver, "memory_tag", tag_rows, _TAG_COPY_COLUMNS)
+            except ConnectionLostError:
+                await connection.invalidate()  # so that no rollback is sent to a lost server
+                raise
         return len(validated)
 
     # -- text ---------------------------------------------------------------------------
@@ -760,12 +770,9 @@ def _check_length(embedding: Sequence[float], expected: int) -> None:
 
 
 def _embedding_values(embedding: Sequence[float]) -> list[float]:
-    """The embedding as floats, if they are all finite and not all zero."""
+    """The embedding as floats, if `check_vector` accepts them (as it does stored embeddings)."""
     values = list(map(float, embedding))
-    if not all(map(math.isfinite, values)):
-        raise ValueError("embedding values must be finite (no NaN or infinity)")
-    if not any(values):
-        raise ValueError("embedding must not be all zeros: its cosine similarity is undefined")
+    check_vector(values)
     return values
 
 
@@ -822,8 +829,27 @@ def _memory_records(
 
 async def _copy(driver: Any, table: str, records: Iterable[Any], columns: Sequence[str]) -> None:
     """`COPY table (columns) FROM STDIN (FORMAT binary)` on the asyncpg connection."""
+    rows = _while_connected(driver, records)
     async with _driver_errors(f"COPY {table} FROM STDIN"):
-        await driver.copy_records_to_table(table, records=records, columns=list(columns))
+        await _until_lost(
+            driver, driver.copy_records_to_table(table, records=rows, columns=list(columns))
+        )
+
+
+def _while_connected(driver: Any, records: Iterable[Any]) -> Iterator[Any]:
+    """`records`, until the asyncpg connection's socket fails.
+
+    Otherwise asyncpg would encode and write the rest into the closed socket (asyncio logs a
+    warning for each write) before it notices.
+
+    Raises:
+        ConnectionLostError: If the socket failed.
+    """
+    transport = driver._transport  # asyncpg has no public way
+    for record in records:
+        if transport.is_closing():
+            raise ConnectionLostError("the server closed it")
+        yield record
 
 
 async def _insert(driver: Any, table: str, records: Iterable[Any], columns: Sequence[str]) -> None:
@@ -831,7 +857,56 @@ async def _insert(driver: Any, table: str, records: Iterable[Any], columns: Sequ
     placeholders = ", ".join(f"${position}" for position in range(1, len(columns) + 1))
     statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
     async with _driver_errors(statement):
-        await driver.executemany(statement, list(records))
+        await _until_lost(driver, driver.executemany(statement, list(records)))
+
+
+_LOST = (
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.AdminShutdownError,  # the server is stopping, or its postmaster died
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
+_OUT_OF_STEP = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""Driver errors after which the connection's protocol state is unusable."""
+
+
+async def _until_lost(driver: Any, operation: Awaitable[None]) -> None:
+    """Await `operation` on the asyncpg connection `driver`, or until the connection is lost.
+
+    asyncpg does not wake a `COPY` that waits for a full socket to drain when the connection
+    drops: it would wait for ever. The operation is cancelled as soon as the connection
+    closes instead. A connection cut mid-operation can also leave asyncpg out of step with
+    the server (an operation "in progress" that never ends): it is closed, which rolls
+    the transaction back, rather than used again.
+
+    Raises:
+        ConnectionLostError: If the connection was lost, or closed for being out of step
+            (either way the server rolled back).
+    """
+    task = asyncio.ensure_future(operation)
+
+    def lost(_connection: Any) -> None:
+        task.cancel()
+
+    driver.add_termination_listener(lost)
+    try:
+        await task
+    except asyncio.CancelledError as error:
+        current = asyncio.current_task()
+        if not driver.is_closed() or (current is not None and current.cancelling()):
+            raise  # the caller cancelled
+        raise ConnectionLostError("the server closed it") from error
+    except (*_LOST, *_OUT_OF_STEP) as error:
+        if isinstance(error, ValueError):
+            raise  # a value the driver cannot encode: the connection is fine
+        driver.terminate()
+        raise ConnectionLostError(str(error)) from error
+    except asyncpg.PostgresError as error:
+        if driver.is_closed():
+            raise ConnectionLostError(str(error)) from error
+        raise
+    finally:
+        driver.remove_termination_listener(lost)
 
 
 @asynccontextmanager
