@@ -882,3 +882,23 @@ async def test_an_email_is_looked_up_with_the_same_lower_case_as_its_unique_inde
     for email in ("ΟΔΟΣ@example.com", "οδοσ@EXAMPLE.COM", "Οδοσ@example.com"):
         assert await users.get_by_email(email) == odos
     assert await users.authenticate("ΟΔΟΣ@example.com", "correct horse") == odos
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda w: MemoryRepository(w.session).list(team_id=w.acme.id, content="a\x00"),
+        lambda w: MemoryRepository(w.session).search_by_embedding(
+            [1e39] + [0.0] * (get_settings().embedding_dimensions - 1), w.acme.id
+        ),
+        lambda w: UserRepository(w.session).get_by_email("a\x00@example.com"),
+        lambda w: MemoryRepository(w.session).with_tag(w.acme.id, "\ud800"),
+    ],
+    ids=["list-nul", "search-beyond-float32", "email-nul", "tag-surrogate"],
+)
+async def test_a_failed_read_leaves_the_transaction_usable(
+    world: World, read: Callable[[World], Awaitable[Any]]
+) -> None:
+    with pytest.raises(ValueError):  # ValidationError is one
+        await read(world)
+    assert len(await MemoryRepository(world.session).list(team_id=world.acme.id)) == 1
