@@ -60,7 +60,15 @@ TEAM_RULE_FUNCTIONS = {
     "check_agent_team_move",
     "check_conversation_team_move",
 }
-ALL_FUNCTIONS = FUNCTIONS | SEARCH_FUNCTIONS | TEAM_RULE_FUNCTIONS | TENANCY_FUNCTIONS
+RETRIEVAL_FUNCTIONS = {
+    "text_search_config",
+    "memory_text_query",
+    "trigger_set_memory_text_config",
+    "retrieve_memories",
+}
+ALL_FUNCTIONS = (
+    FUNCTIONS | SEARCH_FUNCTIONS | TEAM_RULE_FUNCTIONS | TENANCY_FUNCTIONS | RETRIEVAL_FUNCTIONS
+)
 TRIGGERS = {
     ("user", "trg_user_updated_at"),
     ("team", "trg_team_updated_at"),
@@ -73,6 +81,7 @@ TRIGGERS = {
     ("memory_log", "trg_memory_log_no_change"),
     ("memory_log", "trg_memory_log_no_truncate"),
 }
+RETRIEVAL_TRIGGERS = {("memory", "trg_memory_text_config")}
 TEAM_RULE_TRIGGERS = {
     ("memory", "fk_memory_agent_team"),
     ("memory", "fk_memory_source_conversation_team"),
@@ -137,7 +146,7 @@ async def test_upgrade_creates_tables_enums_functions_and_triggers(
         assert await our_tables(connection) == set(TABLES)
         assert await enum_labels(connection) == ENUM_LABELS
         assert await our_functions(connection) == ALL_FUNCTIONS
-        assert await our_triggers(connection) == TRIGGERS | TEAM_RULE_TRIGGERS
+        assert await our_triggers(connection) == TRIGGERS | TEAM_RULE_TRIGGERS | RETRIEVAL_TRIGGERS
         assert await rows(connection, "SELECT extname FROM pg_extension WHERE extname = 'vector'")
 
 
@@ -297,4 +306,4 @@ async def test_team_rules_are_constraints_and_downgrade_to_0001_removes_them(
     await migrate(empty_engine)
     await run_alembic(command.check, empty_engine)
     async with empty_engine.connect() as connection:
-        assert await our_triggers(connection) == TRIGGERS | TEAM_RULE_TRIGGERS
+        assert await our_triggers(connection) == TRIGGERS | TEAM_RULE_TRIGGERS | RETRIEVAL_TRIGGERS
