@@ -4,9 +4,11 @@ Every scenario sets two memories that differ in one signal's input, and makes th
 signal favours slightly *less* relevant: so the test fails if the signal stops counting.
 """
 
+import json
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,8 +33,11 @@ from skill_store import (
     RetrievalWeights,
     ScoredMemory,
     Team,
+    TeamCreate,
+    TeamRepository,
     User,
 )
+from skill_store.portability import export_memories, import_memories
 from skill_store.settings import get_settings
 
 from .conftest import unit_vector
@@ -428,3 +433,23 @@ async def test_an_unknown_language_indexes_words_as_they_are(
     )
 
     assert stored.one() == ("simple", "'ada':1 'climbing':3 'went':2")
+
+
+async def test_export_and_import_keep_created_at(
+    memories: MemoryRepository, session: AsyncSession, team: Team, tmp_path: Path
+) -> None:
+    then = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+    await add(memories, team, "Ada climbs", created_at=then)
+    lines = [line async for line in export_memories(session, team.id)]
+    file = tmp_path / "memories.jsonl"
+    file.write_text("\n".join(lines) + "\n")
+    other = await TeamRepository(session).create(
+        TeamCreate(name="Other", slug="other", owner_id=team.owner_id)
+    )
+
+    added = await import_memories(session, file, other.id, memories.embedder)
+    [imported] = await memories.list(team_id=other.id)
+
+    assert json.loads(lines[0])["created_at"].startswith("2023-05-08T13:56:00")
+    assert added == 1
+    assert imported.created_at == then
