@@ -248,7 +248,7 @@ async def measure(
 
     rankers: list[tuple[str, Ranker]] = [
         ("vector only: `search_by_embedding`", vector),
-        ("lexical only: full text, `ts_rank`", lexical),
+        ("lexical only: full text, summed IDF of the query words held", lexical),
         ("fused by reciprocal rank (k = 60) of the two lists above", fused),
         ("`retrieve`, semantic-only weights", retrieving(memories, SEMANTIC_ONLY, True)),
         ("`retrieve`, default weights", retrieving(memories, None, True)),

@@ -8,7 +8,8 @@
 - `memory_text_query(config, text)`: the words of a text as a tsquery that matches any of
   them (OR), not all (websearch_to_tsquery's AND misses most answers to a question).
 - `retrieve_memories(...)`: vector candidates from `search_memories`, lexical candidates
-  ranked by `ts_rank`, fused by a convex combination of normalised scores, then scored by
+  ranked by the summed inverse document frequency (in the team) of the query words they
+  hold, fused by a convex combination of normalised scores, then scored by
   semantic, recency, importance, continuity and relationship signals (see
   `MemoryRepository.retrieve`).
 
@@ -143,9 +144,18 @@ RECENCY = decay(
     "at - greatest(m.created_at, CASE WHEN m.last_accessed_at <= at THEN m.last_accessed_at END)"
 )
 
-# A memory's words are matched in its own configuration: the agent's (`terms`) or, for
-# one written in another (`simple` for a team-wide memory), the query's plain words.
-ROW_TERMS = "(CASE WHEN m.text_config = config THEN terms ELSE plain END)"
+# A memory's words are matched in its own configuration: the agent's (`own` words) or,
+# for one written in another (`simple` for a team-wide memory), the query's plain words.
+# Its lexical score is the sum of the inverse document frequencies (BM25's, in the team)
+# of the query words it holds: short memories rarely repeat a word; rare words tell most.
+LEXICAL = """(
+    SELECT coalesce(sum(w.idf), 0)
+    FROM unnest(word_queries, word_own, word_idf) AS w (q, own, idf)
+    WHERE w.own = (m.text_config = config) AND m.search_text @@ w.q
+)"""
+
+# One lexeme as a tsquery: quoted, its quotes doubled and its backslashes escaped.
+LEXEME_QUERY = r"('''' || replace(replace(l.lexeme, '\', '\\'), '''', '''''') || '''')::tsquery"
 
 # `depth` candidates from each list; the `lim` most relevant of them, the retrievable
 # memories linked to the three strongest, and the pinned ones are scored.
@@ -188,6 +198,10 @@ DECLARE
     terms tsquery := memory_text_query(config, coalesce(query_text, ''));
     plain tsquery := memory_text_query('simple', coalesce(query_text, ''));
     types memory_type_enum[];
+    total bigint;
+    word_queries tsquery[];
+    word_own boolean[];
+    word_idf double precision[];
 BEGIN
     at := coalesce(at, now());
     IF weights IS NULL THEN
@@ -202,19 +216,42 @@ BEGIN
         WHERE a.id = agent;
         weights := coalesce(weights, fallback_weights);
     END IF;
+    IF numnode(terms) > 0 OR numnode(plain) > 0 THEN
+        SELECT count(*) INTO total FROM memory AS m WHERE {RETRIEVABLE};
+        SELECT array_agg(w.q), array_agg(w.own),
+               array_agg(ln(1 + (total - w.df + 0.5) / (w.df + 0.5)))
+        INTO word_queries, word_own, word_idf
+        FROM (
+            SELECT x.q, x.own,
+                   (SELECT count(*) FROM memory AS m
+                    WHERE m.search_text @@ x.q AND (m.text_config = config) = x.own
+                      AND {RETRIEVABLE}) AS df
+            FROM (
+                SELECT DISTINCT l.own, {LEXEME_QUERY} AS q
+                FROM (
+                    SELECT true, unnest(tsvector_to_array(to_tsvector(config, query_text)))
+                    UNION ALL
+                    SELECT false, unnest(tsvector_to_array(to_tsvector('simple', query_text)))
+                ) AS l (own, lexeme)
+            ) AS x
+        ) AS w;
+    END IF;
+
     RETURN QUERY
     WITH vector_hits AS (
         SELECT s.id FROM search_memories(query, team, agent, person, types, depth, NULL,
                                          exact_max_rows) AS s
     ), lexical_hits AS (
-        SELECT m.id FROM memory AS m
-        WHERE (m.search_text @@ terms OR m.search_text @@ plain)
-          AND m.search_text @@ {ROW_TERMS} AND {RETRIEVABLE}
-        ORDER BY ts_rank(m.search_text, {ROW_TERMS}) DESC, m.id
+        SELECT s.id FROM (
+            SELECT m.id, {LEXICAL} AS lexical FROM memory AS m
+            WHERE (m.search_text @@ terms OR m.search_text @@ plain) AND {RETRIEVABLE}
+        ) AS s
+        WHERE s.lexical > 0
+        ORDER BY s.lexical DESC, s.id
         LIMIT depth
     ), found AS (
         SELECT m.id, 1 - (m.embedding <=> query) AS similarity,
-               ts_rank(m.search_text, {ROW_TERMS})::double precision AS lexical
+               {LEXICAL} AS lexical
         FROM memory AS m
         WHERE m.id IN (SELECT h.id FROM vector_hits AS h UNION SELECT h.id FROM lexical_hits AS h)
     ), bounds AS (
@@ -234,7 +271,7 @@ BEGIN
         LIMIT 3
     ), extra AS (
         SELECT m.id, 1 - (m.embedding <=> query) AS similarity,
-               ts_rank(m.search_text, {ROW_TERMS})::double precision AS lexical
+               {LEXICAL} AS lexical
         FROM memory AS m
         WHERE {RETRIEVABLE}
           AND m.id NOT IN (SELECT p.id FROM pool AS p)

@@ -593,8 +593,9 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         every pinned memory. Each signal is in [0, 1]:
 
         - `semantic`: relevance, the mean of the cosine similarity min-max scaled over the
-          candidates and the `ts_rank` divided by the candidates' highest (either alone
-          when the other found nothing);
+          candidates and the lexical score (the summed inverse document frequency in the
+          team of the query words the memory holds) divided by the candidates' highest
+          (either alone when the other found nothing), min-max scaled over those scored;
         - `recency`: 0.5 ** (time since the memory was created or last accessed, before
           `now`) / `Settings.recency_half_life`);
         - `importance`: `importance / 10 * confidence`;
