@@ -453,3 +453,14 @@ async def test_export_and_import_keep_created_at(
     assert json.loads(lines[0])["created_at"].startswith("2023-05-08T13:56:00")
     assert added == 1
     assert imported.created_at == then
+
+
+@pytest.mark.parametrize(
+    "query", ["O'Brien's \\ back-to-back 'quoted' | & ! <-> :*", "the of and", "¿Qué?", "42"]
+)
+async def test_any_text_is_a_query(memories: MemoryRepository, team: Team, query: str) -> None:
+    kept = await add(memories, team, "O'Brien's back-to-back \\ climbs, 42 of them")
+
+    found = await memories.retrieve(query, team_id=team.id, query_embedding=unit_vector(0))
+
+    assert ids(found) == [kept]
