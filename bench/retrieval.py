@@ -6,7 +6,9 @@ question of categories 1-4 with evidence is asked of its conversation's team wit
 the conversation's last session. Recall@k is the share of a question's evidence turns among
 the top k memories; session hit @10 whether a top-10 memory comes from an evidence session.
 The conversations are loaded twice: with their all-MiniLM-L6-v2 vectors, and with the
-package's offline `HashingEmbedder`. See BENCHMARKS.md.
+package's offline `HashingEmbedder`. The p50 is the median time a question took through the
+public API (the lexical row looks each hit up by id; the fused row runs two searches; the
+offline rows embed the question). See BENCHMARKS.md.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import tempfile
 import time
 import uuid
@@ -117,6 +120,7 @@ class Scores:
 
     recall: dict[int, list[float]] = field(default_factory=lambda: {5: [], 10: [], 20: []})
     session_hits: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
 
     def add(self, ranked: Sequence[str], evidence: Sequence[str]) -> None:
         """Score one question's ranking of dialog ids."""
@@ -128,7 +132,9 @@ class Scores:
     def row(self, name: str) -> str:
         """A Markdown table row."""
         values = [sum(v) / len(v) for v in (*self.recall.values(), self.session_hits)]
-        return f"| {name} | " + " | ".join(f"{value:.3f}" for value in values) + " |"
+        p50 = statistics.median(self.seconds) * 1000
+        cells = [*(f"{value:.3f}" for value in values), f"{p50:.1f} ms"]
+        return f"| {name} | " + " | ".join(cells) + " |"
 
 
 def dialog_ids(memories: Sequence[MemoryRead]) -> list[str]:
@@ -263,7 +269,10 @@ async def measure(
         scores = Scores()
         for conversation in conversations:
             for question in conversation.questions:
-                scores.add(await ranker(conversation, question), question.evidence)
+                start = time.perf_counter()
+                ranked = await ranker(conversation, question)
+                scores.seconds.append(time.perf_counter() - start)
+                scores.add(ranked, question.evidence)
         results.append((name, scores))
     return results
 
@@ -291,8 +300,8 @@ async def run(data: Path) -> None:
     names = ", ".join(c.name for c in conversations)
     print(f"LoCoMo {names}: {questions} questions, all-MiniLM-L6-v2 vectors ({DIMENSIONS}-d)")
     print()
-    print("| retrieval | R@5 | R@10 | R@20 | session hit @10 |")
-    print("|---|---|---|---|---|")
+    print("| retrieval | R@5 | R@10 | R@20 | session hit @10 | p50 per question |")
+    print("|---|---|---|---|---|---|")
     for name, scores in results:
         print(scores.row(name))
     print()
