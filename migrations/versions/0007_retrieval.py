@@ -144,18 +144,38 @@ RECENCY = decay(
     "at - greatest(m.created_at, CASE WHEN m.last_accessed_at <= at THEN m.last_accessed_at END)"
 )
 
-# A memory's words are matched in its own configuration: the agent's (`own` words) or,
-# for one written in another (`simple` for a team-wide memory), the query's plain words.
-# Its lexical score is the sum of the inverse document frequencies (BM25's, in the team)
-# of the query words it holds: short memories rarely repeat a word; rare words tell most.
-LEXICAL = """(
-    SELECT coalesce(sum(w.idf), 0)
-    FROM unnest(word_queries, word_own, word_idf) AS w (q, own, idf)
-    WHERE w.own = (m.text_config = config) AND m.search_text @@ w.q
-)"""
-
 # One lexeme as a tsquery: quoted, its quotes doubled and its backslashes escaped.
 LEXEME_QUERY = r"('''' || replace(replace(l.lexeme, '\', '\\'), '''', '''''') || '''')::tsquery"
+
+# Lexical recall in one pass over the team's memories that hold a query word. A memory's
+# words are matched in its own configuration: the agent's (`own` words) or, for one written
+# in another (`simple` for a team-wide memory), the query's plain words. Its score is the
+# sum of the inverse document frequencies (BM25's, in the team) of the query words it
+# holds: short memories rarely repeat a word, and rare words tell most.
+LEXICAL_CTES = f"""
+    words AS (
+        SELECT row_number() OVER () AS word, x.own, x.q
+        FROM (
+            SELECT DISTINCT l.own, {LEXEME_QUERY} AS q
+            FROM (
+                SELECT true, unnest(tsvector_to_array(to_tsvector(config, query_text)))
+                UNION ALL
+                SELECT false, unnest(tsvector_to_array(to_tsvector('simple', query_text)))
+            ) AS l (own, lexeme)
+        ) AS x
+    ), held AS (
+        SELECT m.id, w.word
+        FROM memory AS m
+        JOIN words AS w ON w.own = (m.text_config = config) AND m.search_text @@ w.q
+        WHERE (m.search_text @@ terms OR m.search_text @@ plain) AND {RETRIEVABLE}
+    ), rarity AS (
+        SELECT h.word, ln(1 + (total - count(*) + 0.5) / (count(*) + 0.5))::float8 AS idf
+        FROM held AS h GROUP BY h.word
+    ), lexical AS (
+        SELECT h.id, sum(r.idf) AS score
+        FROM held AS h JOIN rarity AS r ON r.word = h.word
+        GROUP BY h.id
+    )"""
 
 # `depth` candidates from each list; the `lim` most relevant of them, the retrievable
 # memories linked to the three strongest, and the pinned ones are scored.
@@ -186,7 +206,6 @@ CREATE FUNCTION retrieve_memories(
     relationship double precision
 )
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER ROWS 20
-SET plan_cache_mode = force_custom_plan
 SET client_min_messages = warning
 AS $$
 #variable_conflict use_column
@@ -198,10 +217,7 @@ DECLARE
     terms tsquery := memory_text_query(config, coalesce(query_text, ''));
     plain tsquery := memory_text_query('simple', coalesce(query_text, ''));
     types memory_type_enum[];
-    total bigint;
-    word_queries tsquery[];
-    word_own boolean[];
-    word_idf double precision[];
+    total bigint := 0;
 BEGIN
     at := coalesce(at, now());
     IF weights IS NULL THEN
@@ -218,41 +234,19 @@ BEGIN
     END IF;
     IF numnode(terms) > 0 OR numnode(plain) > 0 THEN
         SELECT count(*) INTO total FROM memory AS m WHERE {RETRIEVABLE};
-        SELECT array_agg(w.q), array_agg(w.own),
-               array_agg(ln(1 + (total - w.df + 0.5) / (w.df + 0.5)))
-        INTO word_queries, word_own, word_idf
-        FROM (
-            SELECT x.q, x.own,
-                   (SELECT count(*) FROM memory AS m
-                    WHERE m.search_text @@ x.q AND (m.text_config = config) = x.own
-                      AND {RETRIEVABLE}) AS df
-            FROM (
-                SELECT DISTINCT l.own, {LEXEME_QUERY} AS q
-                FROM (
-                    SELECT true, unnest(tsvector_to_array(to_tsvector(config, query_text)))
-                    UNION ALL
-                    SELECT false, unnest(tsvector_to_array(to_tsvector('simple', query_text)))
-                ) AS l (own, lexeme)
-            ) AS x
-        ) AS w;
     END IF;
 
     RETURN QUERY
-    WITH vector_hits AS (
+    WITH {LEXICAL_CTES}, vector_hits AS (
         SELECT s.id FROM search_memories(query, team, agent, person, types, depth, NULL,
                                          exact_max_rows) AS s
     ), lexical_hits AS (
-        SELECT s.id FROM (
-            SELECT m.id, {LEXICAL} AS lexical FROM memory AS m
-            WHERE (m.search_text @@ terms OR m.search_text @@ plain) AND {RETRIEVABLE}
-        ) AS s
-        WHERE s.lexical > 0
-        ORDER BY s.lexical DESC, s.id
-        LIMIT depth
+        SELECT x.id FROM lexical AS x ORDER BY x.score DESC, x.id LIMIT depth
     ), found AS (
         SELECT m.id, 1 - (m.embedding <=> query) AS similarity,
-               {LEXICAL} AS lexical
+               coalesce(x.score, 0) AS lexical
         FROM memory AS m
+        LEFT JOIN lexical AS x ON x.id = m.id
         WHERE m.id IN (SELECT h.id FROM vector_hits AS h UNION SELECT h.id FROM lexical_hits AS h)
     ), bounds AS (
         SELECT min(f.similarity) AS low, max(f.similarity) AS high,
@@ -271,8 +265,9 @@ BEGIN
         LIMIT 3
     ), extra AS (
         SELECT m.id, 1 - (m.embedding <=> query) AS similarity,
-               {LEXICAL} AS lexical
+               coalesce(x.score, 0) AS lexical
         FROM memory AS m
+        LEFT JOIN lexical AS x ON x.id = m.id
         WHERE {RETRIEVABLE}
           AND m.id NOT IN (SELECT p.id FROM pool AS p)
           AND (m.is_pinned OR m.id IN (SELECT unnest(s.links) FROM strongest AS s))
