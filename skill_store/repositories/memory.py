@@ -165,10 +165,18 @@ _SIGNALS = tuple(MemorySignals.model_fields)
 
 
 def _retrieve_statement() -> Any:
-    """Rows of (memory, score, the five signals): `retrieve_memories`' answer, in its order."""
+    """Rows of (column dimension, memory or None, score, the five signals), in rank order.
+
+    As `_search_statement`: the column's dimension comes first in every row, and is the
+    only row when nothing is found; a query of another dimension is not passed to the
+    function (nor is an access recorded): the repository raises instead.
+    """
+    column = _EMBEDDING_COLUMN.subquery("embedding_column")
+    query = sa.cast(sa.bindparam("query", type_=Vector()), Vector())
+    fits = func.vector_dims(query) == column.c.dimensions
     hits = (
         func.retrieve_memories(
-            sa.bindparam("query", type_=Vector()),
+            sa.case((fits, query)),
             sa.bindparam("query_text", type_=sa.Text),
             sa.bindparam("team_id", type_=sa.Uuid),
             sa.bindparam("agent_id", type_=sa.Uuid),
@@ -180,7 +188,7 @@ def _retrieve_statement() -> Any:
             sa.bindparam("fallback_weights", type_=postgresql.ARRAY(sa.Float)),
             sa.bindparam("half_life", type_=sa.Float),
             sa.bindparam("now", type_=sa.DateTime(timezone=True)),
-            sa.bindparam("record_access", type_=sa.Boolean),
+            sa.and_(sa.bindparam("record_access", type_=sa.Boolean), fits),
             sa.bindparam("exact_max_rows", type_=sa.Integer),
         )
         .table_valued(
@@ -190,11 +198,13 @@ def _retrieve_statement() -> Any:
             with_ordinality="position",
         )
         .render_derived(name="hit")
+        .lateral()
     )
     return (
-        select(Memory, hits.c.score, *(hits.c[name] for name in _SIGNALS))
-        .select_from(hits)
-        .join(Memory, col(Memory.id) == hits.c.id)
+        select(column.c.dimensions, Memory, hits.c.score, *(hits.c[name] for name in _SIGNALS))
+        .select_from(column)
+        .outerjoin(hits, sa.true())
+        .outerjoin(Memory, col(Memory.id) == hits.c.id)
         .order_by(hits.c.position)
     )
 
@@ -596,8 +606,8 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
           candidates and the lexical score (the summed inverse document frequency in the
           team of the query words the memory holds) divided by the candidates' highest
           (either alone when the other found nothing), min-max scaled over those scored;
-        - `recency`: 0.5 ** (time since the memory was created or last accessed, before
-          `now`) / `Settings.recency_half_life`);
+        - `recency`: 0.5 ** (age / `Settings.recency_half_life`), the age being the time
+          since the memory was created or last accessed (before `now`);
         - `importance`: `importance / 10 * confidence`;
         - `continuity`: 1 for a memory of `conversation_id`; 0.5 * the recency of its
           conversation's last message for one of the same user's other conversations with
@@ -644,7 +654,6 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         if query_embedding is None:
             [query_embedding] = await self.embedder.embed([query])
         vector = _embedding_values(query_embedding)
-        _check_length(vector, await self.column_dimensions())
         parameters = {
             "query": vector,
             "query_text": query,
@@ -663,7 +672,13 @@ class MemoryRepository(Repository[Memory, MemoryCreate, MemoryUpdate]):
         }
         async with translated_errors():
             rows = (await self.session.exec(_RETRIEVE, params=parameters)).all()
-        scored = [_scored(memory, score, signals) for memory, score, *signals in rows]
+        self._dimensions = rows[0][0]
+        _check_length(vector, self._dimensions)
+        scored = [
+            _scored(memory, score, signals)
+            for _dimensions, memory, score, *signals in rows
+            if memory is not None
+        ]
         if token_budget is None:
             return scored
         return self._pack(scored, token_budget, lambda memory: memory.content)[0]

@@ -371,11 +371,13 @@ async def test_bad_input_is_refused_before_any_sql(
         await retrieve(memories, team, token_budget=0)
     with pytest.raises(ValidationError, match="semantic"):
         await retrieve(memories, team, weights={"semantic": 2})
+    kept = await add(memories, team, "Ada climbs")
     with pytest.raises(EmbeddingDimensionError):
-        await retrieve(memories, team, query_embedding=[1.0, 0.0])
+        await retrieve(memories, team, query_embedding=[1.0, 0.0], record_access=True)
     with pytest.raises(ValueError, match="finite"):
         await retrieve(memories, team, query_embedding=[math.nan] * 3)
-    assert await retrieve(memories, team) == []  # the transaction is still usable
+    [found] = await retrieve(memories, team)  # the transaction is still usable
+    assert (found.id, found.access_count) == (kept, 0)
 
 
 async def test_created_at_dates_an_import_but_not_the_future(
