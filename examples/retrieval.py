@@ -58,6 +58,8 @@ async def main() -> None:
         await memories.remember(
             team.id, "Ada climbs at the gym on Tuesdays", MemoryType.EPISODIC, agent_id=kyra.id
         )
+        for fact in ("Ada prefers tea to coffee", "Ada's sister lives in Porto"):
+            await memories.remember(team.id, fact, MemoryType.SEMANTIC, agent_id=kyra.id)
         await memories.remember(
             team.id,
             "Ada is allergic to peanuts",
@@ -69,12 +71,12 @@ async def main() -> None:
 
         # ranked by the agent's retrieval weights, each signal shown
         for memory in await memories.retrieve(
-            "where does Ada climb?", team_id=team.id, agent_id=kyra.id
+            "Where did Ada go climbing?", team_id=team.id, agent_id=kyra.id, limit=4
         ):
             print(f"{memory.score:.3f} {memory.content}  {memory.signals}")
 
         # packed into the agent's token budget, ready for its system prompt
-        context = await memories.context_for(kyra, "where does Ada climb?")
+        context = await memories.context_for(kyra, "Where did Ada go climbing?")
         print(context.tokens, "tokens")
         print(kyra.personality.system_prompt_template.format(memory_context=context.text))
         await session.rollback()
