@@ -111,13 +111,13 @@ SIGNATURE = (
     " boolean, integer)"
 )
 
-# How a candidate's similarity and lexical rank become its relevance, given the bounds
-# (lowest and highest similarity, highest rank) of the fused candidates: each is scaled
-# to [0, 1] and the two averaged; a side that found nothing is left out.
+# How a candidate's similarity and lexical score become its relevance, given the bounds
+# (lowest and highest similarity, highest lexical score) of the fused candidates: each is
+# scaled to [0, 1] and the two averaged; a side that found nothing is left out.
 RELEVANCE = """
     CASE
-        WHEN b.top_rank > 0 AND b.high IS NOT NULL THEN (near + lexical) / 2
-        WHEN b.top_rank > 0 THEN lexical
+        WHEN b.top_lexical > 0 AND b.high IS NOT NULL THEN (near + lexical) / 2
+        WHEN b.top_lexical > 0 THEN lexical
         ELSE coalesce(near, 0)
     END
     FROM (SELECT
@@ -127,7 +127,7 @@ RELEVANCE = """
             WHEN b.high = b.low THEN 1
             ELSE greatest(0, least(1, (x.similarity - b.low) / (b.high - b.low)))
         END AS near,
-        CASE WHEN b.top_rank > 0 THEN least(1, x.lexical / b.top_rank) END AS lexical
+        CASE WHEN b.top_lexical > 0 THEN least(1, x.lexical / b.top_lexical) END AS lexical
     ) AS n"""
 
 
@@ -216,7 +216,7 @@ DECLARE
         'simple');
     terms tsquery := memory_text_query(config, coalesce(query_text, ''));
     plain tsquery := memory_text_query('simple', coalesce(query_text, ''));
-    types memory_type_enum[];
+    types memory_type_enum[];  -- NULL: every type, as RETRIEVABLE reads it
     total bigint := 0;
 BEGIN
     at := coalesce(at, now());
@@ -250,7 +250,7 @@ BEGIN
         WHERE m.id IN (SELECT h.id FROM vector_hits AS h UNION SELECT h.id FROM lexical_hits AS h)
     ), bounds AS (
         SELECT min(f.similarity) AS low, max(f.similarity) AS high,
-               coalesce(max(f.lexical), 0) AS top_rank
+               coalesce(max(f.lexical), 0) AS top_lexical
         FROM found AS f
     ), pool AS (
         SELECT x.id, (SELECT {RELEVANCE}) AS relevance
