@@ -144,36 +144,26 @@ RECENCY = decay(
     "at - greatest(m.created_at, CASE WHEN m.last_accessed_at <= at THEN m.last_accessed_at END)"
 )
 
-# One lexeme as a tsquery: quoted, its quotes doubled and its backslashes escaped.
-LEXEME_QUERY = r"('''' || replace(replace(l.lexeme, '\', '\\'), '''', '''''') || '''')::tsquery"
-
 # Lexical recall in one pass over the team's memories that hold a query word. A memory's
 # words are matched in its own configuration: the agent's (`own` words) or, for one written
 # in another (`simple` for a team-wide memory), the query's plain words. Its score is the
 # sum of the inverse document frequencies (BM25's, in the team) of the query words it
 # holds: short memories rarely repeat a word, and rare words tell most.
 LEXICAL_CTES = f"""
-    words AS (
-        SELECT row_number() OVER () AS word, x.own, x.q
-        FROM (
-            SELECT DISTINCT l.own, {LEXEME_QUERY} AS q
-            FROM (
-                SELECT true, unnest(tsvector_to_array(to_tsvector(config, query_text)))
-                UNION ALL
-                SELECT false, unnest(tsvector_to_array(to_tsvector('simple', query_text)))
-            ) AS l (own, lexeme)
-        ) AS x
-    ), held AS (
-        SELECT m.id, w.word
+    held AS (
+        -- Each matching memory read once, its lexemes compared with the query's words.
+        SELECT m.id, m.text_config = config AS own, t.lexeme
         FROM memory AS m
-        JOIN words AS w ON w.own = (m.text_config = config) AND m.search_text @@ w.q
+        CROSS JOIN LATERAL unnest(m.search_text) AS t
         WHERE (m.search_text @@ terms OR m.search_text @@ plain) AND {RETRIEVABLE}
+          AND t.lexeme = ANY (CASE WHEN m.text_config = config THEN own_words ELSE plain_words END)
     ), rarity AS (
-        SELECT h.word, ln(1 + (total - count(*) + 0.5) / (count(*) + 0.5))::float8 AS idf
-        FROM held AS h GROUP BY h.word
+        SELECT h.own, h.lexeme,
+               ln(1 + (total - count(*) + 0.5) / (count(*) + 0.5))::float8 AS idf
+        FROM held AS h GROUP BY h.own, h.lexeme
     ), lexical AS (
         SELECT h.id, sum(r.idf) AS score
-        FROM held AS h JOIN rarity AS r ON r.word = h.word
+        FROM held AS h JOIN rarity AS r ON r.own = h.own AND r.lexeme = h.lexeme
         GROUP BY h.id
     )"""
 
@@ -216,6 +206,8 @@ DECLARE
         'simple');
     terms tsquery := memory_text_query(config, coalesce(query_text, ''));
     plain tsquery := memory_text_query('simple', coalesce(query_text, ''));
+    own_words text[] := tsvector_to_array(to_tsvector(config, coalesce(query_text, '')));
+    plain_words text[] := tsvector_to_array(to_tsvector('simple', coalesce(query_text, '')));
     types memory_type_enum[];  -- NULL: every type, as RETRIEVABLE reads it
     total bigint := 0;
 BEGIN
