@@ -82,7 +82,9 @@ from skill_store.repositories import (
     MemoryRepository,
     Repository,
     TeamRepository,
+    TokenCounter,
     UserRepository,
+    approximate_tokens,
 )
 from skill_store.settings import Settings, get_settings, load_settings
 from skill_store.team_indexes import TeamIndexes, index_large_teams
@@ -160,6 +162,7 @@ __all__ = [
     "TeamRead",
     "TeamRepository",
     "TeamUpdate",
+    "TokenCounter",
     "User",
     "UserCreate",
     "UserRead",
@@ -167,6 +170,7 @@ __all__ = [
     "UserRole",
     "UserUpdate",
     "VoiceExample",
+    "approximate_tokens",
     "embedder_from_settings",
     "get_engine",
     "get_session_factory",
