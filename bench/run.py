@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bench.data import Team, World, team_classes
+from bench.data import WORDS, Team, World, team_classes
 from skill_store import (
     MemoryRepository,
     TeamCreate,
@@ -77,6 +77,7 @@ PATHS = (
 LIMIT = 10
 QUERY_SEEDS = {"small": 101, "medium": 102, "large": 103}
 CROWDED_SEED = 104
+RETRIEVAL_SEED = 105
 
 
 @dataclass
@@ -310,6 +311,8 @@ class Bench:
             for crowded in (False, True):
                 for kind in ("small", "medium", "large"):
                     await self.search(kind, crowded)
+            for kind in ("small", "medium", "large"):
+                await self.retrieval(kind)
             await self.single_rows()
             await self.indexed_inserts()
         finally:
@@ -578,6 +581,50 @@ class Bench:
             f"recall@10 {statistics.fmean(recalls):.3f} (min {min(recalls):.2f});"
             f" paths: {taken}; exact scan p50 {percentiles(scans)[0]:.2f} ms;"
             f" {len(teams)} team(s), {len(queries)} queries",
+        )
+
+    async def retrieval(self, kind: str) -> None:
+        """`retrieve` top-10 beside `search_by_embedding` top-10 on the same own-topic queries.
+
+        The text of each query is four of the data's thirty words, which nearly every memory
+        of a team holds: lexical recall scores most of the team's memories.
+        """
+        teams = self.world.of_class(kind)
+        queries = self.world.queries(kind, self.options.queries, seed=QUERY_SEEDS[kind])
+        rng = np.random.default_rng(RETRIEVAL_SEED)
+        texts = [" ".join(rng.choice(WORDS, size=4)) for _ in queries]
+        retrieving: list[float] = []
+        searching: list[float] = []
+        warmup = min(5, len(queries))
+        for number, ((team, vector), words) in enumerate(
+            zip(queries[:warmup] + queries, texts[:warmup] + texts, strict=True)
+        ):
+
+            async def retrieve(
+                team_id: uuid.UUID = team.id, vector: list[float] = vector, words: str = words
+            ) -> None:
+                async with self.factory() as session:
+                    await MemoryRepository(session).retrieve(
+                        words, team_id=team_id, query_embedding=vector, limit=LIMIT
+                    )
+
+            async def search(team_id: uuid.UUID = team.id, vector: list[float] = vector) -> None:
+                async with self.factory() as session:
+                    await MemoryRepository(session).search_by_embedding(
+                        vector, team_id, limit=LIMIT
+                    )
+
+            pair = (retrieve, search) if number % 2 else (search, retrieve)
+            for call in pair:
+                (retrieving if call is retrieve else searching).append(await timed(call))
+        retrieving, searching = retrieving[warmup:], searching[warmup:]
+        self.add(
+            f"retrieve top-10, {kind} teams ({teams[0].rows:,} rows)",
+            latency(retrieving),
+            latency(searching),
+            ratio(retrieving, searching),
+            "the middle column is search_by_embedding top-10 (not raw SQL) on the same"
+            f" own-topic queries; text: 4 of the data's 30 words; {len(queries)} queries",
         )
 
     # -- single rows ----------------------------------------------------------------------

@@ -22,7 +22,9 @@ if context.config.config_file_name is not None:
 
 # Declared by hand in the migrations: autogenerate compares operator-class and partial
 # indexes imperfectly, so they are kept out of `alembic check`.
-HAND_WRITTEN_INDEXES = frozenset({"idx_memory_team_type", "idx_memory_expires"})
+HAND_WRITTEN_INDEXES = frozenset(
+    {"idx_memory_team_type", "idx_memory_expires", "idx_memory_search_text"}
+)
 # Built per team by `skill_store.index_large_teams`, not by migrations.
 TEAM_INDEX_PREFIX = "memory_embedding_team_"
 

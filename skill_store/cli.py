@@ -41,6 +41,8 @@ from skill_store.settings import get_settings, mask_password
 from skill_store.team_indexes import TeamIndexes, index_large_teams
 
 T = TypeVar("T")
+# The signals of `MemoryRepository.retrieve`, abridged for narrow terminals.
+SIGNAL_COLUMNS = ("sem", "rec", "imp", "cont", "rel")
 
 app = typer.Typer(
     help="Users, teams, agents with a typed identity, and their long-term memory.",
@@ -223,10 +225,15 @@ def _print_demo(report: demo_data.DemoReport) -> None:
     console.print(f"{report.memories} memories with embeddings and tags")
     console.print(
         _table(
-            f'Search: "{report.query}" (Kyra, about Ada)',
-            ["#", "similarity", "type", "memory"],
+            f'Retrieved: "{report.query}" (Kyra, about Ada)',
+            ["#", "score", *SIGNAL_COLUMNS, "memory"],
             [
-                [rank, f"{hit.similarity:.3f}", hit.memory_type.value, _excerpt(hit.content)]
+                [
+                    rank,
+                    f"{hit.score:.3f}",
+                    *(f"{value:.2f}" for value in hit.signals.model_dump().values()),
+                    _excerpt(hit.content),
+                ]
                 for rank, hit in enumerate(report.hits, start=1)
             ],
         )
@@ -535,14 +542,20 @@ def search_memories(
     limit: Annotated[int, typer.Option(help=f"At most this many results (1 to {MAX_LIMIT}).")] = 10,
     as_json: AsJson = False,
 ) -> None:
-    """The team's memories most similar to QUERY (embedded with the configured embedder)."""
+    """The team's memories for QUERY, ranked as `retrieve` ranks them, with each signal.
+
+    Vector recall (QUERY embedded with the configured embedder) fused with full-text recall;
+    scored with the agent's retrieval weights (the defaults without --agent). The columns
+    sem, rec, imp, cont and rel are the semantic, recency, importance, continuity and
+    relationship signals; score is their weighted sum. Pinned memories come first.
+    """
     _check_limit(limit)
 
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
         found = await _team(session, team)
         agent_id = (await _agent(session, found, agent)).id if agent else None
-        hits = await MemoryRepository(session).recall(
-            query, found.id, agent_id=agent_id, limit=limit
+        hits = await MemoryRepository(session).retrieve(
+            query, team_id=found.id, agent_id=agent_id, limit=limit
         )
         return [hit.model_dump(mode="json", exclude={"embedding"}) for hit in hits]
 
@@ -551,10 +564,18 @@ def search_memories(
         _print_json(result)
         return
     rows = [
-        [rank, f"{hit['similarity']:.3f}", hit["memory_type"], hit["id"], _excerpt(hit["content"])]
+        [
+            rank,
+            f"{hit['score']:.3f}",
+            *(f"{value:.2f}" for value in hit["signals"].values()),
+            "yes" if hit["is_pinned"] else "",
+            hit["id"],
+            _excerpt(hit["content"]),
+        ]
         for rank, hit in enumerate(result, start=1)
     ]
-    console.print(_table(f'Search "{query}"', ["#", "similarity", "type", "id", "content"], rows))
+    columns = ["#", "score", *SIGNAL_COLUMNS, "pinned", "id", "content"]
+    console.print(_table(f'Search "{query}"', columns, rows))
 
 
 @memories.command("import")

@@ -20,12 +20,12 @@ from skill_store.models import (
     Memory,
     MemoryCreate,
     MemoryLog,
-    MemorySearchResult,
     MemorySource,
     MemoryType,
     MessageCreate,
     MessageRole,
     RetrievalWeights,
+    ScoredMemory,
     Team,
     TeamCreate,
     User,
@@ -189,7 +189,7 @@ class DemoReport:
     conversation: Conversation
     memories: int
     query: str
-    hits: list[MemorySearchResult]
+    hits: list[ScoredMemory]
     successor: Memory
     history: list[MemoryLog]
 
@@ -292,8 +292,8 @@ async def build_demo(session: AsyncSession, embedder: Embedder) -> DemoReport:
         reason="Ada said she switched to green tea",
         actor="kyra",
     )
-    hits = await memories.recall(
-        QUERY, team.id, agent_id=by_slug["kyra"].id, user_id=owner.id, limit=5
+    hits = await memories.retrieve(
+        QUERY, team_id=team.id, agent_id=by_slug["kyra"].id, user_id=owner.id, limit=5
     )
     await session.refresh(conversation)
     return DemoReport(

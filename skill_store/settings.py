@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         le=2000,
         description="Length of every embedding; 2000 is the most an HNSW index on `vector` takes.",
     )
+    recency_half_life: timedelta = Field(
+        default=timedelta(days=30),
+        gt=timedelta(0),
+        description="Retrieval's recency signal halves with every such span since last use.",
+    )
     embedded_data_dir: Path = Field(
         default_factory=lambda: platformdirs.user_data_path("skill_store") / "pgdata",
         description="Data directory of the embedded PostgreSQL server.",

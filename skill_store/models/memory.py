@@ -6,12 +6,12 @@ TRUNCATE. The `metadata` column is the Python attribute `metadata_json`.
 """
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, AliasChoices, StringConstraints, field_validator
-from sqlalchemy.dialects.postgresql import JSONB
+from pydantic import AfterValidator, AliasChoices, AwareDatetime, StringConstraints, field_validator
+from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG, TSVECTOR
 from sqlmodel import Field, Relationship, SQLModel
 
 from skill_store.models._types import (
@@ -129,7 +129,30 @@ class Memory(TeamRowId, MemoryBase, Timestamps, table=True):
 METADATA = AliasChoices("metadata_json", "metadata")
 
 
-# Properties to receive on creation
+# Full text, derived by the database and not loaded with memories: the text-search
+# configuration of the memory's agent's language (`simple` without one), set on insert,
+# and the `tsvector` of content and subject in it.
+Memory.__table__.append_column(  # type: ignore[attr-defined]
+    sa.Column(
+        "text_config", REGCONFIG, nullable=False, server_default=sa.text("'simple'::regconfig")
+    )
+)
+Memory.__table__.append_column(  # type: ignore[attr-defined]
+    sa.Column(
+        "search_text",
+        TSVECTOR,
+        sa.Computed("to_tsvector(text_config, content || ' ' || coalesce(subject, ''))"),
+    )
+)
+
+
+def _not_in_future(moment: datetime | None) -> datetime | None:
+    if moment is not None and moment > datetime.now(UTC):
+        raise ValueError("created_at must not be in the future")
+    return moment
+
+
+# Properties to receive on creation; `created_at` (default now) dates imported memories
 class MemoryCreate(MemoryBase):
     model_config = INPUT
     metadata_json: JSONObject = Field(
@@ -138,6 +161,7 @@ class MemoryCreate(MemoryBase):
         schema_extra={"validation_alias": METADATA},
     )
     tags: list[Tag] = Field(default_factory=list)
+    created_at: Annotated[AwareDatetime | None, AfterValidator(_not_in_future)] = None
 
 
 # Properties to return
@@ -155,6 +179,28 @@ class MemoryRead(MemoryBase):
 # A search hit: the memory and its cosine similarity to the query (1 is identical)
 class MemorySearchResult(MemoryRead):
     similarity: float
+
+
+# Why a memory was retrieved: each signal's value, in [0, 1]
+class MemorySignals(SQLModel):
+    semantic: float
+    recency: float
+    importance: float
+    continuity: float
+    relationship: float
+
+
+# A retrieved memory: its score is the sum of its signals weighted by the retrieval weights
+class ScoredMemory(MemoryRead):
+    score: float
+    signals: MemorySignals
+
+
+# Memories packed for a prompt: `text` fills the `{memory_context}` of a system prompt
+class MemoryContext(SQLModel):
+    memories: list[ScoredMemory]
+    tokens: int
+    text: str
 
 
 # Properties to receive on update, all optional

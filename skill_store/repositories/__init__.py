@@ -3,7 +3,7 @@
 from skill_store.repositories.agent import AgentRepository
 from skill_store.repositories.base import Repository, TeamRowRepository
 from skill_store.repositories.conversation import ConversationRepository
-from skill_store.repositories.memory import MemoryRepository
+from skill_store.repositories.memory import MemoryRepository, TokenCounter, approximate_tokens
 from skill_store.repositories.team import TeamRepository
 from skill_store.repositories.user import UserRepository
 
@@ -14,5 +14,7 @@ __all__ = [
     "Repository",
     "TeamRepository",
     "TeamRowRepository",
+    "TokenCounter",
     "UserRepository",
+    "approximate_tokens",
 ]

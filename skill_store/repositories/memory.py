@@ -9,7 +9,15 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -32,16 +40,22 @@ from skill_store.errors import (
     NotFoundError,
 )
 from skill_store.models import (
+    Agent,
+    AgentDNA,
     Memory,
+    MemoryContext,
     MemoryCreate,
     MemoryLog,
     MemoryRead,
     MemorySearchResult,
+    MemorySignals,
     MemoryStatus,
     MemoryTag,
     MemoryTier,
     MemoryType,
     MemoryUpdate,
+    RetrievalWeights,
+    ScoredMemory,
 )
 from skill_store.models._types import Moment, PgStr, Vector, check_vector
 from skill_store.models.memory import Tag
@@ -51,7 +65,22 @@ from skill_store.repositories.base import (
     translated_errors,
     validate,
 )
+from skill_store.settings import get_settings
 from skill_store.tenancy import TEAM_SETTING
+
+TokenCounter = Callable[[str], int]
+"""Counts the tokens of a text, as the model that reads the context would."""
+
+
+def approximate_tokens(text: str) -> int:
+    """The default `TokenCounter`: one token per four characters, rounded up.
+
+    Four characters a token is the usual average of English text for the tokenizers of
+    current models (more tokens for code and other languages): fast, needs no tokenizer,
+    and errs little. Pass the model's own tokenizer for exact budgets.
+    """
+    return -(-len(text) // 4)
+
 
 EXACT_SEARCH_MAX_ROWS = 500
 """Teams with at most this many candidate memories are searched exactly, without an index.
@@ -60,6 +89,9 @@ An exact scan reads every candidate's embedding (about 8 µs a row at 1536 dimen
 benchmark machine, see BENCHMARKS.md), so past this size the team's own HNSW index (see
 `skill_store.index_large_teams`) is faster.
 """
+
+RETRIEVAL_DEPTH = 50
+"""Fewest candidates `retrieve` takes from each of vector and lexical recall (else 4 * limit)."""
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +185,57 @@ def _search_statement() -> Any:
 
 
 _SEARCH = _search_statement()
+
+_SIGNALS = tuple(MemorySignals.model_fields)
+
+
+def _retrieve_statement() -> Any:
+    """Rows of (column dimension, memory or None, score, the five signals), in rank order.
+
+    As `_search_statement`: the column's dimension comes first in every row, and is the
+    only row when nothing is found; a query of another dimension is not passed to the
+    function (nor is an access recorded): the repository raises instead.
+    """
+    column = _EMBEDDING_COLUMN.subquery("embedding_column")
+    query = sa.cast(sa.bindparam("query", type_=Vector()), Vector())
+    team = sa.bindparam("team_id", type_=sa.Uuid)
+    fits = func.vector_dims(query) == column.c.dimensions
+    hits = (
+        func.retrieve_memories(
+            sa.case((fits, query)),
+            sa.bindparam("query_text", type_=sa.Text),
+            team,
+            sa.bindparam("agent_id", type_=sa.Uuid),
+            sa.bindparam("user_id", type_=sa.Uuid),
+            sa.bindparam("conversation_id", type_=sa.Uuid),
+            sa.bindparam("limit", type_=sa.Integer),
+            sa.bindparam("depth", type_=sa.Integer),
+            sa.bindparam("weights", type_=postgresql.ARRAY(sa.Float)),
+            sa.bindparam("fallback_weights", type_=postgresql.ARRAY(sa.Float)),
+            sa.bindparam("half_life", type_=sa.Float),
+            sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+            sa.and_(sa.bindparam("record_access", type_=sa.Boolean), fits),
+            sa.bindparam("exact_max_rows", type_=sa.Integer),
+        )
+        .table_valued(
+            sa.column("id", sa.Uuid),
+            sa.column("score", sa.Float),
+            *(sa.column(name, sa.Float) for name in _SIGNALS),
+            with_ordinality="position",
+        )
+        .render_derived(name="hit")
+        .lateral()
+    )
+    return (
+        select(column.c.dimensions, Memory, hits.c.score, *(hits.c[name] for name in _SIGNALS))
+        .select_from(column)
+        .outerjoin(hits, sa.true())
+        .outerjoin(Memory, sa.and_(col(Memory.team_id) == team, col(Memory.id) == hits.c.id))
+        .order_by(hits.c.position)
+    )
+
+
+_RETRIEVE = _retrieve_statement()
 _UNINDEXED_TEAMS_WARNED: set[uuid.UUID] = set()
 
 
@@ -165,9 +248,16 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
     _dimensions: int | None = None
 
-    def __init__(self, session: AsyncSession, *, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        *,
+        embedder: Embedder | None = None,
+        token_counter: TokenCounter = approximate_tokens,
+    ) -> None:
         super().__init__(session)
         self._embedder = embedder
+        self.token_counter = token_counter
 
     @property
     def embedder(self) -> Embedder:
@@ -238,7 +328,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         validated = validate(MemoryCreate, data)
         if validated.embedding is not None:
             await self._check_embedding(validated.embedding)
-        memory = Memory.model_validate(validated)
+        memory = Memory.model_validate(validated, update=_dated(validated))
         async with self.writing_as(actor, reason):
             self.session.add(memory)
             await self.session.flush()
@@ -308,7 +398,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             old = await self._locked(validated.team_id, memory_id)
             if old.status != MemoryStatus.ACTIVE:
                 raise ConflictError(f"memory {memory_id} is {old.status.value}, not active")
-            new = Memory.model_validate(validated, update={"version": old.version + 1})
+            new = Memory.model_validate(
+                validated, update={"version": old.version + 1, **_dated(validated)}
+            )
             self.session.add(new)
             await self.session.flush()
             await self._insert_tags(new.team_id, new.id, validated.tags)
@@ -485,6 +577,12 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
                 error.add_note(f"item {position} of the items to add")
                 raise error
         async with self.writing_as(actor, reason):
+            # Dated items: the others get the transaction's time, as the column default.
+            moment = None
+            columns: tuple[str, ...] = _COPY_COLUMNS
+            if any(item.created_at is not None for item in validated):
+                moment = (await self.session.exec(select(func.now()))).one()
+                columns = (*_COPY_COLUMNS, "created_at", "last_accessed_at")
             connection = await self.session.connection()
             driver = (await connection.get_raw_connection()).driver_connection
             # PostgreSQL refuses COPY FROM under row-level security: scoped sessions INSERT.
@@ -492,8 +590,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             try:
                 for start in range(0, len(validated), batch_size):
                     tags: list[tuple[uuid.UUID, uuid.UUID, str]] = []
-                    memories = _memory_records(validated[start : start + batch_size], tags)
-                    await insert_rows(driver, "memory", memories, _COPY_COLUMNS)
+                    memories = _memory_records(validated[start : start + batch_size], tags, moment)
+                    await insert_rows(driver, "memory", memories, columns)
                     if tags:
                         tag_rows = [
                             (tag_id, *tag)
@@ -564,6 +662,156 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         return await self.search_by_embedding(
             embedding, team_id, agent_id, user_id, memory_types, limit, min_similarity
         )
+
+    async def retrieve(
+        self,
+        query: str,
+        *,
+        team_id: uuid.UUID,
+        agent_id: uuid.UUID | None = None,
+        user_id: uuid.UUID | None = None,
+        conversation_id: uuid.UUID | None = None,
+        weights: RetrievalWeights | Mapping[str, float] | None = None,
+        limit: int = 20,
+        token_budget: int | None = None,
+        query_embedding: Sequence[float] | None = None,
+        now: datetime | None = None,
+        record_access: bool = False,
+    ) -> list[ScoredMemory]:
+        """The team's memories for `query`, ranked by five weighted signals, in one statement.
+
+        Candidates come from vector recall (`search_memories`, with the agent and user
+        filters of `search_by_embedding`) and lexical recall (full text in the agent's
+        language), at least `RETRIEVAL_DEPTH` or 4 * `limit` from each. The `limit` most
+        relevant of them are scored, with the memories linked to the three strongest and
+        every pinned memory. Each signal is in [0, 1]:
+
+        - `semantic`: relevance, the mean of the cosine similarity min-max scaled over the
+          candidates and the lexical score (the summed inverse document frequency in the
+          team of the query words the memory holds) divided by the candidates' highest
+          (either alone when the other found nothing), min-max scaled over those scored;
+        - `recency`: 0.5 ** (age / `Settings.recency_half_life`), the age being the time
+          since the memory was created or last accessed (before `now`);
+        - `importance`: `importance / 10 * confidence`;
+        - `continuity`: 1 for a memory of `conversation_id`; 0.5 * the recency of its
+          conversation's last message for one of the same user's other conversations with
+          this agent; else 0;
+        - `relationship`: 1 for a memory linked (`related_to`, `contradicts`) to one of the
+          three strongest candidates; 0.5 for one about `user_id`, or about the same user
+          or subject as one of them; else 0.
+
+        score = Σ weight * signal. Pinned memories come first, then by score, then by id.
+        Superseded, archived, disputed and expired memories are never returned.
+
+        Args:
+            query: What to remember, as text.
+            team_id: The team whose memories are searched.
+            agent_id: The agent asking: its memories and the team-wide ones; its language
+                chooses the lexical configuration.
+            user_id: The user concerned: memories about them and about no one.
+            conversation_id: The current conversation, for continuity.
+            weights: The signals' weights; default the agent's `retrieval_weights`, else
+                `RetrievalWeights()`. A weight of 0 turns its signal off.
+            limit: Most memories returned.
+            token_budget: If set, the memories are packed in order, each kept if the
+                contents so far, one a line, still fit in so many tokens (`token_counter`).
+            query_embedding: The query's vector, if the caller has one; else `embedder`
+                embeds `query`.
+            now: The moment of the query for recency and continuity (default the
+                database's `now()`).
+            record_access: Count one access of each memory returned, in the same statement.
+
+        Raises:
+            ValueError: If `query` is blank, `limit` or `token_budget` less than 1, or the
+                embedding not finite or all zeros.
+            pydantic.ValidationError: If `weights` or `now` is invalid.
+            EmbeddingDimensionError: If the query's vector does not fit the column.
+        """
+        if not query.strip():
+            raise ValueError("query must not be blank")
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        if token_budget is not None and token_budget < 1:
+            raise ValueError(f"token_budget must be at least 1, got {token_budget}")
+        chosen = None if weights is None else RetrievalWeights.model_validate(weights)
+        moment = None if now is None else _moment.validate_python(now)
+        if query_embedding is None:
+            [query_embedding] = await self.embedder.embed([query])
+        vector = _embedding_values(query_embedding)
+        parameters = {
+            "query": vector,
+            "query_text": query,
+            "team_id": team_id,
+            "agent_id": agent_id,
+            "user_id": user_id,
+            "conversation_id": conversation_id,
+            "limit": limit,
+            "depth": max(RETRIEVAL_DEPTH, 4 * limit),
+            "weights": None if chosen is None else _weights(chosen),
+            "fallback_weights": _weights(RetrievalWeights()),
+            "half_life": get_settings().recency_half_life.total_seconds(),
+            "now": moment,
+            "record_access": record_access,
+            "exact_max_rows": EXACT_SEARCH_MAX_ROWS,
+        }
+        async with translated_errors():
+            rows = (await self.session.exec(_RETRIEVE, params=parameters)).all()
+        self._dimensions = rows[0][0]
+        _check_length(vector, self._dimensions)
+        scored = [
+            _scored(memory, score, signals)
+            for _dimensions, memory, score, *signals in rows
+            if memory is not None
+        ]
+        if token_budget is None:
+            return scored
+        return self._pack(scored, token_budget, lambda memory: memory.content)[0]
+
+    async def context_for(
+        self,
+        agent: Agent | AgentDNA,
+        query: str,
+        *,
+        user_id: uuid.UUID | None = None,
+        conversation_id: uuid.UUID | None = None,
+    ) -> MemoryContext:
+        """The agent's memories for `query`, packed into its `memory.token_budget`.
+
+        `retrieve` with the agent's team, id and `retrieval_weights`; each memory is a line
+        `- <content>` of `text`, in rank order, while the lines fit in the budget by
+        `token_counter` (a memory that does not fit is skipped, later smaller ones may
+        still be kept). `text` fills the `{memory_context}` of the agent's
+        `system_prompt_template`.
+
+        Raises:
+            ValueError: If `query` is blank.
+            EmbeddingDimensionError: If the query's vector does not fit the column.
+        """
+        scored = await self.retrieve(
+            query,
+            team_id=agent.team_id,
+            agent_id=agent.id,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            weights=agent.memory.retrieval_weights,
+        )
+        memories, text = self._pack(
+            scored, agent.memory.token_budget, lambda memory: f"- {memory.content}"
+        )
+        return MemoryContext(memories=memories, tokens=self.token_counter(text), text=text)
+
+    def _pack(
+        self, memories: list[ScoredMemory], budget: int, line: Callable[[ScoredMemory], str]
+    ) -> tuple[list[ScoredMemory], str]:
+        """The memories whose lines, taken in order, fit in `budget` tokens; and the text."""
+        kept: list[ScoredMemory] = []
+        lines: list[str] = []
+        for memory in memories:
+            text = "\n".join([*lines, line(memory)])
+            if self.token_counter(text) <= budget:
+                kept.append(memory)
+                lines.append(line(memory))
+        return kept, "\n".join(lines)
 
     # -- tags ---------------------------------------------------------------------------
 
@@ -787,6 +1035,28 @@ def _search_result(memory: Memory, similarity: float) -> MemorySearchResult:
     return MemorySearchResult.model_construct(**fields, similarity=similarity)
 
 
+def _dated(item: MemoryCreate) -> dict[str, datetime]:
+    """An imported memory's date, which is also when it was last used; else nothing."""
+    if item.created_at is None:
+        return {}
+    return {"created_at": item.created_at, "last_accessed_at": item.created_at}
+
+
+def _scored(memory: Memory, score: float, signals: Sequence[float]) -> ScoredMemory:
+    """A retrieved memory from a row as loaded (see `_search_result`)."""
+    loaded = instance_dict(memory)
+    fields = {name: loaded[name] for name in MemoryRead.model_fields}
+    return ScoredMemory.model_construct(
+        **fields,
+        score=score,
+        signals=MemorySignals.model_validate(dict(zip(_SIGNALS, signals, strict=True))),
+    )
+
+
+def _weights(weights: RetrievalWeights) -> list[float]:
+    return [getattr(weights, name) for name in _SIGNALS]
+
+
 def _uuid4s(count: int) -> list[uuid.UUID]:
     """`count` random UUIDs as `uuid.uuid4()` makes them, from one read of the OS's source."""
     random = os.urandom(16 * count)
@@ -794,15 +1064,20 @@ def _uuid4s(count: int) -> list[uuid.UUID]:
 
 
 def _memory_records(
-    items: Sequence[MemoryCreate], tags: list[tuple[uuid.UUID, uuid.UUID, str]]
+    items: Sequence[MemoryCreate],
+    tags: list[tuple[uuid.UUID, uuid.UUID, str]],
+    moment: datetime | None,
 ) -> Iterator[tuple[Any, ...]]:
     """The `memory` rows of `items` in `_COPY_COLUMNS` order, with new ids.
 
-    A generator, so that asyncpg encodes and sends rows while the next are made; each
-    memory's distinct tags are appended to `tags` as (team id, memory id, tag).
+    With a `moment`, each row ends with its `created_at` and `last_accessed_at`: the item's
+    `created_at`, else `moment`. A generator, so that asyncpg encodes and sends rows while
+    the next are made; each memory's distinct tags are appended to `tags` as (team id,
+    memory id, tag).
     """
     for item, memory_id in zip(items, _uuid4s(len(items)), strict=True):
         tags.extend((item.team_id, memory_id, tag) for tag in dict.fromkeys(item.tags))
+        dates = () if moment is None else (item.created_at or moment,) * 2
         yield (
             memory_id,
             item.team_id,
@@ -824,6 +1099,7 @@ def _memory_records(
             json.dumps(item.metadata_json),
             item.tier.value,
             item.expires_at,
+            *dates,
         )
 
 

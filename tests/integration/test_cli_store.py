@@ -122,7 +122,14 @@ def test_memories_list_show_history(run: Any) -> None:
 def test_memories_search(run: Any) -> None:
     hits = as_json(run("memories", "search", "--team", "demo", "climbing gym", "--json"))
     assert "climbing gym" in hits[0]["content"]
-    assert hits == sorted(hits, key=lambda hit: hit["similarity"], reverse=True)
+    assert hits == sorted(hits, key=lambda hit: (not hit["is_pinned"], -hit["score"]))
+    assert set(hits[0]["signals"]) == {
+        "semantic",
+        "recency",
+        "importance",
+        "continuity",
+        "relationship",
+    }
     private = as_json(
         run("memories", "search", "--team", "demo", "light humour", "--agent", "kyra", "--json")
     )

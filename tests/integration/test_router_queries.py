@@ -317,6 +317,13 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
     await call(
         "MemoryRepository.find_similar", lambda: memories.find_similar(unit_vector(0), team.id)
     )
+    await call(
+        "MemoryRepository.retrieve",
+        lambda: memories.retrieve(
+            "tea", team_id=team.id, query_embedding=unit_vector(0), record_access=True
+        ),
+    )
+    await call("MemoryRepository.context_for", lambda: memories.context_for(kyra, "tea"))
     await call("MemoryRepository.get", lambda: memories.get(tea.id, team.id))
     await call("MemoryRepository.get_by_id", lambda: memories.get_by_id(tea.id, **t))
     await call("MemoryRepository.get_or_raise", lambda: memories.get_or_raise(tea.id, **t))

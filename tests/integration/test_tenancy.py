@@ -179,6 +179,9 @@ async def test_repository_reads_of_another_team_find_nothing(world: World) -> No
         with pytest.raises(NotFoundError):
             await memories.get(theirs.memory_id, theirs.id)
         assert await memories.search_by_embedding(unit_vector(1), theirs.id) == []
+        assert (
+            await memories.retrieve("tea", team_id=theirs.id, query_embedding=unit_vector(1)) == []
+        )
         assert await memories.history(theirs.memory_id, **team) == []
         assert await memories.history(theirs.deleted_memory_id, **team) == []
         assert await memories.tags(theirs.memory_id, **team) == []
@@ -192,6 +195,27 @@ async def test_repository_reads_of_another_team_find_nothing(world: World) -> No
         assert await TeamRepository(session).get_by_id(theirs.id) is None
         assert await TeamRepository(session).members(theirs.id) == []
         assert [team.id for team in await TeamRepository(session).list()] == [world.ours.id]
+
+
+async def test_a_scoped_session_retrieves_and_records_access_of_its_own_memories(
+    world: World,
+) -> None:
+    async with scope_to_team(world.factory(), world.ours.id) as session:
+        memories = MemoryRepository(session)
+        [found] = await memories.retrieve(
+            "what does ours like?",
+            team_id=world.ours.id,
+            agent_id=world.ours.agent_id,
+            query_embedding=unit_vector(0),
+            record_access=True,
+        )
+        touched = await memories.get(world.ours.memory_id, world.ours.id)
+        await session.refresh(touched)
+        accesses = touched.access_count
+        await session.rollback()
+    assert found.id == world.ours.memory_id
+    assert found.signals.semantic == 1
+    assert accesses == found.access_count + 1
 
 
 Attempt = Callable[[AsyncSession, World], Awaitable[Any]]

@@ -547,6 +547,8 @@ EXPECTED_COLUMNS = {
         "status",
         "last_accessed_at",
         "expires_at",
+        "text_config",
+        "search_text",
     }
     | TIMESTAMPS,
     "memory_log": {
