@@ -304,6 +304,19 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
                 self._dimensions = int((await self.session.exec(_EMBEDDING_COLUMN)).one())
         return self._dimensions
 
+    async def _vector_rows(self, statement: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
+        """The rows of a statement that gives the column's dimension first in each.
+
+        Raises:
+            EmbeddingDimensionError: If `parameters["query"]` has another dimension (the
+                statement did not pass it to the database function).
+        """
+        async with translated_errors():
+            rows: Sequence[Any] = (await self.session.exec(statement, params=parameters)).all()
+        self._dimensions = int(rows[0][0])
+        _check_length(parameters["query"], self._dimensions)
+        return rows
+
     async def _check_embedding(self, embedding: Sequence[float]) -> list[float]:
         _check_length(embedding, await self.column_dimensions())
         return _embedding_values(embedding)
@@ -754,10 +767,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             "record_access": record_access,
             "exact_max_rows": EXACT_SEARCH_MAX_ROWS,
         }
-        async with translated_errors():
-            rows = (await self.session.exec(_RETRIEVE, params=parameters)).all()
-        self._dimensions = rows[0][0]
-        _check_length(vector, self._dimensions)
+        rows = await self._vector_rows(_RETRIEVE, parameters)
         scored = [
             _scored(memory, score, signals)
             for _dimensions, memory, score, *signals in rows
@@ -946,10 +956,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             "min_similarity": min_similarity,
             "exact_max_rows": EXACT_SEARCH_MAX_ROWS,
         }
-        async with translated_errors():
-            rows = (await self.session.exec(_SEARCH, params=parameters)).all()
-        self._dimensions = rows[0][0]
-        _check_length(query, self._dimensions)
+        rows = await self._vector_rows(_SEARCH, parameters)
         if rows[0][3] == "unindexed" and team_id not in _UNINDEXED_TEAMS_WARNED:
             _UNINDEXED_TEAMS_WARNED.add(team_id)
             logger.warning(
