@@ -51,9 +51,9 @@ Measured: 1.94 to 2.19 for queries about a team's own topics in `bench/data.py`'
 to 0.64), and 1.17 to 1.96 (5 % quantile 1.32) for the LoCoMo questions with
 all-MiniLM-L6-v2 vectors.
 """
-CONTRAST_SAMPLE_ROWS = 64
-"""Memories of the team whose mean distance to the query is the typical distance: those
-with the ids after a point taken from the query's hash (ids are random, so is the sample)."""
+CONTRAST_SAMPLE_ROWS = 32
+"""Memories of the team whose mean distance to the query is the typical distance: the
+first by id, which is a random sample since ids are random (the team's key reads them)."""
 
 # ROWS: about a page of hits, so that callers join them to `memory` by its primary key.
 # enable_sort = off: else the planner may sort a selective filter's rows instead of
@@ -88,7 +88,6 @@ DECLARE
     ids uuid[];
     distances double precision[];
     within integer;
-    sample_start uuid;
     typical double precision;
     trusted boolean := false;
     chosen text;
@@ -144,20 +143,12 @@ BEGIN
         IF within = 0 AND cardinality(ids) > 0 THEN
             trusted := true;
         ELSIF cardinality(ids) = lim OR within < cardinality(ids) THEN
-            sample_start := md5(query::text)::uuid;
             SELECT avg(s.distance) INTO typical
             FROM (
-                (SELECT m.embedding <=> query AS distance
-                 FROM memory AS m
-                 WHERE m.team_id = team AND m.status = 'active' AND m.embedding IS NOT NULL
-                   AND m.id >= sample_start
-                 ORDER BY m.id LIMIT {CONTRAST_SAMPLE_ROWS})
-                UNION ALL
-                (SELECT m.embedding <=> query
-                 FROM memory AS m
-                 WHERE m.team_id = team AND m.status = 'active' AND m.embedding IS NOT NULL
-                   AND m.id < sample_start
-                 ORDER BY m.id LIMIT {CONTRAST_SAMPLE_ROWS})
+                SELECT m.embedding <=> query AS distance
+                FROM memory AS m
+                WHERE m.team_id = team AND m.status = 'active' AND m.embedding IS NOT NULL
+                ORDER BY m.id
                 LIMIT {CONTRAST_SAMPLE_ROWS}
             ) AS s;
             trusted := typical >= {INDEX_MIN_CONTRAST} * distances[least(within, 10)];
