@@ -33,7 +33,7 @@ from skill_store.database import (
 from skill_store.embeddings import embedder_from_settings
 from skill_store.errors import NotFoundError, SkillStoreError
 from skill_store.models import Agent, Memory, MemoryType, Team
-from skill_store.portability import export_memories, import_memories
+from skill_store.portability import ImportCounts, export_memories, import_memories
 from skill_store.repositories import AgentRepository, MemoryRepository, TeamRepository
 from skill_store.repositories.base import translated_errors
 from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
@@ -583,16 +583,23 @@ def import_command(
     file: Annotated[Path, typer.Argument(help="JSON Lines: one memory per line.", exists=True)],
     team: TeamSlug,
     batch_size: Annotated[int, typer.Option(help="Memories per COPY batch.")] = 1000,
+    update_existing: Annotated[
+        bool,
+        typer.Option(
+            "--update-existing", help="Write lines over the memories with their ids (else skip)."
+        ),
+    ] = False,
 ) -> None:
     """Add memories from a JSON Lines file; lines without an embedding are embedded first.
 
     Every line is checked before anything is written; a bad line is reported with its number
-    and nothing is imported.
+    and nothing is imported. A line with the id of one of the team's memories (a file
+    exported from the team) is skipped, or with --update-existing written over that memory.
     """
     if batch_size < 1:
         raise _fail(f"--batch-size must be at least 1, got {batch_size}")
 
-    async def work(session: AsyncSession) -> int:
+    async def work(session: AsyncSession) -> ImportCounts:
         found = await _team(session, team)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("importing", total=None)
@@ -602,11 +609,13 @@ def import_command(
                 found.id,
                 embedder_from_settings(),
                 batch_size=batch_size,
+                on_existing="update" if update_existing else "skip",
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
 
-    count = _in_session(work)
-    console.print(f"imported {count} memories into {team}")
+    counts = _in_session(work)
+    already = f"; updated {counts.updated}" if update_existing else f"; skipped {counts.skipped}"
+    console.print(f"imported {counts.added} memories into {team}{already} already there")
 
 
 @memories.command("export")

@@ -1,9 +1,11 @@
-"""Memories to and from JSON Lines: one `MemoryCreate` (without `team_id`) per line."""
+"""Memories to and from JSON Lines: one `MemoryCreate` (without `team_id`) and its id per line."""
 
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 from sqlalchemy.dialects.postgresql import aggregate_order_by
@@ -12,10 +14,28 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.embeddings import Embedder
 from skill_store.errors import MemoryFileError
-from skill_store.models import Memory, MemoryCreate, MemoryStatus, MemoryTag
+from skill_store.models import Memory, MemoryCreate, MemoryStatus, MemoryTag, MemoryUpdate
 from skill_store.repositories import MemoryRepository
 
 EMBED_BATCH = 256
+
+
+class MemoryLine(MemoryCreate):
+    """A line of a memory file: the memory, and its id where it was exported (if any)."""
+
+    id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class ImportCounts:
+    """What `import_memories` did with the file's memories."""
+
+    added: int
+    """New memories."""
+    skipped: int = 0
+    """Lines whose id the team's memories have already, left as they are."""
+    updated: int = 0
+    """Lines whose id the team's memories have already, written over them."""
 
 
 def _problem(error: ValidationError) -> str:
@@ -25,16 +45,17 @@ def _problem(error: ValidationError) -> str:
     )
 
 
-def read_memory_file(path: Path, team_id: uuid.UUID) -> list[MemoryCreate]:
+def read_memory_file(path: Path, team_id: uuid.UUID) -> list[MemoryLine]:
     """Parse and validate every line of a JSON Lines file of memories for the team.
 
     Raises:
         MemoryFileError: Naming each bad line's number and problem (not UTF-8, not JSON,
-            nested too deeply, not a valid memory); nothing is returned.
+            nested too deeply, not a valid memory, an id given twice); nothing is returned.
         OSError: If the file cannot be read.
     """
-    items: list[MemoryCreate] = []
+    items: list[MemoryLine] = []
     problems: list[str] = []
+    first_line_of: dict[uuid.UUID, int] = {}
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
             try:
@@ -50,7 +71,12 @@ def read_memory_file(path: Path, team_id: uuid.UUID) -> list[MemoryCreate]:
                     raise ValueError("a line must hold a JSON object")
                 if data.pop("team_id", str(team_id)) != str(team_id):
                     raise ValueError("team_id differs from the team imported into")
-                items.append(MemoryCreate.model_validate({**data, "team_id": team_id}))
+                item = MemoryLine.model_validate({**data, "team_id": team_id})
+                if item.id is not None:
+                    if item.id in first_line_of:
+                        raise ValueError(f"id {item.id} is also on line {first_line_of[item.id]}")
+                    first_line_of[item.id] = number
+                items.append(item)
             except json.JSONDecodeError as error:
                 problems.append(f"line {number}: not JSON ({error.msg} at column {error.colno})")
             except RecursionError:
@@ -71,25 +97,40 @@ async def import_memories(
     embedder: Embedder,
     *,
     batch_size: int = 1000,
+    on_existing: Literal["skip", "update"] = "skip",
     on_progress: Callable[[int, int], object] = lambda done, total: None,
-) -> int:
+) -> ImportCounts:
     """Add the memories of a JSON Lines file to the team, embedding those without a vector.
 
     Every line is validated before anything is written, and the file is added whole or not
-    at all (in one savepoint); the caller commits.
+    at all (in one savepoint); the caller commits. A line with the id of one of the team's
+    memories (an export imported again) is skipped, or with `on_existing="update"` its fields
+    are written over that memory's, so importing a file twice adds its memories once.
 
     Returns:
-        How many memories were added.
+        How many memories were added, skipped and updated.
 
     Raises:
         MemoryFileError: If any line is not a valid memory (nothing is written).
-        ConflictError: If a line names an agent, user or conversation that does not exist
-            (nothing is written).
+        ConflictError: If a line names an agent, user or conversation that does not exist,
+            or would update a superseded memory (nothing is written).
         ValueError: If `batch_size` is less than 1 (the file is not read).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    items = read_memory_file(path, team_id)
+    lines = read_memory_file(path, team_id)
+    given = [line.id for line in lines if line.id is not None]
+    present = set(
+        (
+            await session.exec(
+                select(Memory.id).where(Memory.team_id == team_id, col(Memory.id).in_(given))
+            )
+        ).all()
+        if given
+        else ()
+    )
+    existing = {line.id: line for line in lines if line.id is not None and line.id in present}
+    items = [line for line in lines if line.id not in present]
     missing = [index for index, item in enumerate(items) if item.embedding is None]
     for start in range(0, len(missing), EMBED_BATCH):
         batch = missing[start : start + EMBED_BATCH]
@@ -102,9 +143,16 @@ async def import_memories(
     async with repository.writing():
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            done += await repository.add_many(chunk, batch_size=batch_size)
+            ids = [item.id for item in chunk]
+            done += await repository.add_many(chunk, batch_size=batch_size, ids=ids)
             on_progress(done, len(items))
-    return done
+        if on_existing == "update":
+            for memory_id, line in existing.items():
+                fields = line.model_dump(include=set(MemoryUpdate.model_fields), exclude_unset=True)
+                await repository.update(memory_id, fields, team_id=team_id)
+    if on_existing == "update":
+        return ImportCounts(added=done, updated=len(existing))
+    return ImportCounts(added=done, skipped=len(existing))
 
 
 async def export_memories(session: AsyncSession, team_id: uuid.UUID) -> AsyncIterator[str]:
@@ -120,5 +168,5 @@ async def export_memories(session: AsyncSession, team_id: uuid.UUID) -> AsyncIte
         .order_by(col(Memory.created_at), col(Memory.id))
     )
     for memory, memory_tags in (await session.exec(statement)).all():
-        exported = MemoryCreate.model_validate(memory, update={"tags": memory_tags or []})
+        exported = MemoryLine.model_validate(memory, update={"tags": memory_tags or []})
         yield exported.model_dump_json(exclude={"team_id"}, exclude_defaults=True, by_alias=True)

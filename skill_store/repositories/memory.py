@@ -549,6 +549,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         items: Iterable[MemoryCreate | Mapping[str, Any]],
         *,
         batch_size: int = 1000,
+        ids: Sequence[uuid.UUID | None] | None = None,
         actor: str | None = None,
         reason: str | None = None,
     ) -> int:
@@ -563,7 +564,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         `create`. The session's connection must have pgvector's codecs (`get_engine`
         registers them); memories inserted are not loaded into the session. A session scoped
         to a team (`scope_to_team`) sends batched INSERTs instead, since PostgreSQL allows no
-        `COPY FROM` under row-level security.
+        `COPY FROM` under row-level security. `ids`, in the order of `items`, keeps given
+        ids (an export's, say; None: a new one).
 
         Returns:
             How many memories were inserted.
@@ -576,13 +578,18 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             ConflictError: If a team, agent, user or source conversation does not exist, or
                 an agent or source conversation is of another team.
             AccessDeniedError: If a scoped session adds memories of another team.
-            ValueError: If `batch_size` is less than 1.
+            ValueError: If `batch_size` is less than 1, or `ids` is not one per item.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         validated = _many.validate_python(list(items))
         if not validated:
             return 0
+        new_ids = _uuid4s(len(validated))
+        if ids is not None:
+            if len(ids) != len(validated):
+                raise ValueError(f"{len(ids)} ids given for {len(validated)} items")
+            new_ids = [given or new for given, new in zip(ids, new_ids, strict=True)]
         expected = await self.column_dimensions()
         for position, item in enumerate(validated):
             if item.embedding is not None and len(item.embedding) != expected:
@@ -603,7 +610,10 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             try:
                 for start in range(0, len(validated), batch_size):
                     tags: list[tuple[uuid.UUID, uuid.UUID, str]] = []
-                    memories = _memory_records(validated[start : start + batch_size], tags, moment)
+                    end = start + batch_size
+                    memories = _memory_records(
+                        validated[start:end], new_ids[start:end], tags, moment
+                    )
                     await insert_rows(driver, "memory", memories, columns)
                     if tags:
                         tag_rows = [
@@ -1072,17 +1082,18 @@ def _uuid4s(count: int) -> list[uuid.UUID]:
 
 def _memory_records(
     items: Sequence[MemoryCreate],
+    ids: Sequence[uuid.UUID],
     tags: list[tuple[uuid.UUID, uuid.UUID, str]],
     moment: datetime | None,
 ) -> Iterator[tuple[Any, ...]]:
-    """The `memory` rows of `items` in `_COPY_COLUMNS` order, with new ids.
+    """The `memory` rows of `items` in `_COPY_COLUMNS` order, with their `ids`.
 
     With a `moment`, each row ends with its `created_at` and `last_accessed_at`: the item's
     `created_at`, else `moment`. A generator, so that asyncpg encodes and sends rows while
     the next are made; each memory's distinct tags are appended to `tags` as (team id,
     memory id, tag).
     """
-    for item, memory_id in zip(items, _uuid4s(len(items)), strict=True):
+    for item, memory_id in zip(items, ids, strict=True):
         tags.extend((item.team_id, memory_id, tag) for tag in dict.fromkeys(item.tags))
         dates = () if moment is None else (item.created_at or moment,) * 2
         yield (

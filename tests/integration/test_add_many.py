@@ -23,7 +23,7 @@ from skill_store import (
     User,
 )
 from skill_store.errors import EmbeddingDimensionError
-from skill_store.portability import import_memories
+from skill_store.portability import ImportCounts, import_memories
 from skill_store.settings import get_settings
 
 from .conftest import unit_vector
@@ -259,4 +259,5 @@ async def test_a_file_import_failing_in_a_later_batch_writes_nothing(
     # The session is still usable.
     lines[2].pop("agent_id")
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert await import_memories(session, path, team.id, embedder, batch_size=1) == 3
+    counts = await import_memories(session, path, team.id, embedder, batch_size=1)
+    assert counts == ImportCounts(added=3)

@@ -236,3 +236,30 @@ def test_db_index_refuses_a_negative_bound(run: Any) -> None:
     assert result.exit_code == 2
     assert "--min-rows" in result.output
     assert "greater than or equal to 0" in result.output
+
+
+def test_importing_an_export_again_adds_nothing(run: Any, tmp_path: Path) -> None:
+    exported = tmp_path / "memories.jsonl"
+    assert run("memories", "export", "--team", "demo", "--output", str(exported)).exit_code == 0
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert all("id" in line for line in lines)
+    before = as_json(run("stats", "--json"))["rows"]
+
+    result = run("memories", "import", str(exported), "--team", "demo")
+    assert result.exit_code == 0, result.output
+    assert f"imported 0 memories into demo; skipped {len(lines)} already there" in result.stdout
+    assert as_json(run("stats", "--json"))["rows"] == before
+
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(json.dumps({**lines[0], "importance": 2}) + "\n")
+    result = run("memories", "import", str(changed), "--team", "demo", "--update-existing")
+    assert result.exit_code == 0, result.output
+    assert "imported 0 memories into demo; updated 1 already there" in result.stdout
+    shown = as_json(run("memories", "show", "--team", "demo", lines[0]["id"], "--json"))
+    assert shown["importance"] == 2
+
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(json.dumps(lines[1]) + "\n" + json.dumps(lines[1]) + "\n")
+    result = run("memories", "import", str(twice), "--team", "demo")
+    assert result.exit_code == 1
+    assert f"line 2: id {lines[1]['id']} is also on line 1" in result.stderr

@@ -37,7 +37,7 @@ from skill_store import (
     TeamRepository,
     User,
 )
-from skill_store.portability import export_memories, import_memories
+from skill_store.portability import ImportCounts, export_memories, import_memories
 from skill_store.settings import get_settings
 
 from .conftest import unit_vector
@@ -455,11 +455,11 @@ async def test_export_and_import_keep_created_at(
         TeamCreate(name="Other", slug="other", owner_id=team.owner_id)
     )
 
-    added = await import_memories(session, file, other.id, memories.embedder)
+    counts = await import_memories(session, file, other.id, memories.embedder)
     [imported] = await memories.list(team_id=other.id)
 
     assert json.loads(lines[0])["created_at"].startswith("2023-05-08T13:56:00")
-    assert added == 1
+    assert counts == ImportCounts(added=1)
     assert imported.created_at == then
 
 
