@@ -827,10 +827,10 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         kept: list[ScoredMemory] = []
         lines: list[str] = []
         for memory in memories:
-            text = "\n".join([*lines, line(memory)])
-            if self.token_counter(text) <= budget:
+            candidate = line(memory)
+            if self.token_counter("\n".join([*lines, candidate])) <= budget:
                 kept.append(memory)
-                lines.append(line(memory))
+                lines.append(candidate)
         return kept, "\n".join(lines)
 
     # -- tags ---------------------------------------------------------------------------
@@ -1041,15 +1041,19 @@ def _embedding_values(embedding: Sequence[float]) -> list[float]:
     return values
 
 
-def _search_result(memory: Memory, similarity: float) -> MemorySearchResult:
-    """A search hit from a row as loaded; the database's own data is not validated again.
+def _read_fields(memory: Memory) -> dict[str, Any]:
+    """The `MemoryRead` fields of a row as loaded; the database's own data is not validated.
 
     The values are read from the instance's dict, which the load has just filled, rather
     than through SQLAlchemy's attribute descriptors (half the time of a hit).
     """
     loaded = instance_dict(memory)
-    fields = {name: loaded[name] for name in MemoryRead.model_fields}
-    return MemorySearchResult.model_construct(**fields, similarity=similarity)
+    return {name: loaded[name] for name in MemoryRead.model_fields}
+
+
+def _search_result(memory: Memory, similarity: float) -> MemorySearchResult:
+    """A search hit from a row as loaded."""
+    return MemorySearchResult.model_construct(**_read_fields(memory), similarity=similarity)
 
 
 def _dated(item: MemoryCreate) -> dict[str, datetime]:
@@ -1060,11 +1064,9 @@ def _dated(item: MemoryCreate) -> dict[str, datetime]:
 
 
 def _scored(memory: Memory, score: float, signals: Sequence[float]) -> ScoredMemory:
-    """A retrieved memory from a row as loaded (see `_search_result`)."""
-    loaded = instance_dict(memory)
-    fields = {name: loaded[name] for name in MemoryRead.model_fields}
+    """A retrieved memory from a row as loaded."""
     return ScoredMemory.model_construct(
-        **fields,
+        **_read_fields(memory),
         score=score,
         signals=MemorySignals.model_validate(dict(zip(_SIGNALS, signals, strict=True))),
     )
