@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlmodel import col, func, select
@@ -15,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from skill_store.embeddings import Embedder
 from skill_store.errors import MemoryFileError
 from skill_store.models import Memory, MemoryCreate, MemoryStatus, MemoryTag, MemoryUpdate
+from skill_store.models._types import UUID_ARRAY
 from skill_store.repositories import MemoryRepository
 
 EMBED_BATCH = 256
@@ -120,15 +122,12 @@ async def import_memories(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     lines = read_memory_file(path, team_id)
     given = [line.id for line in lines if line.id is not None]
-    present = set(
-        (
-            await session.exec(
-                select(Memory.id).where(Memory.team_id == team_id, col(Memory.id).in_(given))
-            )
-        ).all()
-        if given
-        else ()
+    # One array parameter, not one parameter an id: a file may hold more than the 32,767
+    # parameters a statement can take.
+    known = select(Memory.id).where(
+        Memory.team_id == team_id, col(Memory.id) == sa.any_(sa.cast(given, UUID_ARRAY))
     )
+    present = set((await session.exec(known)).all())
     existing = {line.id: line for line in lines if line.id is not None and line.id in present}
     items = [line for line in lines if line.id not in present]
     missing = [index for index, item in enumerate(items) if item.embedding is None]
