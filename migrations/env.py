@@ -16,6 +16,7 @@ from sqlmodel.sql.sqltypes import UTCDateTime
 from skill_store.database import MIGRATION_LOCK, database_url
 from skill_store.models import metadata
 from skill_store.models._types import PydanticJSONB
+from skill_store.models.memory import TEAM_INDEX_PREFIX
 
 if context.config.config_file_name is not None:
     fileConfig(context.config.config_file_name, disable_existing_loggers=False)
@@ -25,8 +26,6 @@ if context.config.config_file_name is not None:
 HAND_WRITTEN_INDEXES = frozenset(
     {"idx_memory_team_type", "idx_memory_expires", "idx_memory_search_text"}
 )
-# Built per team by `skill_store.index_large_teams`, not by migrations.
-TEAM_INDEX_PREFIX = "memory_embedding_team_"
 
 
 def include_object(
@@ -34,6 +33,7 @@ def include_object(
 ) -> bool:
     if type_ != "index" or name is None:
         return True
+    # The teams' own indexes are built by `skill_store.index_large_teams`, not by migrations.
     return name not in HAND_WRITTEN_INDEXES and not name.startswith(TEAM_INDEX_PREFIX)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from skill_store.models.memory import TEAM_INDEX_PREFIX
 from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
 
 INDEX_BUILD_MEMORY = "1GB"
@@ -35,13 +36,16 @@ WHERE NOT EXISTS (
 )
 ORDER BY t.team_id""")
 
+_TEAM_INDEX_NAMES = TEAM_INDEX_PREFIX.replace("_", r"\_") + "%"
+"""The names of the teams' indexes, as a LIKE pattern."""
+
 # Indexes to drop: those of teams that no longer exist, and invalid ones (a build that
 # failed or was cancelled leaves its index behind, invalid).
 _INDEXES_TO_DROP = text(r"""
 SELECT format('DROP INDEX CONCURRENTLY %I', c.relname)
 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
 WHERE i.indrelid = 'memory'::regclass
-  AND c.relname LIKE 'memory\_embedding\_team\_%'
+  AND c.relname LIKE :pattern
   AND (NOT i.indisvalid OR NOT EXISTS (
       SELECT FROM team WHERE memory_team_index_name(team.id) = c.relname
   ))
@@ -87,7 +91,11 @@ async def index_large_teams(
             {"memory": INDEX_BUILD_MEMORY},
         )
         try:
-            drops = (await autocommit.execute(_INDEXES_TO_DROP)).scalars().all()
+            drops = (
+                (await autocommit.execute(_INDEXES_TO_DROP, {"pattern": _TEAM_INDEX_NAMES}))
+                .scalars()
+                .all()
+            )
             for statement in drops:
                 await autocommit.exec_driver_sql(statement)
             builds = (await autocommit.execute(_TEAMS_TO_INDEX, {"min_rows": min_rows})).all()

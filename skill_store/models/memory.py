@@ -37,6 +37,10 @@ from skill_store.models.user import Team
 MAX_CONTENT_LENGTH = 100_000
 """Longest memory content accepted, in characters."""
 
+TEAM_INDEX_PREFIX = "memory_embedding_team_"
+"""Start of the name of a team's own HNSW index on `memory` (the database function
+`memory_team_index_name` gives the whole name); `skill_store.index_large_teams` builds them."""
+
 Tag = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
