@@ -711,7 +711,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
         - `semantic`: relevance, the mean of the cosine similarity min-max scaled over the
           candidates and the lexical score (the summed inverse document frequency in the
-          team of the query words the memory holds) divided by the candidates' highest
+          team of the query words the memory holds; past 2,000 memories, with common
+          words' frequencies estimated from a sample) divided by the candidates' highest
           (either alone when the other found nothing), min-max scaled over those scored;
         - `recency`: 0.5 ** (age / `Settings.recency_half_life`), the age being the time
           since the memory was created or last accessed (before `now`);

@@ -67,9 +67,10 @@ TEAM_KEY_FUNCTIONS = {"check_conversation_user_team"}
 """What is left of 0003's team rules once 0005's composite foreign keys enforce the others."""
 RETRIEVAL_FUNCTIONS = {
     "text_search_config",
-    "memory_text_query",
     "trigger_set_memory_text_config",
     "retrieve_memories",
+    "lexeme_query",
+    "memory_team_text",
 }
 ALL_FUNCTIONS = (
     FUNCTIONS

@@ -1,0 +1,359 @@
+"""Retrieval that reads a bounded part of a large team.
+
+`retrieve_memories` of 0010 read every memory of the team holding a query word, counted
+the team's memories and read them all to find the pinned ones: 0.8 s for a query of common
+words in a team of 25,000 memories. Now:
+
+- `idx_memory_team_text`, a GIN index of `memory_team_text(team_id, search_text)` (the
+  memory's words and one naming its team), finds a team's memories holding a word without
+  reading any other team's; it replaces `idx_memory_search_text`, which could not;
+- in a team of at most LEXICAL_EXACT_MAX_ROWS retrievable memories, each query word's
+  document frequency is counted and every query word finds candidates, as before;
+- in a larger team, the team's size is the row count of its HNSW index (`reltuples`, kept
+  by VACUUM and ANALYZE; counted when the team has no index yet), and a word is *common*
+  when at least COMMON_WORD_SHARE of the team's first WORD_SAMPLE_ROWS memories by id (a
+  random sample, as ids are random) hold it. A common word's document frequency is
+  estimated from the sample; it scores candidates but does not find them: a memory holding
+  it is hardly evidence (its inverse document frequency is at most ln(1 + 1 / share)).
+  The other words are counted (up to RARE_WORD_MAX_ROWS each: a word past that is common
+  too) and find candidates, the rarest first, until they hold LEXICAL_MAX_ROWS memories;
+- the pinned memories are read from `idx_memory_team_pinned`, the linked ones by their keys;
+- `memory_text_query` goes: the query's words are matched one by one (`lexeme_query`).
+
+Revision ID: 0012
+Revises: 0011
+Create Date: 2026-11-25
+"""
+
+import importlib
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0012"
+down_revision: str | None = "0011"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+retrieval = importlib.import_module("skill_store._migrations.versions.0010_retrieval")
+
+LEXICAL_EXACT_MAX_ROWS = 2000
+WORD_SAMPLE_ROWS = 500
+COMMON_WORD_SHARE = 0.02
+RARE_WORD_MAX_ROWS = 1000
+LEXICAL_MAX_ROWS = 2000
+
+# A lexeme as a tsquery of itself alone: quoted, so that no parser changes it.
+LEXEME_QUERY = r"""
+CREATE FUNCTION lexeme_query(lexeme text) RETURNS tsquery
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT ('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''')::tsquery
+$$"""
+
+# No parser makes a lexeme with a space: the team's word is no memory's word. (An index
+# expression runs with a bare search_path: the function calls no other of this schema.)
+MEMORY_TEAM_TEXT = """
+CREATE FUNCTION memory_team_text(team uuid, words tsvector) RETURNS tsvector
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT array_to_tsvector(ARRAY['team ' || team::text]) || words
+$$"""
+
+TEAM_TEXT_INDEX = (
+    "CREATE INDEX idx_memory_team_text ON memory USING gin (memory_team_text(team_id, search_text))"
+)
+PINNED_INDEX = "CREATE INDEX idx_memory_team_pinned ON memory (team_id, id) WHERE is_pinned"
+
+RETRIEVABLE = retrieval.RETRIEVABLE
+
+# The query's words that memory m holds, in its own configuration (the agent's: `own`
+# words) or another (the query's plain words), each counting its inverse document frequency.
+LEXICAL_SCORE = """(
+            SELECT coalesce(sum(w.idf), 0)
+            FROM unnest(word_own, word_query, word_idf) AS w (own, query, idf)
+            WHERE w.own = (m.text_config = config) AND m.search_text @@ w.query
+        )"""
+
+# Memory m holds one of the query's words that find candidates (`finding`), by the index.
+FINDS = "memory_team_text(m.team_id, m.search_text) @@ (team_word && finding)"
+
+
+# How many retrievable memories of the team in `word_own`'s configuration hold each word.
+WORD_COUNTS = f"""
+        SELECT array_agg(d.held ORDER BY w.i)
+        FROM unnest(word_own, word_query) WITH ORDINALITY AS w (own, query, i)
+        CROSS JOIN LATERAL (
+            SELECT count(*)::float8 AS held
+            FROM memory AS m
+            WHERE memory_team_text(m.team_id, m.search_text) @@ (team_word && w.query)
+              AND (m.text_config = config) = w.own AND {RETRIEVABLE}
+        ) AS d"""
+
+RETRIEVE_MEMORIES = f"""
+CREATE OR REPLACE FUNCTION retrieve_memories(
+    query vector,
+    query_text text,
+    team uuid,
+    agent uuid,
+    person uuid,
+    conversation uuid,
+    lim integer,
+    depth integer,
+    weights double precision[],
+    fallback_weights double precision[],
+    half_life double precision,
+    at timestamptz,
+    record_access boolean,
+    exact_max_rows integer
+) RETURNS TABLE (
+    id uuid,
+    score double precision,
+    semantic double precision,
+    recency double precision,
+    importance double precision,
+    continuity double precision,
+    relationship double precision
+)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER ROWS 20
+SET client_min_messages = warning
+AS $$
+#variable_conflict use_column
+DECLARE
+    config regconfig := coalesce(
+        (SELECT text_search_config(a.personality ->> 'language') FROM agent AS a
+         WHERE a.team_id = team AND a.id = agent),
+        'simple');
+    -- The word naming the team, as memory_team_text adds it to the team's memories.
+    team_word tsquery := lexeme_query((tsvector_to_array(memory_team_text(team, '')))[1]);
+    -- The query's words: each matched in memories of the agent's configuration (own) or
+    -- of another (plain), its query, its document frequency and its rarity (idf).
+    word_own boolean[];
+    word_lexeme text[];
+    word_query tsquery[];
+    word_held float8[];
+    word_idf float8[];
+    finding tsquery;  -- the words that find lexical candidates, OR'ed
+    sampled float8[];
+    indexed float8;
+    total float8;
+    rows_found float8 := 0;
+    word integer;
+    held float8;
+    types memory_type_enum[];  -- NULL: every type, as RETRIEVABLE reads it
+BEGIN
+    at := coalesce(at, now());
+    IF weights IS NULL THEN
+        SELECT ARRAY[
+            coalesce((w ->> 'semantic')::float8, fallback_weights[1]),
+            coalesce((w ->> 'recency')::float8, fallback_weights[2]),
+            coalesce((w ->> 'importance')::float8, fallback_weights[3]),
+            coalesce((w ->> 'continuity')::float8, fallback_weights[4]),
+            coalesce((w ->> 'relationship')::float8, fallback_weights[5])]
+        INTO weights
+        FROM agent AS a, LATERAL (SELECT a.memory_config -> 'retrieval_weights' AS w) AS r
+        WHERE a.team_id = team AND a.id = agent;
+        weights := coalesce(weights, fallback_weights);
+    END IF;
+
+    SELECT array_agg(w.own ORDER BY w.own DESC, w.lexeme),
+           array_agg(w.lexeme ORDER BY w.own DESC, w.lexeme),
+           array_agg(lexeme_query(w.lexeme) ORDER BY w.own DESC, w.lexeme)
+    INTO word_own, word_lexeme, word_query
+    FROM (
+        SELECT true AS own, l.lexeme
+        FROM unnest(tsvector_to_array(to_tsvector(config, coalesce(query_text, ''))))
+             AS l (lexeme)
+        UNION
+        SELECT false, l.lexeme
+        FROM unnest(tsvector_to_array(to_tsvector('simple', coalesce(query_text, ''))))
+             AS l (lexeme)
+    ) AS w;
+
+    IF word_lexeme IS NOT NULL THEN
+        SELECT c.reltuples INTO indexed
+        FROM pg_class AS c WHERE c.oid = to_regclass(memory_team_index_name(team));
+        IF coalesce(indexed, 0) <= {LEXICAL_EXACT_MAX_ROWS} THEN
+            -- In the order of idx_memory_team_type, to stop at the bound.
+            SELECT count(*) INTO total
+            FROM (
+                SELECT FROM memory AS m WHERE {RETRIEVABLE}
+                ORDER BY m.memory_type
+                LIMIT {LEXICAL_EXACT_MAX_ROWS} + 1
+            ) AS c;
+        END IF;
+        IF total IS NOT NULL AND total <= {LEXICAL_EXACT_MAX_ROWS} THEN
+            {WORD_COUNTS} INTO word_held;
+            finding := (SELECT string_agg(q::text, ' | ')::tsquery FROM unnest(word_query) AS q);
+        ELSE
+            IF indexed IS NULL THEN
+                SELECT count(*) INTO total FROM memory AS m WHERE {RETRIEVABLE};
+            ELSE
+                total := greatest(indexed, {LEXICAL_EXACT_MAX_ROWS} + 1);
+            END IF;
+            -- A word's share of the sample, and its count (past the sample) if it is rare,
+            -- in memories of any configuration: the index finds them all.
+            WITH sample AS MATERIALIZED (
+                SELECT m.search_text FROM memory AS m
+                WHERE m.team_id = team AND m.status = 'active'
+                ORDER BY m.id
+                LIMIT {WORD_SAMPLE_ROWS}
+            )
+            SELECT array_agg(
+                       (SELECT count(*) FROM sample AS x WHERE x.search_text @@ q.query)::float8
+                       / greatest((SELECT count(*) FROM sample), 1)
+                       ORDER BY q.i)
+            INTO sampled
+            FROM unnest(word_query) WITH ORDINALITY AS q (query, i);
+            word_held := sampled;
+            FOR word IN 1 .. cardinality(word_query) LOOP
+                IF array_position(word_lexeme, word_lexeme[word]) < word THEN
+                    word_held[word] := word_held[array_position(word_lexeme, word_lexeme[word])];
+                ELSIF sampled[word] >= {COMMON_WORD_SHARE} THEN
+                    word_held[word] := sampled[word] * total;
+                ELSE
+                    SELECT count(*) INTO held
+                    FROM (
+                        SELECT FROM memory AS m
+                        WHERE memory_team_text(m.team_id, m.search_text)
+                              @@ (team_word && word_query[word])
+                          AND {RETRIEVABLE}
+                        LIMIT {RARE_WORD_MAX_ROWS} + 1
+                    ) AS h;
+                    word_held[word] := held;
+                END IF;
+            END LOOP;
+            -- The rare words find candidates, rarest first, until they hold enough.
+            FOR word IN
+                SELECT min(g.n) FROM generate_subscripts(word_query, 1) AS g (n)
+                WHERE sampled[g.n] < {COMMON_WORD_SHARE}
+                  AND word_held[g.n] BETWEEN 1 AND {RARE_WORD_MAX_ROWS}
+                GROUP BY word_lexeme[g.n]
+                ORDER BY min(word_held[g.n]), min(g.n)
+            LOOP
+                EXIT WHEN rows_found + word_held[word] > {LEXICAL_MAX_ROWS};
+                finding := CASE WHEN finding IS NULL THEN word_query[word]
+                                ELSE finding || word_query[word] END;
+                rows_found := rows_found + word_held[word];
+            END LOOP;
+        END IF;
+        SELECT array_agg(
+                   ln(1 + (total - least(h.held, total) + 0.5) / (least(h.held, total) + 0.5))
+                   ORDER BY h.i)
+        INTO word_idf
+        FROM unnest(word_held) WITH ORDINALITY AS h (held, i);
+    END IF;
+
+    RETURN QUERY
+    WITH vector_hits AS (
+        SELECT s.id FROM search_memories(query, team, agent, person, types, depth, NULL,
+                                         exact_max_rows) AS s
+    ), lexical_hits AS (
+        SELECT x.id
+        FROM (
+            SELECT m.id, {LEXICAL_SCORE} AS score
+            FROM memory AS m
+            WHERE finding IS NOT NULL AND {FINDS} AND {RETRIEVABLE}
+        ) AS x
+        WHERE x.score > 0
+        ORDER BY x.score DESC, x.id
+        LIMIT depth
+    ), found AS (
+        SELECT m.id, 1 - (m.embedding <=> query) AS similarity, {LEXICAL_SCORE} AS lexical
+        FROM memory AS m
+        WHERE m.team_id = team
+          AND m.id = ANY (ARRAY(SELECT h.id FROM vector_hits AS h
+                                UNION SELECT h.id FROM lexical_hits AS h))
+    ), bounds AS (
+        SELECT min(f.similarity) AS low, max(f.similarity) AS high,
+               coalesce(max(f.lexical), 0) AS top_lexical
+        FROM found AS f
+    ), pool AS (
+        SELECT x.id, (SELECT {retrieval.RELEVANCE}) AS relevance
+        FROM found AS x, bounds AS b
+        ORDER BY 2 DESC, 1
+        LIMIT lim
+    ), strongest AS (
+        SELECT p.id, m.user_id, lower(m.subject) AS subject,
+               coalesce(m.related_to, '{{}}') || coalesce(m.contradicts, '{{}}') AS links
+        FROM pool AS p JOIN memory AS m ON m.team_id = team AND m.id = p.id
+        ORDER BY p.relevance DESC, p.id
+        LIMIT 3
+    ), extra AS (
+        SELECT m.id, 1 - (m.embedding <=> query) AS similarity, {LEXICAL_SCORE} AS lexical
+        FROM memory AS m
+        WHERE {RETRIEVABLE}
+          AND m.id NOT IN (SELECT p.id FROM pool AS p)
+          AND m.id = ANY (ARRAY(
+              SELECT unnest(s.links) FROM strongest AS s
+              UNION ALL
+              SELECT k.id FROM memory AS k WHERE k.team_id = team AND k.is_pinned))
+    ), candidates AS (
+        SELECT p.id, p.relevance FROM pool AS p
+        UNION ALL
+        SELECT x.id, (SELECT {retrieval.RELEVANCE}) FROM extra AS x, bounds AS b
+    ), scored AS (
+        SELECT
+            m.id,
+            m.is_pinned,
+            coalesce(CASE
+                WHEN r.high = r.low THEN least(1, c.relevance / nullif(r.high, 0))
+                ELSE greatest(0, (c.relevance - r.low) / (r.high - r.low))
+            END, 0) AS semantic,
+            {retrieval.RECENCY} AS recency,
+            m.importance / 10.0 * m.confidence AS importance,
+            CASE
+                WHEN m.source_conversation_id = conversation THEN 1
+                WHEN v.user_id = person AND v.agent_id = agent THEN
+                    0.5 * {retrieval.decay("at - v.last_message_at")}
+                ELSE 0
+            END AS continuity,
+            CASE
+                WHEN EXISTS (SELECT FROM strongest AS s WHERE m.id = ANY (s.links)) THEN 1
+                WHEN m.user_id = person
+                  OR EXISTS (SELECT FROM strongest AS s WHERE s.id <> m.id
+                             AND (s.user_id = m.user_id OR s.subject = lower(m.subject)))
+                THEN 0.5
+                ELSE 0
+            END AS relationship
+        FROM candidates AS c
+        CROSS JOIN (SELECT min(p.relevance) AS low, max(p.relevance) AS high FROM pool AS p) AS r
+        JOIN memory AS m ON m.team_id = team AND m.id = c.id
+        LEFT JOIN conversation AS v
+            ON v.team_id = m.team_id AND v.id = m.source_conversation_id
+    ), ranked AS (
+        SELECT s.*,
+               weights[1] * s.semantic + weights[2] * s.recency + weights[3] * s.importance
+               + weights[4] * s.continuity + weights[5] * s.relationship AS score
+        FROM scored AS s
+        ORDER BY s.is_pinned DESC, score DESC, s.id
+        LIMIT lim
+    )
+    SELECT r.id, r.score, r.semantic, r.recency, r.importance::double precision,
+           r.continuity::double precision, r.relationship::double precision
+    FROM ranked AS r
+    CROSS JOIN (
+        SELECT CASE WHEN record_access
+                    THEN update_memory_access(team, ARRAY(SELECT k.id FROM ranked AS k)) END
+    ) AS touched
+    ORDER BY r.is_pinned DESC, r.score DESC, r.id;
+END
+$$"""
+
+
+def upgrade() -> None:
+    op.execute("DROP FUNCTION memory_text_query(regconfig, text)")
+    op.execute(LEXEME_QUERY)
+    op.execute(MEMORY_TEAM_TEXT)
+    op.execute("DROP INDEX idx_memory_search_text")
+    op.execute(TEAM_TEXT_INDEX)
+    op.execute(PINNED_INDEX)
+    op.execute(RETRIEVE_MEMORIES)
+
+
+def downgrade() -> None:
+    op.execute(retrieval.RETRIEVE_MEMORIES.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"))
+    op.execute("DROP INDEX idx_memory_team_pinned")
+    op.execute("DROP INDEX idx_memory_team_text")
+    op.execute("CREATE INDEX idx_memory_search_text ON memory USING gin (search_text)")
+    op.execute("DROP FUNCTION memory_team_text(uuid, tsvector)")
+    op.execute("DROP FUNCTION lexeme_query(text)")
+    op.execute(retrieval.MEMORY_TEXT_QUERY)
