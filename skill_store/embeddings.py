@@ -5,7 +5,9 @@ speaks the OpenAI embeddings protocol. `embedder_from_settings` picks one from t
 """
 
 import asyncio
+import functools
 import hashlib
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -23,9 +25,19 @@ _NO_WORDS = "\x00<empty>"  # the one feature of a text without words
 _MAX_RETRY_AFTER = 60.0  # seconds; a longer `Retry-After` is cut to this
 _sleep = asyncio.sleep  # replaced by tests that record the delays
 
+HASHING_MODEL = "hashing"
+"""The `model` of every `HashingEmbedder`: its vectors depend only on the text and the length."""
+
+logger = logging.getLogger(__name__)
+
 
 class Embedder(Protocol):
     """Turns texts into vectors of a fixed length."""
+
+    @property
+    def model(self) -> str:
+        """Name of what makes the vectors; those of different models must not be compared."""
+        ...
 
     @property
     def dimensions(self) -> int:
@@ -59,6 +71,7 @@ class HashingEmbedder:
     def __init__(self, dimensions: int) -> None:
         if dimensions < 1:
             raise ValueError(f"dimensions must be at least 1; got {dimensions}")
+        self.model = HASHING_MODEL
         self.dimensions = dimensions
 
     def __repr__(self) -> str:
@@ -252,12 +265,14 @@ def embedder_from_settings(settings: Settings | None = None) -> Embedder:
 
     Returns:
         An `OpenAIEmbedder` if `embedding_api_key` is set (and not empty), else a
-        `HashingEmbedder`; both give vectors of `embedding_dimensions`.
+        `HashingEmbedder` (and the first time in the process, a logged warning); both give
+        vectors of `embedding_dimensions`.
     """
     if settings is None:
         settings = get_settings()
     key = settings.embedding_api_key
     if key is None or not key.get_secret_value():
+        _warn_of_hashing()
         return HashingEmbedder(settings.embedding_dimensions)
     return OpenAIEmbedder(
         settings.embedding_model,
@@ -267,7 +282,18 @@ def embedder_from_settings(settings: Settings | None = None) -> Embedder:
     )
 
 
+@functools.cache
+def _warn_of_hashing() -> None:
+    """Log, once a process, that texts are embedded by words, not by a model."""
+    logger.warning(
+        "EMBEDDING_API_KEY is not set: texts are embedded with the offline hashing embedder,"
+        " which matches words, not meaning; memories embedded by another model cannot be"
+        " searched with it"
+    )
+
+
 __all__ = [
+    "HASHING_MODEL",
     "Embedder",
     "HashingEmbedder",
     "OpenAIEmbedder",

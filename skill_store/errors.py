@@ -39,6 +39,20 @@ class EmbeddingDimensionError(SkillStoreError, ValueError):
         self.got = got
 
 
+class EmbeddingModelError(SkillStoreError, ValueError):
+    """A query embedded by one model would be compared with memories embedded by another."""
+
+    def __init__(self, stored: list[str], query: str) -> None:
+        models = " and ".join(repr(model) for model in stored)
+        super().__init__(
+            f"the team's memories were embedded with {models}, the query with {query!r}:"
+            " vectors of different models cannot be compared; search with the memories'"
+            " embedder, or embed them again with this one"
+        )
+        self.stored = stored
+        self.query = query
+
+
 class EmbeddingServiceError(SkillStoreError):
     """The embedding service could not be reached or did not return embeddings."""
 
@@ -105,6 +119,7 @@ __all__ = [
     "ConnectionLostError",
     "DatabaseUnreachableError",
     "EmbeddingDimensionError",
+    "EmbeddingModelError",
     "EmbeddingServiceError",
     "MemoryFileError",
     "NotFoundError",

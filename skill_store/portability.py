@@ -104,6 +104,9 @@ async def import_memories(
 ) -> ImportCounts:
     """Add the memories of a JSON Lines file to the team, embedding those without a vector.
 
+    A line's `embedding_model` names the model of its `embedding`; a line embedded here gets
+    `embedder`'s `model`.
+
     Every line is validated before anything is written, and the file is added whole or not
     at all (in one savepoint); the caller commits. A line with the id of one of the team's
     memories (an export imported again) is skipped, or with `on_existing="update"` its fields
@@ -135,7 +138,8 @@ async def import_memories(
         batch = missing[start : start + EMBED_BATCH]
         vectors = await embedder.embed([items[index].content for index in batch])
         for index, vector in zip(batch, vectors, strict=True):
-            items[index] = items[index].model_copy(update={"embedding": vector})
+            embedded = {"embedding": vector, "embedding_model": embedder.model}
+            items[index] = items[index].model_copy(update=embedded)
     repository = MemoryRepository(session)
     done = 0
     on_progress(done, len(items))

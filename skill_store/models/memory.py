@@ -59,6 +59,9 @@ class MemoryBase(SQLModel):
     # The column's dimension is EMBEDDING_DIMENSIONS when the migration ran; the validator
     # checks lengths against the setting, the repository against the column.
     embedding: Embedding | None = Field(default=None, sa_type=Vector(), repr=False)
+    # The `model` of the embedder that made `embedding` (None: not known); vectors of
+    # different models are not comparable. Every vector has the column's dimension.
+    embedding_model: PgStr | None = Field(default=None, max_length=200, sa_type=sa.Text)
     importance: int = Field(
         default=5, ge=1, le=10, sa_column_kwargs={"server_default": sa.text("5")}
     )
@@ -110,6 +113,7 @@ class Memory(TeamRowId, MemoryBase, Timestamps, table=True):
         sa.Index("idx_memory_user", "user_id"),
         sa.Index("idx_memory_superseded_by", "superseded_by"),
         sa.Index("idx_memory_source_conversation", "source_conversation_id"),
+        sa.Index("idx_memory_embedder", "team_id", "embedding_model"),
     )
 
     access_count: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
@@ -213,6 +217,8 @@ class MemoryUpdate(SQLModel):
     content: PgStr | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_LENGTH)
     subject: PgStr | None = Field(default=None, max_length=500)
     embedding: Embedding | None = None
+    # A new `embedding` without it makes the memory's embedding model unknown (None).
+    embedding_model: PgStr | None = Field(default=None, max_length=200)
     importance: int | None = Field(default=None, ge=1, le=10)
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     is_pinned: bool | None = None

@@ -37,6 +37,7 @@ from skill_store.errors import (
     ConflictError,
     ConnectionLostError,
     EmbeddingDimensionError,
+    EmbeddingModelError,
     NotFoundError,
 )
 from skill_store.models import (
@@ -115,6 +116,7 @@ _COPY_COLUMNS = (
     "content",
     "subject",
     "embedding",
+    "embedding_model",
     "importance",
     "confidence",
     "is_pinned",
@@ -144,6 +146,16 @@ _EMBEDDING_COLUMN = (
     )
 )
 """The dimension of `memory.embedding`: one row, one column."""
+
+_EMBEDDING_MODELS = select(
+    func.min(Memory.embedding_model), func.max(Memory.embedding_model)
+).where(
+    col(Memory.team_id) == sa.bindparam("team_id", type_=sa.Uuid),
+    col(Memory.status) == MemoryStatus.ACTIVE,
+    col(Memory.embedding).is_not(None),
+)
+"""The first and last (by name) of the models that made the vectors of a team's active
+memories, None for none known: one row, two columns, read from `idx_memory_embedder`."""
 
 _MEMORY_TYPES = postgresql.ARRAY(sa.inspect(Memory).columns["memory_type"].type)
 
@@ -317,6 +329,23 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         _check_length(parameters["query"], self._dimensions)
         return rows
 
+    async def _check_model(self, team_id: uuid.UUID) -> None:
+        """Check that the team's vectors were made by `embedder`'s model, before embedding a query.
+
+        Memories whose model is not known (`embedding_model` None) are not compared.
+
+        Raises:
+            EmbeddingModelError: If an active memory of the team has a vector of another model.
+        """
+        query_model = self.embedder.model
+        async with translated_errors():
+            first, last = (
+                await self.session.exec(_EMBEDDING_MODELS, params={"team_id": team_id})
+            ).one()
+        stored = list(dict.fromkeys(model for model in (first, last) if model is not None))
+        if stored and stored != [query_model]:
+            raise EmbeddingModelError(stored, query_model)
+
     async def _check_embedding(self, embedding: Sequence[float]) -> list[float]:
         _check_length(embedding, await self.column_dimensions())
         return _embedding_values(embedding)
@@ -359,12 +388,16 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
     ) -> Memory:
         """Apply the fields set in `data` (see `TeamRowRepository.update`), attributed.
 
+        A new `embedding` without an `embedding_model` makes the memory's model unknown (None).
+
         Raises:
             ConflictError: If the memory is superseded: a replaced version stays as it was.
         """
         validated = validate(MemoryUpdate, data)
         if validated.embedding is not None:
             await self._check_embedding(validated.embedding)
+        if {"embedding", "embedding_model"} & validated.model_fields_set == {"embedding"}:
+            validated = validated.model_copy(update={"embedding_model": None})
         async with self.writing_as(actor, reason):
             current = await self._locked(team_id, id)
             if current.status == MemoryStatus.SUPERSEDED:
@@ -640,29 +673,32 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
     ) -> Memory:
         """Store `content` as a memory of the team, embedded with `embedder`.
 
+        The memory's `embedding_model` is the embedder's `model`.
+
         Args:
             team_id: The team the memory belongs to.
             content: What to remember; it is also the text embedded.
             memory_type: The kind of memory.
             actor: Who writes it, for the audit trail.
             reason: Why, for the audit trail.
-            **fields: Any other `MemoryCreate` field but `embedding` (e.g. `agent_id`, `tags`).
+            **fields: Any other `MemoryCreate` field but `embedding` and `embedding_model`
+                (e.g. `agent_id`, `tags`).
 
         Raises:
-            TypeError: If `fields` holds an `embedding`: use `create` to pass a vector.
+            TypeError: If `fields` holds an `embedding` or `embedding_model`: use `create`
+                to pass a vector.
             pydantic.ValidationError: If the data is invalid (checked before embedding).
             EmbeddingDimensionError: If the embedder's vectors do not fit the column.
             ConflictError: If the team, agent, user or source conversation does not exist,
                 or the agent or source conversation is of another team.
         """
-        if "embedding" in fields:
+        if {"embedding", "embedding_model"} & fields.keys():
             raise TypeError("remember() embeds the content itself; use create() to pass a vector")
         data = {"team_id": team_id, "content": content, "memory_type": memory_type, **fields}
         validated = validate(MemoryCreate, data)
         [embedding] = await self.embedder.embed([validated.content])
-        return await self.create(
-            validated.model_copy(update={"embedding": embedding}), actor=actor, reason=reason
-        )
+        embedded = {"embedding": embedding, "embedding_model": self.embedder.model}
+        return await self.create(validated.model_copy(update=embedded), actor=actor, reason=reason)
 
     async def recall(
         self,
@@ -679,8 +715,11 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         The arguments after `query` are those of `search_by_embedding`.
 
         Raises:
+            EmbeddingModelError: If an active memory of the team was embedded by another model
+                (memories of unknown model are searched as they are).
             EmbeddingDimensionError: If the embedder's vectors do not fit the column.
         """
+        await self._check_model(team_id)
         [embedding] = await self.embedder.embed([query])
         return await self.search_by_embedding(
             embedding, team_id, agent_id, user_id, memory_types, limit, min_similarity
@@ -739,8 +778,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             limit: Most memories returned.
             token_budget: If set, the memories are packed in order, each kept if the
                 contents so far, one a line, still fit in so many tokens (`token_counter`).
-            query_embedding: The query's vector, if the caller has one; else `embedder`
-                embeds `query`.
+            query_embedding: The query's vector, if the caller has one (its model is not
+                checked); else `embedder` embeds `query`, after checking that the team's
+                vectors are of its model.
             now: The moment of the query for recency and continuity (default the
                 database's `now()`).
             record_access: Count one access of each memory returned, in the same statement.
@@ -749,6 +789,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             ValueError: If `query` is blank, `limit` or `token_budget` less than 1, or the
                 embedding not finite or all zeros.
             pydantic.ValidationError: If `weights` or `now` is invalid.
+            EmbeddingModelError: If `embedder` embeds the query and an active memory of the
+                team was embedded by another model (memories of unknown model are not checked).
             EmbeddingDimensionError: If the query's vector does not fit the column.
         """
         if not query.strip():
@@ -760,6 +802,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         chosen = None if weights is None else RetrievalWeights.model_validate(weights)
         moment = None if now is None else _moment.validate_python(now)
         if query_embedding is None:
+            await self._check_model(team_id)
             [query_embedding] = await self.embedder.embed([query])
         vector = _embedding_values(query_embedding)
         parameters = {
@@ -806,6 +849,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
         Raises:
             ValueError: If `query` is blank.
+            EmbeddingModelError: If an active memory of the team was embedded by another model.
             EmbeddingDimensionError: If the query's vector does not fit the column.
         """
         scored = await self.retrieve(
@@ -1108,6 +1152,7 @@ def _memory_records(
             item.content,
             item.subject,
             item.embedding,
+            item.embedding_model,
             item.importance,
             item.confidence,
             item.is_pinned,

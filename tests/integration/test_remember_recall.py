@@ -29,6 +29,10 @@ class RecordingEmbedder:
         self.texts: list[str] = []
 
     @property
+    def model(self) -> str:
+        return self.inner.model
+
+    @property
     def dimensions(self) -> int:
         return self.inner.dimensions
 

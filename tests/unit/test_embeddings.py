@@ -1,6 +1,7 @@
 """HashingEmbedder and embedder_from_settings: no network, no database."""
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from skill_store import embeddings
 from skill_store.embeddings import (
+    HASHING_MODEL,
     Embedder,
     HashingEmbedder,
     OpenAIEmbedder,
@@ -121,6 +124,24 @@ def test_dimensions_must_be_positive() -> None:
 def test_hashing_embedder_is_an_embedder() -> None:
     embedder: Embedder = HashingEmbedder(8)
     assert embedder.dimensions == 8
+    assert embedder.model == HASHING_MODEL == "hashing"
+
+
+def test_the_fallback_to_hashing_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    without_key = Settings(_env_file=None, embedding_api_key=None)
+    with_key = Settings(_env_file=None, embedding_api_key=SecretStr("sk-x"))
+    embeddings._warn_of_hashing.cache_clear()
+
+    with caplog.at_level(logging.WARNING, logger="skill_store.embeddings"):
+        embedder_from_settings(with_key)
+        assert caplog.records == []
+        embedder_from_settings(without_key)
+        embedder_from_settings(without_key)
+
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "EMBEDDING_API_KEY is not set" in record.getMessage()
+    assert "hashing embedder" in record.getMessage()
 
 
 def test_settings_without_a_key_give_a_hashing_embedder() -> None:

@@ -530,6 +530,7 @@ EXPECTED_COLUMNS = {
         "content",
         "subject",
         "embedding",
+        "embedding_model",
         "importance",
         "confidence",
         "access_count",
