@@ -19,6 +19,7 @@ from skill_store.errors import (
     SkillStoreError,
     StatementTimeoutError,
 )
+from skill_store.explore import Explorer, frame_columns, to_frame
 from skill_store.models import (
     MAX_CONTENT_LENGTH,
     MAX_MESSAGE_LENGTH,
@@ -119,6 +120,7 @@ __all__ = [
     "Embedder",
     "EmbeddingDimensionError",
     "EmbeddingServiceError",
+    "Explorer",
     "HashingEmbedder",
     "Memory",
     "MemoryContext",
@@ -174,6 +176,7 @@ __all__ = [
     "VoiceExample",
     "approximate_tokens",
     "embedder_from_settings",
+    "frame_columns",
     "get_engine",
     "get_session_factory",
     "get_settings",
@@ -182,4 +185,5 @@ __all__ = [
     "load_settings",
     "migrate",
     "scope_to_team",
+    "to_frame",
 ]
