@@ -20,6 +20,7 @@ from skill_store.errors import (
     SkillStoreError,
     StatementTimeoutError,
 )
+from skill_store.explore import Explorer, frame_columns, to_frame
 from skill_store.models import (
     MAX_CONTENT_LENGTH,
     MAX_MESSAGE_LENGTH,
@@ -121,6 +122,7 @@ __all__ = [
     "EmbeddingDimensionError",
     "EmbeddingModelError",
     "EmbeddingServiceError",
+    "Explorer",
     "HashingEmbedder",
     "Memory",
     "MemoryContext",
@@ -176,6 +178,7 @@ __all__ = [
     "VoiceExample",
     "approximate_tokens",
     "embedder_from_settings",
+    "frame_columns",
     "get_engine",
     "get_session_factory",
     "get_settings",
@@ -184,4 +187,5 @@ __all__ = [
     "load_settings",
     "migrate",
     "scope_to_team",
+    "to_frame",
 ]

@@ -3,9 +3,11 @@
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from skill_store.database import get_session_factory, migrate
 from skill_store.embeddings import Embedder
 from skill_store.models import (
     Agent,
@@ -197,6 +199,25 @@ class DemoReport:
 async def find_demo_team(session: AsyncSession) -> Team | None:
     """The demo team, if it exists."""
     return await TeamRepository(session).get_by_slug(TEAM_SLUG)
+
+
+async def ensure_demo(engine: AsyncEngine, embedder: Embedder) -> Team:
+    """Upgrade the schema, and build and commit the demo team unless it exists.
+
+    Args:
+        engine: The database's engine.
+        embedder: Embeds the memories and the query, if the team is built.
+
+    Returns:
+        The demo team.
+    """
+    await migrate(engine)
+    async with get_session_factory(engine)() as session:
+        team = await find_demo_team(session)
+        if team is None:
+            team = (await build_demo(session, embedder)).team
+            await session.commit()
+        return team
 
 
 async def remove_demo(session: AsyncSession) -> None:

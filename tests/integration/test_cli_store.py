@@ -1,13 +1,16 @@
 """The commands that read and change the store, on the demo data."""
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner, Result
 
+from skill_store import cli
 from skill_store.cli import app
 from skill_store.demo import SUCCESSOR
 from skill_store.settings import get_settings
@@ -263,3 +266,47 @@ def test_importing_an_export_again_adds_nothing(run: Any, tmp_path: Path) -> Non
     result = run("memories", "import", str(twice), "--team", "demo")
     assert result.exit_code == 1
     assert f"line 2: id {lines[1]['id']} is also on line 1" in result.stderr
+
+
+def memory_lines(path: Path, *contents: str) -> Path:
+    path.write_text(
+        "".join(json.dumps({"memory_type": "semantic", "content": c}) + "\n" for c in contents)
+    )
+    return path
+
+
+def test_import_reports_progress_with_its_total_a_line_a_batch(run: Any, tmp_path: Path) -> None:
+    path = memory_lines(tmp_path / "three.jsonl", "Progress one", "Progress two", "Progress three")
+
+    result = run("memories", "import", str(path), "--team", "demo", "--batch-size", "2")
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "importing 0 / 3 memories",
+        "importing 2 / 3 memories",
+        "importing 3 / 3 memories",
+    ]
+
+
+def test_import_on_a_terminal_draws_a_bar_with_the_total(
+    run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = io.StringIO()
+    monkeypatch.setattr(cli, "err_console", Console(file=terminal, force_terminal=True))
+    path = memory_lines(tmp_path / "two.jsonl", "Bar one", "Bar two")
+
+    result = run("memories", "import", str(path), "--team", "demo")
+
+    assert result.exit_code == 0, result.output
+    assert "importing" in terminal.getvalue() and "2/2" in terminal.getvalue()
+    assert "━" in terminal.getvalue()  # the bar
+    assert result.stderr == ""
+
+
+def test_import_help_says_the_hnsw_index_bounds_ingest(run: Any) -> None:
+    result = run("memories", "import", "--help")
+
+    assert result.exit_code == 0
+    words = " ".join(result.stdout.split())
+    assert "bounded by HNSW index maintenance" in words
+    assert "205 memories a second" in words and "2,726" in words

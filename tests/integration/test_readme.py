@@ -1,0 +1,49 @@
+"""Every Python example of README.md runs as written, in order, on one empty database.
+
+Each block runs as a script of its own (a new namespace, `__name__ == "__main__"`), as a
+reader who pastes it into a file would run it: a name it does not define or import fails.
+Line numbers in a traceback are those of README.md. Shell blocks (```bash) are not run.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from skill_store.settings import get_settings
+
+README = Path(__file__).parents[2] / "README.md"
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def python_blocks(markdown: str) -> list[tuple[int, str]]:
+    """Each ```python block's source, after as many newlines as README lines precede it."""
+    return [
+        (line := markdown.count("\n", 0, block.start(1)), "\n" * line + block.group(1))
+        for block in PYTHON_BLOCK.finditer(markdown)
+    ]
+
+
+def test_python_blocks_are_found() -> None:
+    blocks = python_blocks("text\n```python\nx = 1\n```\n```bash\nls\n```\n```python\ny\n```\n")
+
+    assert [(line, source.strip()) for line, source in blocks] == [(2, "x = 1"), (8, "y")]
+
+
+def test_readme_python_examples_run(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", empty_database_url)
+    get_settings.cache_clear()
+    blocks = python_blocks(README.read_text(encoding="utf-8"))
+    assert len(blocks) >= 5
+
+    try:
+        for _line, source in blocks:
+            exec(compile(source, str(README), "exec"), {"__name__": "__main__"})
+    finally:
+        get_settings.cache_clear()
+
+    printed = capsys.readouterr().out
+    assert "Ada went climbing in Fontainebleau" in printed
+    assert "You are Kyra.\n- Ada went climbing" in printed
