@@ -276,15 +276,23 @@ def to_frame(items: Iterable[BaseModel]) -> "pd.DataFrame":
     Columns are `frame_columns(type(item))`. Values are as JSON has them (ids as strings, enums as
     their values, sub-configs such as `personality` and `signals` as dicts: flatten one with
     `pandas.json_normalize(frame["signals"].tolist())`), except moments, which stay
-    `datetime`s so that their columns have a datetime dtype. Needs pandas.
+    `datetime`s so that their columns have a datetime dtype.
 
     Args:
         items: Models of one class; none gives an empty dataframe without columns.
 
     Returns:
         The dataframe.
+
+    Raises:
+        ModuleNotFoundError: If pandas is not installed (`pip install 'skill-store[notebook]'`).
     """
-    import pandas as pd
+    try:
+        import pandas as pd
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            "to_frame needs pandas: pip install 'skill-store[notebook]'", name="pandas"
+        ) from error
 
     rows = list(items)
     names = frame_columns(type(rows[0])) if rows else []

@@ -88,17 +88,20 @@ ACCESS_FUNCTIONS = {
 }
 
 
+def log_memory_change(schema: str) -> str:
+    """The audit trigger function of 0004, its rows dated by the time of the change."""
+    return tenancy.LOG_MEMORY_CHANGE.format(schema=schema).replace(
+        "GREATEST(now(),", "GREATEST(clock_timestamp(),"
+    )
+
+
 def upgrade() -> None:
     schema = tenancy.current_schema()
     op.execute("DROP TRIGGER trg_memory_log_update ON memory")
     op.execute(log_update_trigger(changed(LOGGED_COLUMNS)))
     for definition in ACCESS_FUNCTIONS.values():
         op.execute(without_flag(definition))
-    op.execute(
-        tenancy.LOG_MEMORY_CHANGE.format(schema=schema).replace(
-            "GREATEST(now(),", "GREATEST(clock_timestamp(),"
-        )
-    )
+    op.execute(log_memory_change(schema))
     op.execute(f"REVOKE INSERT, UPDATE ON team_membership FROM {tenancy.ROLE}")
 
 

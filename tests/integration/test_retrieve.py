@@ -425,6 +425,26 @@ async def test_created_at_dates_an_import_but_not_the_future(
         )
 
 
+async def test_the_audit_dates_an_imported_creation_by_its_created_at(
+    memories: MemoryRepository, team: Team
+) -> None:
+    then = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+    created = await add(memories, team, "Ada climbs", created_at=then)
+    await memories.add_many(
+        [{"team_id": team.id, "memory_type": "episodic", "content": "Bo", "created_at": then}]
+    )
+    [copied] = await memories.list(team_id=team.id, content="Bo")
+    fresh = await add(memories, team, "Cy", created_at=None)
+
+    for memory_id in (created, copied.id):
+        [creation] = await memories.history(memory_id, team_id=team.id)
+        assert (creation.action, creation.created_at) == ("created", then)
+    assert await memories.content_at(created, then, team_id=team.id) == "Ada climbs"
+    assert await memories.content_at(created, then - timedelta(seconds=1), team_id=team.id) is None
+    [creation] = await memories.history(fresh, team_id=team.id)
+    assert creation.created_at == (await memories.get(fresh, team.id)).created_at
+
+
 async def test_an_unknown_language_indexes_words_as_they_are(
     memories: MemoryRepository, session: AsyncSession, team: Team, agent: Agent
 ) -> None:

@@ -1,9 +1,11 @@
 """Dataframes of models: columns in the models' declared order, JSON values, no hidden fields."""
 
+import sys
 import uuid
 from datetime import UTC, datetime
 
 import pandas as pd
+import pytest
 
 from skill_store import (
     AgentDNA,
@@ -101,3 +103,10 @@ def test_table_rows_follow_the_model_not_the_order_values_were_set() -> None:
 
 def test_no_models_no_columns() -> None:
     assert to_frame([]).empty
+
+
+def test_without_pandas_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed
+
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'skill-store\[notebook\]'"):
+        to_frame([memory("Prefers tea")])
