@@ -168,11 +168,9 @@ LEXICAL_CTES = f"""
         GROUP BY h.id
     )"""
 
-# `depth` candidates from each list; the `lim` most relevant of them, the retrievable
-# memories linked to the three strongest, and the pinned ones are scored.
+# The signature of `retrieve_memories`, to the start of its body.
 # client_min_messages: a query of stop words only draws a NOTICE from plainto_tsquery.
-RETRIEVE_MEMORIES = f"""
-CREATE FUNCTION retrieve_memories(
+RETRIEVE_SIGNATURE = """CREATE FUNCTION retrieve_memories(
     query vector,
     query_text text,
     team uuid,
@@ -198,22 +196,10 @@ CREATE FUNCTION retrieve_memories(
 )
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER ROWS 20
 SET client_min_messages = warning
-AS $$
-#variable_conflict use_column
-DECLARE
-    config regconfig := coalesce(
-        (SELECT text_search_config(a.personality ->> 'language') FROM agent AS a
-         WHERE a.team_id = team AND a.id = agent),
-        'simple');
-    terms tsquery := memory_text_query(config, coalesce(query_text, ''));
-    plain tsquery := memory_text_query('simple', coalesce(query_text, ''));
-    own_words text[] := tsvector_to_array(to_tsvector(config, coalesce(query_text, '')));
-    plain_words text[] := tsvector_to_array(to_tsvector('simple', coalesce(query_text, '')));
-    types memory_type_enum[];  -- NULL: every type, as RETRIEVABLE reads it
-    total bigint := 0;
-BEGIN
-    at := coalesce(at, now());
-    IF weights IS NULL THEN
+AS $$"""
+
+# The weights: those given, else the agent's retrieval_weights, else the fallback.
+WEIGHTS = """    IF weights IS NULL THEN
         SELECT ARRAY[
             coalesce((w ->> 'semantic')::float8, fallback_weights[1]),
             coalesce((w ->> 'recency')::float8, fallback_weights[2]),
@@ -224,25 +210,11 @@ BEGIN
         FROM agent AS a, LATERAL (SELECT a.memory_config -> 'retrieval_weights' AS w) AS r
         WHERE a.team_id = team AND a.id = agent;
         weights := coalesce(weights, fallback_weights);
-    END IF;
-    IF numnode(terms) > 0 OR numnode(plain) > 0 THEN
-        SELECT count(*) INTO total FROM memory AS m WHERE {RETRIEVABLE};
-    END IF;
+    END IF;"""
 
-    RETURN QUERY
-    WITH {LEXICAL_CTES}, vector_hits AS (
-        SELECT s.id FROM search_memories(query, team, agent, person, types, depth, NULL,
-                                         exact_max_rows) AS s
-    ), lexical_hits AS (
-        SELECT x.id FROM lexical AS x ORDER BY x.score DESC, x.id LIMIT depth
-    ), found AS (
-        SELECT m.id, 1 - (m.embedding <=> query) AS similarity,
-               coalesce(x.score, 0) AS lexical
-        FROM memory AS m
-        LEFT JOIN lexical AS x ON x.id = m.id
-        WHERE m.team_id = team
-          AND m.id IN (SELECT h.id FROM vector_hits AS h UNION SELECT h.id FROM lexical_hits AS h)
-    ), bounds AS (
+# The found candidates' (`found`: similarity and lexical score) relevance, the `lim` most
+# relevant (`pool`) and the three strongest of those.
+FUSION = f"""    ), bounds AS (
         SELECT min(f.similarity) AS low, max(f.similarity) AS high,
                coalesce(max(f.lexical), 0) AS top_lexical
         FROM found AS f
@@ -256,16 +228,11 @@ BEGIN
                coalesce(m.related_to, '{{}}') || coalesce(m.contradicts, '{{}}') AS links
         FROM pool AS p JOIN memory AS m ON m.team_id = team AND m.id = p.id
         ORDER BY p.relevance DESC, p.id
-        LIMIT 3
-    ), extra AS (
-        SELECT m.id, 1 - (m.embedding <=> query) AS similarity,
-               coalesce(x.score, 0) AS lexical
-        FROM memory AS m
-        LEFT JOIN lexical AS x ON x.id = m.id
-        WHERE {RETRIEVABLE}
-          AND m.id NOT IN (SELECT p.id FROM pool AS p)
-          AND (m.is_pinned OR m.id IN (SELECT unnest(s.links) FROM strongest AS s))
-    ), candidates AS (
+        LIMIT 3"""
+
+# The pool, with the memories linked to its strongest and the pinned ones (`extra`),
+# scored, ranked and returned, their access recorded if asked.
+SCORING = f"""    ), candidates AS (
         SELECT p.id, p.relevance FROM pool AS p
         UNION ALL
         SELECT x.id, (SELECT {RELEVANCE}) FROM extra AS x, bounds AS b
@@ -313,7 +280,54 @@ BEGIN
         SELECT CASE WHEN record_access
                     THEN update_memory_access(team, ARRAY(SELECT k.id FROM ranked AS k)) END
     ) AS touched
-    ORDER BY r.is_pinned DESC, r.score DESC, r.id;
+    ORDER BY r.is_pinned DESC, r.score DESC, r.id;"""
+
+# `depth` candidates from each list; the `lim` most relevant of them, the retrievable
+# memories linked to the three strongest, and the pinned ones are scored.
+RETRIEVE_MEMORIES = f"""
+{RETRIEVE_SIGNATURE}
+#variable_conflict use_column
+DECLARE
+    config regconfig := coalesce(
+        (SELECT text_search_config(a.personality ->> 'language') FROM agent AS a
+         WHERE a.team_id = team AND a.id = agent),
+        'simple');
+    terms tsquery := memory_text_query(config, coalesce(query_text, ''));
+    plain tsquery := memory_text_query('simple', coalesce(query_text, ''));
+    own_words text[] := tsvector_to_array(to_tsvector(config, coalesce(query_text, '')));
+    plain_words text[] := tsvector_to_array(to_tsvector('simple', coalesce(query_text, '')));
+    types memory_type_enum[];  -- NULL: every type, as RETRIEVABLE reads it
+    total bigint := 0;
+BEGIN
+    at := coalesce(at, now());
+{WEIGHTS}
+    IF numnode(terms) > 0 OR numnode(plain) > 0 THEN
+        SELECT count(*) INTO total FROM memory AS m WHERE {RETRIEVABLE};
+    END IF;
+
+    RETURN QUERY
+    WITH {LEXICAL_CTES}, vector_hits AS (
+        SELECT s.id FROM search_memories(query, team, agent, person, types, depth, NULL,
+                                         exact_max_rows) AS s
+    ), lexical_hits AS (
+        SELECT x.id FROM lexical AS x ORDER BY x.score DESC, x.id LIMIT depth
+    ), found AS (
+        SELECT m.id, 1 - (m.embedding <=> query) AS similarity,
+               coalesce(x.score, 0) AS lexical
+        FROM memory AS m
+        LEFT JOIN lexical AS x ON x.id = m.id
+        WHERE m.team_id = team
+          AND m.id IN (SELECT h.id FROM vector_hits AS h UNION SELECT h.id FROM lexical_hits AS h)
+{FUSION}
+    ), extra AS (
+        SELECT m.id, 1 - (m.embedding <=> query) AS similarity,
+               coalesce(x.score, 0) AS lexical
+        FROM memory AS m
+        LEFT JOIN lexical AS x ON x.id = m.id
+        WHERE {RETRIEVABLE}
+          AND m.id NOT IN (SELECT p.id FROM pool AS p)
+          AND (m.is_pinned OR m.id IN (SELECT unnest(s.links) FROM strongest AS s))
+{SCORING}
 END
 $$"""
 

@@ -89,33 +89,7 @@ WORD_COUNTS = f"""
         ) AS d"""
 
 RETRIEVE_MEMORIES = f"""
-CREATE OR REPLACE FUNCTION retrieve_memories(
-    query vector,
-    query_text text,
-    team uuid,
-    agent uuid,
-    person uuid,
-    conversation uuid,
-    lim integer,
-    depth integer,
-    weights double precision[],
-    fallback_weights double precision[],
-    half_life double precision,
-    at timestamptz,
-    record_access boolean,
-    exact_max_rows integer
-) RETURNS TABLE (
-    id uuid,
-    score double precision,
-    semantic double precision,
-    recency double precision,
-    importance double precision,
-    continuity double precision,
-    relationship double precision
-)
-LANGUAGE plpgsql VOLATILE SECURITY INVOKER ROWS 20
-SET client_min_messages = warning
-AS $$
+{retrieval.RETRIEVE_SIGNATURE.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")}
 #variable_conflict use_column
 DECLARE
     config regconfig := coalesce(
@@ -141,18 +115,7 @@ DECLARE
     types memory_type_enum[];  -- NULL: every type, as RETRIEVABLE reads it
 BEGIN
     at := coalesce(at, now());
-    IF weights IS NULL THEN
-        SELECT ARRAY[
-            coalesce((w ->> 'semantic')::float8, fallback_weights[1]),
-            coalesce((w ->> 'recency')::float8, fallback_weights[2]),
-            coalesce((w ->> 'importance')::float8, fallback_weights[3]),
-            coalesce((w ->> 'continuity')::float8, fallback_weights[4]),
-            coalesce((w ->> 'relationship')::float8, fallback_weights[5])]
-        INTO weights
-        FROM agent AS a, LATERAL (SELECT a.memory_config -> 'retrieval_weights' AS w) AS r
-        WHERE a.team_id = team AND a.id = agent;
-        weights := coalesce(weights, fallback_weights);
-    END IF;
+{retrieval.WEIGHTS}
 
     SELECT array_agg(w.own ORDER BY w.own DESC, w.lexeme),
            array_agg(w.lexeme ORDER BY w.own DESC, w.lexeme),
@@ -262,21 +225,7 @@ BEGIN
         WHERE m.team_id = team
           AND m.id = ANY (ARRAY(SELECT h.id FROM vector_hits AS h
                                 UNION SELECT h.id FROM lexical_hits AS h))
-    ), bounds AS (
-        SELECT min(f.similarity) AS low, max(f.similarity) AS high,
-               coalesce(max(f.lexical), 0) AS top_lexical
-        FROM found AS f
-    ), pool AS (
-        SELECT x.id, (SELECT {retrieval.RELEVANCE}) AS relevance
-        FROM found AS x, bounds AS b
-        ORDER BY 2 DESC, 1
-        LIMIT lim
-    ), strongest AS (
-        SELECT p.id, m.user_id, lower(m.subject) AS subject,
-               coalesce(m.related_to, '{{}}') || coalesce(m.contradicts, '{{}}') AS links
-        FROM pool AS p JOIN memory AS m ON m.team_id = team AND m.id = p.id
-        ORDER BY p.relevance DESC, p.id
-        LIMIT 3
+{retrieval.FUSION}
     ), extra AS (
         SELECT m.id, 1 - (m.embedding <=> query) AS similarity, {LEXICAL_SCORE} AS lexical
         FROM memory AS m
@@ -286,55 +235,7 @@ BEGIN
               SELECT unnest(s.links) FROM strongest AS s
               UNION ALL
               SELECT k.id FROM memory AS k WHERE k.team_id = team AND k.is_pinned))
-    ), candidates AS (
-        SELECT p.id, p.relevance FROM pool AS p
-        UNION ALL
-        SELECT x.id, (SELECT {retrieval.RELEVANCE}) FROM extra AS x, bounds AS b
-    ), scored AS (
-        SELECT
-            m.id,
-            m.is_pinned,
-            coalesce(CASE
-                WHEN r.high = r.low THEN least(1, c.relevance / nullif(r.high, 0))
-                ELSE greatest(0, (c.relevance - r.low) / (r.high - r.low))
-            END, 0) AS semantic,
-            {retrieval.RECENCY} AS recency,
-            m.importance / 10.0 * m.confidence AS importance,
-            CASE
-                WHEN m.source_conversation_id = conversation THEN 1
-                WHEN v.user_id = person AND v.agent_id = agent THEN
-                    0.5 * {retrieval.decay("at - v.last_message_at")}
-                ELSE 0
-            END AS continuity,
-            CASE
-                WHEN EXISTS (SELECT FROM strongest AS s WHERE m.id = ANY (s.links)) THEN 1
-                WHEN m.user_id = person
-                  OR EXISTS (SELECT FROM strongest AS s WHERE s.id <> m.id
-                             AND (s.user_id = m.user_id OR s.subject = lower(m.subject)))
-                THEN 0.5
-                ELSE 0
-            END AS relationship
-        FROM candidates AS c
-        CROSS JOIN (SELECT min(p.relevance) AS low, max(p.relevance) AS high FROM pool AS p) AS r
-        JOIN memory AS m ON m.team_id = team AND m.id = c.id
-        LEFT JOIN conversation AS v
-            ON v.team_id = m.team_id AND v.id = m.source_conversation_id
-    ), ranked AS (
-        SELECT s.*,
-               weights[1] * s.semantic + weights[2] * s.recency + weights[3] * s.importance
-               + weights[4] * s.continuity + weights[5] * s.relationship AS score
-        FROM scored AS s
-        ORDER BY s.is_pinned DESC, score DESC, s.id
-        LIMIT lim
-    )
-    SELECT r.id, r.score, r.semantic, r.recency, r.importance::double precision,
-           r.continuity::double precision, r.relationship::double precision
-    FROM ranked AS r
-    CROSS JOIN (
-        SELECT CASE WHEN record_access
-                    THEN update_memory_access(team, ARRAY(SELECT k.id FROM ranked AS k)) END
-    ) AS touched
-    ORDER BY r.is_pinned DESC, r.score DESC, r.id;
+{retrieval.SCORING}
 END
 $$"""
 

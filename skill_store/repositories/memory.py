@@ -58,7 +58,7 @@ from skill_store.models import (
     RetrievalWeights,
     ScoredMemory,
 )
-from skill_store.models._types import Moment, PgStr, Vector, check_vector
+from skill_store.models._types import INT4_MAX, Moment, PgStr, Vector, check_vector
 from skill_store.models.memory import Tag
 from skill_store.repositories.base import (
     TeamRowRepository,
@@ -93,6 +93,9 @@ benchmark machine, see BENCHMARKS.md), so past this size the team's own HNSW ind
 
 RETRIEVAL_DEPTH = 50
 """Fewest candidates `retrieve` takes from each of vector and lexical recall (else 4 * limit)."""
+
+RETRIEVE_MAX_LIMIT = INT4_MAX // 4
+"""Most memories `retrieve` returns: its 4 * limit candidates must fit an `integer`."""
 
 logger = logging.getLogger(__name__)
 
@@ -786,8 +789,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             record_access: Count one access of each memory returned, in the same statement.
 
         Raises:
-            ValueError: If `query` is blank, `limit` or `token_budget` less than 1, or the
-                embedding not finite or all zeros.
+            ValueError: If `query` is blank, `limit` not between 1 and `RETRIEVE_MAX_LIMIT`,
+                `token_budget` less than 1, or the embedding not finite or all zeros.
             pydantic.ValidationError: If `weights` or `now` is invalid.
             EmbeddingModelError: If `embedder` embeds the query and an active memory of the
                 team was embedded by another model (memories of unknown model are not checked).
@@ -795,8 +798,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """
         if not query.strip():
             raise ValueError("query must not be blank")
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
+        if not 1 <= limit <= RETRIEVE_MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {RETRIEVE_MAX_LIMIT:,}, got {limit}")
         if token_budget is not None and token_budget < 1:
             raise ValueError(f"token_budget must be at least 1, got {token_budget}")
         chosen = None if weights is None else RetrievalWeights.model_validate(weights)

@@ -371,6 +371,8 @@ async def test_bad_input_is_refused_before_any_sql(
         await memories.retrieve(" ", team_id=team.id)
     with pytest.raises(ValueError, match="limit"):
         await retrieve(memories, team, limit=0)
+    with pytest.raises(ValueError, match="limit must be between 1 and 536,870,911"):
+        await retrieve(memories, team, limit=2**31 // 4)  # 4 * limit candidates: no integer
     with pytest.raises(ValueError, match="token_budget"):
         await retrieve(memories, team, token_budget=0)
     with pytest.raises(ValidationError, match="semantic"):

@@ -100,33 +100,21 @@ async def world(engine: AsyncEngine) -> World:
             for name in ("large", "crowd", "small")
         }
         memories = MemoryRepository(session)
-        await memories.add_many(
-            {
-                "team_id": ids["large"],
-                "memory_type": "semantic",
-                "content": f"alpha beta gamma note {n}" + (" zebra" if n < RARE_HOLDERS else ""),
-                "embedding": vector,
-            }
-            for n, vector in enumerate(random_vectors(LARGE))
-        )
-        await memories.add_many(
-            {
-                "team_id": ids["crowd"],
-                "memory_type": "semantic",
-                "content": f"zebra crossing {n}",
-                "embedding": vector,
-            }
-            for n, vector in enumerate(random_vectors(CROWD))
-        )
-        await memories.add_many(
-            {
-                "team_id": ids["small"],
-                "memory_type": "semantic",
-                "content": f"alpha beta gamma note {n}" + (" zebra" if n < RARE_HOLDERS else ""),
-                "embedding": vector,
-            }
-            for n, vector in enumerate(random_vectors(SMALL))
-        )
+        for name, size, content in (
+            ("large", LARGE, "alpha beta gamma note {n}"),
+            ("crowd", CROWD, "zebra crossing {n}"),
+            ("small", SMALL, "alpha beta gamma note {n}"),
+        ):
+            await memories.add_many(
+                {
+                    "team_id": ids[name],
+                    "memory_type": "semantic",
+                    "content": content.format(n=n)
+                    + (" zebra" if name != "crowd" and n < RARE_HOLDERS else ""),
+                    "embedding": vector,
+                }
+                for n, vector in enumerate(random_vectors(size))
+            )
         rows = await session.exec(
             text("SELECT id FROM memory WHERE team_id = :team AND content LIKE '%zebra'"),
             params={"team": ids["large"]},
