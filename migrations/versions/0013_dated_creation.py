@@ -1,10 +1,10 @@
 """The audit row of a memory's creation is dated by the memory's `created_at`.
 
-A memory imported or backfilled with a past `created_at` was logged as created when it was
-written, so its history and `content_at` disagreed with the memory itself. The `created`
-row now carries the earlier of the two moments; changes keep the time they were made
-(`clock_timestamp()`). A creation is a memory's first event, so no later change can come
-before it.
+A memory imported or backfilled with a `created_at` before its transaction was logged as
+created when it was written, so its history and `content_at` disagreed with the memory
+itself. Its `created` row now carries that `created_at`; every other row keeps the time of
+its change (`clock_timestamp()`), and a memory's rows still come in order (after those of an
+earlier memory of the same id).
 
 Revision ID: 0013
 Revises: 0012
@@ -28,8 +28,9 @@ audit = importlib.import_module("skill_store._migrations.versions.0009_audit_and
 def upgrade() -> None:
     op.execute(
         audit.log_memory_change(tenancy.current_schema()).replace(
-            "NEW.source_conversation_id, logged_at);",
-            "NEW.source_conversation_id, least(logged_at, NEW.created_at));",
+            "SELECT GREATEST(clock_timestamp(),",
+            "SELECT GREATEST(CASE WHEN TG_OP = 'INSERT' AND NEW.created_at < now()"
+            " THEN NEW.created_at ELSE clock_timestamp() END,",
         )
     )
 
