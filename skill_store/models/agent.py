@@ -19,16 +19,17 @@ from sqlmodel import Field, Relationship, SQLModel
 from skill_store.models._types import (
     EMPTY_TEXT_ARRAY,
     INPUT,
+    SLUG_PATTERN,
     TEXT_ARRAY,
     JSONObject,
     PgStr,
     PydanticJSONB,
+    Slug,
     TeamRowId,
     Timestamps,
     team_primary_key,
 )
 from skill_store.models.enums import AgentStatus, pg_enum
-from skill_store.models.user import SLUG_PATTERN, Slug
 
 if TYPE_CHECKING:
     from skill_store.models.user import Team

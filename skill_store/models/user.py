@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import sqlalchemy as sa
-from pydantic import EmailStr, SecretStr, StringConstraints
+from pydantic import EmailStr, SecretStr
 from pydantic import Field as PydanticField
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, Relationship, SQLModel
@@ -15,10 +15,12 @@ from skill_store.models._types import (
     EMPTY_TEXT_ARRAY,
     INPUT,
     INT4_MAX,
+    SLUG_PATTERN,
     TEXT_ARRAY,
     CreatedAt,
     JSONObject,
     PgStr,
+    Slug,
     TeamRowId,
     Timestamps,
     UUIDPrimaryKey,
@@ -29,8 +31,6 @@ from skill_store.models.enums import UserRole, pg_enum
 if TYPE_CHECKING:
     from skill_store.models.agent import Agent
 
-SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
-Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=100)]
 Password = Annotated[SecretStr, PydanticField(min_length=8, max_length=1024)]
 HIDE_INPUT = INPUT | {"hide_input_in_errors": True}
 """For the inputs that take a password or a secret: errors name the field, never its value."""
