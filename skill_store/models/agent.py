@@ -236,9 +236,6 @@ class AgentDNA(AgentBase):
         return list(dict.fromkeys(skill for skill in skills if skill not in disabled))
 
 
-AgentRead = AgentDNA
-
-
 # Properties to receive on update, all optional
 class AgentUpdate(SQLModel):
     model_config = INPUT
