@@ -150,7 +150,7 @@ async def translated_errors() -> AsyncIterator[None]:
         raise
 
 
-def none_error(title: str, names: Sequence[str]) -> ValidationError:
+def cannot_be_none(title: str, names: Sequence[str]) -> ValidationError:
     """A validation error saying that each named field cannot be None."""
     return ValidationError.from_exception_data(
         title,
@@ -166,11 +166,16 @@ def none_error(title: str, names: Sequence[str]) -> ValidationError:
     )
 
 
-def null_errors(model: type[SQLModel], values: Mapping[str, Any]) -> ValidationError | None:
-    """A validation error for every value that is None where the table allows no NULL."""
+def check_not_null(model: type[SQLModel], values: Mapping[str, Any]) -> None:
+    """Check that no value is None where the table allows no NULL.
+
+    Raises:
+        pydantic.ValidationError: Naming every such value.
+    """
     columns = sa.inspect(model).columns
     names = [name for name, value in values.items() if value is None and not columns[name].nullable]
-    return none_error(model.__name__, names) if names else None
+    if names:
+        raise cannot_be_none(model.__name__, names)
 
 
 RowT = TypeVar("RowT", bound=SQLModel)
@@ -203,7 +208,7 @@ Key = uuid.UUID | tuple[uuid.UUID, uuid.UUID]
 """A row's primary key: its id, or (team_id, id) for a table of a team's rows."""
 
 
-async def get_or_raise(session: AsyncSession, model: type[RowT], key: Key) -> RowT:
+async def require_row(session: AsyncSession, model: type[RowT], key: Key) -> RowT:
     """Return the `model` row with this primary key.
 
     Raises:
@@ -284,9 +289,8 @@ class BaseRepository(Generic[ModelT, CreateT, UpdateT]):
     async def _update(self, key: Key, data: UpdateT | Mapping[str, Any]) -> ModelT:
         validated = validate(self.update_model, data)
         changes = {name: getattr(validated, name) for name in validated.model_fields_set}
-        if (error := null_errors(self.model, changes)) is not None:
-            raise error
-        row = await get_or_raise(self.session, self.model, key)
+        check_not_null(self.model, changes)
+        row = await require_row(self.session, self.model, key)
         try:
             async with self.writing():
                 for name, value in changes.items():
@@ -341,7 +345,7 @@ class Repository(BaseRepository[ModelT, CreateT, UpdateT]):
         Raises:
             NotFoundError: If there is none.
         """
-        return await get_or_raise(self.session, self.model, id)
+        return await require_row(self.session, self.model, id)
 
     async def update(self, id: uuid.UUID, data: UpdateT | Mapping[str, Any]) -> ModelT:
         """Apply the fields set in `data` to the row with this id.
@@ -403,7 +407,7 @@ class TeamRowRepository(BaseRepository[ModelT, CreateT, UpdateT]):
         Raises:
             NotFoundError: If the team has none.
         """
-        return await get_or_raise(self.session, self.model, (team_id, id))
+        return await require_row(self.session, self.model, (team_id, id))
 
     async def update(
         self, id: uuid.UUID, data: UpdateT | Mapping[str, Any], *, team_id: uuid.UUID
