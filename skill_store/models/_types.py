@@ -259,3 +259,15 @@ class Timestamps(CreatedAt):
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=100)]
 """A team's or an agent's slug: lowercase letters, digits and inner hyphens."""
+
+ConstraintT = TypeVar("ConstraintT", sa.Constraint, sa.Index)
+
+
+def with_message(constraint: ConstraintT, message: str) -> ConstraintT:
+    """`constraint`, with the words of the `ConflictError` a write that breaks it raises.
+
+    `message` is a `str.format` template over the columns the database names in the error's
+    detail (`Key (team_id, slug)=(...)` gives `{team_id}` and `{slug}`).
+    """
+    constraint.info["message"] = message
+    return constraint

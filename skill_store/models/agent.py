@@ -28,6 +28,7 @@ from skill_store.models._types import (
     TeamRowId,
     Timestamps,
     team_primary_key,
+    with_message,
 )
 from skill_store.models.enums import AgentStatus, pg_enum
 
@@ -194,7 +195,10 @@ class Agent(TeamRowId, AgentBase, Timestamps, table=True):
     __tablename__ = "agent"
     __table_args__ = (
         team_primary_key("agent"),
-        sa.UniqueConstraint("team_id", "slug", name="uq_agent_team_slug"),
+        with_message(
+            sa.UniqueConstraint("team_id", "slug", name="uq_agent_team_slug"),
+            "an agent with slug '{slug}' already exists in team {team_id}",
+        ),
         sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="ck_agent_slug_format"),
         sa.Index("idx_agent_team", "team_id", "status"),
     )

@@ -25,6 +25,7 @@ from skill_store.models._types import (
     Timestamps,
     UUIDPrimaryKey,
     team_primary_key,
+    with_message,
 )
 from skill_store.models.enums import UserRole, pg_enum
 
@@ -50,7 +51,10 @@ class User(UUIDPrimaryKey, UserBase, Timestamps, table=True):
     __tablename__ = "user"
     __table_args__ = (
         sa.CheckConstraint(r"email ~* '^[^@]+@[^@]+\.[^@]+$'", name="ck_user_email_format"),
-        sa.Index("uq_user_email", sa.func.lower(sa.column("email")), unique=True),
+        with_message(
+            sa.Index("uq_user_email", sa.func.lower(sa.column("email")), unique=True),
+            "a user with email {email} already exists",
+        ),
     )
 
     password_hash: str = Field(sa_type=sa.Text, repr=False)
@@ -108,7 +112,10 @@ class Team(UUIDPrimaryKey, TeamBase, Timestamps, table=True):
 
     __tablename__ = "team"
     __table_args__ = (
-        sa.UniqueConstraint("slug", name="uq_team_slug"),
+        with_message(
+            sa.UniqueConstraint("slug", name="uq_team_slug"),
+            "a team with slug '{slug}' already exists",
+        ),
         sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="ck_team_slug_format"),
     )
 
@@ -165,7 +172,10 @@ class TeamMembership(TeamRowId, TeamMembershipBase, CreatedAt, table=True):
     __tablename__ = "team_membership"
     __table_args__ = (
         team_primary_key("team_membership"),
-        sa.UniqueConstraint("user_id", "team_id", name="uq_team_membership"),
+        with_message(
+            sa.UniqueConstraint("user_id", "team_id", name="uq_team_membership"),
+            "user {user_id} is already a member of team {team_id}",
+        ),
         sa.Index("idx_team_membership_team", "team_id"),
     )
 

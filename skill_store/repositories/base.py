@@ -30,33 +30,6 @@ ModelT = TypeVar("ModelT", bound=SQLModel)
 CreateT = TypeVar("CreateT", bound=SQLModel)
 UpdateT = TypeVar("UpdateT", bound=SQLModel)
 
-UNIQUE_MESSAGES = {
-    "uq_user_email": "a user with email {email} already exists",
-    "uq_team_slug": "a team with slug '{slug}' already exists",
-    "uq_agent_team_slug": "an agent with slug '{slug}' already exists in team {team_id}",
-    "uq_team_membership": "user {user_id} is already a member of team {team_id}",
-    "uq_memory_tag": "memory {memory_id} already has tag '{tag}'",
-}
-TEAM_RULE_MESSAGES = {
-    "fk_conversation_agent_team": "agent {agent_id} is not an agent of team {team_id},"
-    " the team of the conversation",
-    "fk_conversation_user_team": "user {user_id} is not a member of team {team_id},"
-    " the team of conversation {id}",
-    "fk_message_conversation_team": "conversation {conversation_id} is not a conversation"
-    " of team {team_id}",
-    "fk_message_agent_team": "agent {agent_id} is not an agent of team {team_id},"
-    " the team of the message's conversation",
-    "fk_memory_agent_team": "agent {agent_id} is not an agent of team {team_id},"
-    " the team of the memory",
-    "fk_memory_source_conversation_team": "conversation {source_conversation_id} is not a"
-    " conversation of team {team_id}, the team of the memory",
-    "fk_memory_superseded_by_team": "memory {superseded_by} is not a memory of team {team_id},"
-    " the team of the memory it replaces",
-    "fk_memory_tag_memory_team": "memory {memory_id} is not a memory of team {team_id}",
-}
-"""The same-team rules, by constraint name: the composite foreign keys of migration 0005 (a
-missing row and a row of another team break them alike) and the membership trigger of 0003.
-The values come from the error's detail."""
 _KEY = re.compile(r"Key \((?P<columns>.+?)\)=\((?P<values>.*)\)")
 _REFERENCED_TABLE = re.compile(r'present in table "(?P<table>[^"]+)"')
 _DELETED_TABLE = re.compile(r'on table "(?P<table>[^"]+)"')
@@ -81,6 +54,17 @@ def _driver_error(error: DBAPIError) -> BaseException | None:
     return getattr(error.orig, "__cause__", None) or error.orig
 
 
+def _constraint_message(name: str | None) -> str | None:
+    """The message a model declares for its constraint `name` (see `with_message`)."""
+    for table in SQLModel.metadata.tables.values():
+        items: list[sa.Constraint | sa.Index] = [*table.constraints, *table.indexes]
+        for item in items:
+            if item.name == name:
+                message: str | None = item.info.get("message")
+                return message
+    return None
+
+
 def _describe_integrity_error(error: DBAPIError) -> ConflictError:
     """Name the broken rule in words, from the driver's error."""
     cause = _driver_error(error)
@@ -89,14 +73,17 @@ def _describe_integrity_error(error: DBAPIError) -> ConflictError:
     message = str(cause)
     state = getattr(error.orig, "sqlstate", None)
     values = _key_values(detail)
-    if state == "23505" and constraint in UNIQUE_MESSAGES:
-        return ConflictError(UNIQUE_MESSAGES[constraint].format_map(values), constraint)
+    declared = _constraint_message(constraint)
     referenced = _REFERENCED_TABLE.search(detail)
-    if state == "23503" and constraint in TEAM_RULE_MESSAGES and "still referenced" not in detail:
+    if declared is not None and "still referenced" not in detail:
         try:
-            return ConflictError(TEAM_RULE_MESSAGES[constraint].format_map(values), constraint)
+            return ConflictError(declared.format_map(values), constraint)
         except KeyError:  # the detail hides the values from a role under row-level security
             table = getattr(cause, "table_name", "?")
+            if state == "23505":
+                return ConflictError(
+                    f"the {table} repeats a key that must be unique ({constraint})", constraint
+                )
             named = referenced["table"] if referenced else "row"
             return ConflictError(
                 f"the {named} named by the {table} is not of the {table}'s team",
@@ -115,6 +102,8 @@ def _describe_integrity_error(error: DBAPIError) -> ConflictError:
         return ConflictError(
             f"{deleted['table']} {value} is still referenced by {table}", constraint
         )
+    if state == "23503":  # raised by a trigger, which words the rule itself (migration 0003)
+        return ConflictError(getattr(cause, "message", message), constraint)
     return ConflictError(f"the change breaks the database rule {constraint or state}: {message}")
 
 
