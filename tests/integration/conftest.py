@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store import (
@@ -32,17 +33,9 @@ from skill_store import (
 from skill_store.database import get_engine, migrate, start_embedded_server
 from skill_store.settings import get_settings, normalize_database_url
 
-TABLES = (
-    "user",
-    "team",
-    "team_membership",
-    "agent",
-    "conversation",
-    "message",
-    "memory",
-    "memory_log",
-    "memory_tag",
-)
+TABLES = tuple(table.name for table in SQLModel.metadata.sorted_tables)
+TEAM_TABLES = tuple(table.name for table in SQLModel.metadata.sorted_tables if "team_id" in table.c)
+"""The tables of a team's rows: each is keyed, distributed and guarded by `team_id`."""
 FINGERPRINT = " UNION ALL ".join(
     f"SELECT '{table}', count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), ''))"
     f' FROM "{table}" AS t'
