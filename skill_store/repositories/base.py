@@ -305,10 +305,15 @@ class BaseRepository(Generic[ModelT, CreateT, UpdateT]):
             statement = statement.where(columns[name] == value)
         return statement
 
-    async def _list(self, limit: int, offset: int, filters: Mapping[str, Any]) -> Sequence[ModelT]:
+    async def _list(
+        self, limit: int, offset: int, filters: Mapping[str, Any], newest_first: bool
+    ) -> Sequence[ModelT]:
         check_page(limit, offset)
         statement = self._filtered(select(self.model), filters)
-        statement = statement.order_by(self.model.created_at, self.model.id)  # type: ignore[attr-defined]
+        created_at = sa.inspect(self.model).columns["created_at"]
+        statement = statement.order_by(
+            created_at.desc() if newest_first else created_at, sa.inspect(self.model).columns["id"]
+        )
         async with translated_errors():
             rows: Sequence[ModelT] = (
                 await self.session.exec(statement.limit(limit).offset(offset))
@@ -360,14 +365,16 @@ class Repository(BaseRepository[ModelT, CreateT, UpdateT]):
         """
         return await self._delete(col(self.model.id) == id)  # type: ignore[attr-defined]
 
-    async def list(self, limit: int = 50, offset: int = 0, **filters: Any) -> Sequence[ModelT]:
-        """Rows whose columns equal `filters`, oldest first.
+    async def list(
+        self, limit: int = 50, offset: int = 0, *, newest_first: bool = False, **filters: Any
+    ) -> Sequence[ModelT]:
+        """Rows whose columns equal `filters`, oldest first (or newest first).
 
         Raises:
             ValueError: If a filter names no column, or limit or offset is negative.
             pydantic.ValidationError: If a filter value is not valid for its column.
         """
-        return await self._list(limit, offset, filters)
+        return await self._list(limit, offset, filters, newest_first)
 
     async def count(self, **filters: Any) -> int:
         """How many rows have columns equal to `filters`.
@@ -426,15 +433,21 @@ class TeamRowRepository(BaseRepository[ModelT, CreateT, UpdateT]):
         return await self._delete(columns["team_id"] == team_id, columns["id"] == id)
 
     async def list(
-        self, limit: int = 50, offset: int = 0, *, team_id: uuid.UUID, **filters: Any
+        self,
+        limit: int = 50,
+        offset: int = 0,
+        *,
+        team_id: uuid.UUID,
+        newest_first: bool = False,
+        **filters: Any,
     ) -> Sequence[ModelT]:
-        """The team's rows whose columns equal `filters`, oldest first.
+        """The team's rows whose columns equal `filters`, oldest first (or newest first).
 
         Raises:
             ValueError: If a filter names no column, or limit or offset is negative.
             pydantic.ValidationError: If a filter value is not valid for its column.
         """
-        return await self._list(limit, offset, {"team_id": team_id, **filters})
+        return await self._list(limit, offset, {"team_id": team_id, **filters}, newest_first)
 
     async def count(self, *, team_id: uuid.UUID, **filters: Any) -> int:
         """How many of the team's rows have columns equal to `filters`.
