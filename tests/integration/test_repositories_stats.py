@@ -18,7 +18,7 @@ from skill_store import (
 )
 from skill_store.repositories.stats import MemoryGroup
 
-from .conftest import TABLES, unit_vector
+from ..support import TABLES, unit_vector
 
 
 async def remember(session: AsyncSession, team: Team, agent: Agent) -> None:

@@ -40,7 +40,7 @@ from skill_store import (
 from skill_store.portability import export_memories
 from skill_store.settings import get_settings
 
-from .conftest import TEAM_TABLES, migrated_database, unit_vector
+from ..support import TEAM_TABLES, migrated_database, unit_vector
 
 # The database functions that read team tables: the argument that names the team, and how
 # many arguments the team's overload takes.

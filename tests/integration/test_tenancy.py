@@ -48,7 +48,7 @@ from skill_store import (
 )
 from skill_store.repositories.base import translated_errors
 
-from .conftest import (
+from ..support import (
     TABLES,
     create_database,
     drop_database,
