@@ -50,6 +50,7 @@ from skill_store.database import start_embedded_server
 from skill_store.repositories.memory import _COPY_COLUMNS as COPY_COLUMNS
 from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
 from skill_store.settings import get_settings, normalize_database_url
+from tests.support import create_database, drop_database
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
@@ -229,24 +230,6 @@ def raw_record(memory_id: uuid.UUID, item: dict[str, Any]) -> tuple[Any, ...]:
 
 
 # -- the database ---------------------------------------------------------------------
-
-
-async def create_database(server_url: str, name: str) -> str:
-    """(Re)create an empty database on the server; return its URL."""
-    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    async with admin.connect() as connection:
-        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    await admin.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-async def drop_database(server_url: str, name: str) -> None:
-    """Drop a benchmark database."""
-    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    async with admin.connect() as connection:
-        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    await admin.dispose()
 
 
 async def connect(url: str) -> Any:

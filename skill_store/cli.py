@@ -17,8 +17,6 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
-from sqlalchemy import text
-from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store import demo as demo_data
@@ -35,7 +33,12 @@ from skill_store.embeddings import embedder_from_settings
 from skill_store.errors import NotFoundError, SkillStoreError
 from skill_store.models import Agent, Memory, MemoryType, Team
 from skill_store.portability import ImportCounts, export_memories, import_memories
-from skill_store.repositories import AgentRepository, MemoryRepository, TeamRepository
+from skill_store.repositories import (
+    AgentRepository,
+    MemoryRepository,
+    StatsRepository,
+    TeamRepository,
+)
 from skill_store.repositories.base import translated_errors
 from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
 from skill_store.settings import get_settings, mask_password
@@ -63,10 +66,6 @@ console = Console()
 err_console = Console(stderr=True)
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 TeamSlug = Annotated[str, typer.Option("--team", help="The team's slug.")]
-TABLES = (
-    *("user", "team", "team_membership", "agent", "conversation", "message"),
-    *("memory", "memory_log", "memory_tag"),
-)
 MAX_LIMIT = 10_000
 """The most memories `memories list` and `memories search` print (`export` has no limit)."""
 
@@ -141,10 +140,7 @@ def _in_session(work: Callable[[AsyncSession], Awaitable[T]], *, upgrade: bool =
 
 
 async def _team(session: AsyncSession, slug: str) -> Team:
-    team = await TeamRepository(session).get_by_slug(slug)
-    if team is None:
-        raise NotFoundError("team", repr(slug))
-    return team
+    return await TeamRepository(session).get_by_slug_or_raise(slug)
 
 
 async def _agent(session: AsyncSession, team: Team, slug: str) -> Agent:
@@ -343,25 +339,20 @@ def stats(as_json: AsJson = False) -> None:
     """Rows per table, memories per team, type, tier and status, and index sizes."""
 
     async def work(session: AsyncSession) -> dict[str, Any]:
-        async def rows(sql: str) -> list[Any]:
-            return list((await session.exec(text(sql))).all())  # type: ignore[call-overload]
-
-        counts = {table: (await rows(f'SELECT count(*) FROM "{table}"'))[0][0] for table in TABLES}
-        memory_groups = await rows(
-            "SELECT t.slug, m.memory_type, m.tier, m.status, count(*) FROM memory m"
-            " JOIN team t ON t.id = m.team_id GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
-        )
-        indexes = await rows(
-            "SELECT indexrelname, pg_relation_size(indexrelid) FROM pg_stat_user_indexes"
-            " ORDER BY 2 DESC, 1"
-        )
+        store = StatsRepository(session)
         return {
-            "rows": counts,
+            "rows": await store.rows_per_table(),
             "memories": [
-                dict(zip(("team", "type", "tier", "status", "count"), row, strict=True))
-                for row in memory_groups
+                {
+                    "team": group.team,
+                    "type": group.memory_type,
+                    "tier": group.tier,
+                    "status": group.status,
+                    "count": group.count,
+                }
+                for group in await store.memory_groups()
             ],
-            "index_bytes": {name: size for name, size in indexes},
+            "index_bytes": await store.index_sizes(),
         }
 
     result = _in_session(work)
@@ -390,17 +381,16 @@ def list_teams(as_json: AsJson = False) -> None:
     """Every team with its number of members, agents and memories."""
 
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
-        result = await session.exec(
-            text(
-                "SELECT t.slug, t.name, "
-                "(SELECT count(*) FROM team_membership m WHERE m.team_id = t.id),"
-                " (SELECT count(*) FROM agent a WHERE a.team_id = t.id),"
-                " (SELECT count(*) FROM memory m WHERE m.team_id = t.id)"
-                " FROM team t ORDER BY t.slug"
-            )
-        )  # type: ignore[call-overload]
-        keys = ("slug", "name", "members", "agents", "memories")
-        return [dict(zip(keys, row, strict=True)) for row in result.all()]
+        return [
+            {
+                "slug": counted.team.slug,
+                "name": counted.team.name,
+                "members": counted.members,
+                "agents": counted.agents,
+                "memories": counted.memories,
+            }
+            for counted in await TeamRepository(session).with_counts()
+        ]
 
     result = _in_session(work)
     if as_json:
@@ -458,11 +448,12 @@ def list_memories(
     _check_limit(limit)
 
     async def work(session: AsyncSession) -> list[Memory]:
-        statement = select(Memory).where(Memory.team_id == (await _team(session, team)).id)
-        if memory_type is not None:
-            statement = statement.where(Memory.memory_type == memory_type)
-        statement = statement.order_by(col(Memory.created_at).desc(), col(Memory.id)).limit(limit)
-        return list((await session.exec(statement)).all())
+        team_id = (await _team(session, team)).id
+        filters: dict[str, Any] = {} if memory_type is None else {"memory_type": memory_type}
+        found = await MemoryRepository(session).list(
+            limit, team_id=team_id, newest_first=True, **filters
+        )
+        return list(found)
 
     result = _in_session(work)
     if as_json:

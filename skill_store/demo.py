@@ -4,7 +4,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.database import get_session_factory, migrate
@@ -225,9 +224,10 @@ async def remove_demo(session: AsyncSession) -> None:
     team = await find_demo_team(session)
     if team is not None:
         await TeamRepository(session).delete(team.id)
-    owner = (await session.exec(select(User).where(User.email == OWNER_EMAIL))).first()
+    users = UserRepository(session)
+    owner = await users.get_by_email(OWNER_EMAIL)
     if owner is not None:
-        await UserRepository(session).delete(owner.id)
+        await users.delete(owner.id)
 
 
 async def build_demo(session: AsyncSession, embedder: Embedder) -> DemoReport:

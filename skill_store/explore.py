@@ -242,10 +242,7 @@ class Explorer:
 async def _team_id(session: AsyncSession, team: TeamRef) -> uuid.UUID:
     if isinstance(team, uuid.UUID):
         return team
-    found = await TeamRepository(session).get_by_slug(team)
-    if found is None:
-        raise NotFoundError("team", repr(team))
-    return found.id
+    return (await TeamRepository(session).get_by_slug_or_raise(team)).id
 
 
 async def _agent_id(

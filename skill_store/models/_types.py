@@ -10,7 +10,14 @@ from typing import Annotated, Any, Generic, TypeVar
 import sqlalchemy as sa
 from pgvector import Vector as PgVector
 from pgvector.sqlalchemy import VECTOR
-from pydantic import AfterValidator, AwareDatetime, BaseModel, FiniteFloat, JsonValue
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    FiniteFloat,
+    JsonValue,
+    StringConstraints,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
 
@@ -246,3 +253,21 @@ class Timestamps(CreatedAt):
         nullable=False,
         sa_column_kwargs={"server_default": sa.func.now(), "server_onupdate": sa.FetchedValue()},
     )
+
+
+# Annotated types shared by more than one model module.
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=100)]
+"""A team's or an agent's slug: lowercase letters, digits and inner hyphens."""
+
+ConstraintT = TypeVar("ConstraintT", sa.Constraint, sa.Index)
+
+
+def with_message(constraint: ConstraintT, message: str) -> ConstraintT:
+    """`constraint`, with the words of the `ConflictError` a write that breaks it raises.
+
+    `message` is a `str.format` template over the columns the database names in the error's
+    detail (`Key (team_id, slug)=(...)` gives `{team_id}` and `{slug}`).
+    """
+    constraint.info["message"] = message
+    return constraint

@@ -19,16 +19,18 @@ from sqlmodel import Field, Relationship, SQLModel
 from skill_store.models._types import (
     EMPTY_TEXT_ARRAY,
     INPUT,
+    SLUG_PATTERN,
     TEXT_ARRAY,
     JSONObject,
     PgStr,
     PydanticJSONB,
+    Slug,
     TeamRowId,
     Timestamps,
     team_primary_key,
+    with_message,
 )
 from skill_store.models.enums import AgentStatus, pg_enum
-from skill_store.models.user import SLUG_PATTERN, Slug
 
 if TYPE_CHECKING:
     from skill_store.models.user import Team
@@ -193,7 +195,10 @@ class Agent(TeamRowId, AgentBase, Timestamps, table=True):
     __tablename__ = "agent"
     __table_args__ = (
         team_primary_key("agent"),
-        sa.UniqueConstraint("team_id", "slug", name="uq_agent_team_slug"),
+        with_message(
+            sa.UniqueConstraint("team_id", "slug", name="uq_agent_team_slug"),
+            "an agent with slug '{slug}' already exists in team {team_id}",
+        ),
         sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="ck_agent_slug_format"),
         sa.Index("idx_agent_team", "team_id", "status"),
     )
@@ -233,9 +238,6 @@ class AgentDNA(AgentBase):
         disabled = set(self.disabled_skill_names)
         skills = [*self.shared_skill_names, *self.custom_skill_names]
         return list(dict.fromkeys(skill for skill in skills if skill not in disabled))
-
-
-AgentRead = AgentDNA
 
 
 # Properties to receive on update, all optional

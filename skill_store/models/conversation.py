@@ -26,6 +26,7 @@ from skill_store.models._types import (
     Timestamps,
     team_foreign_key,
     team_primary_key,
+    with_message,
 )
 from skill_store.models.enums import ConversationStatus, MessageRole, pg_enum
 
@@ -62,7 +63,10 @@ class Conversation(TeamRowId, ConversationBase, Timestamps, table=True):
     __tablename__ = "conversation"
     __table_args__ = (
         team_primary_key("conversation"),
-        team_foreign_key("fk_conversation_agent_team", "agent_id", "agent"),
+        with_message(
+            team_foreign_key("fk_conversation_agent_team", "agent_id", "agent"),
+            "agent {agent_id} is not an agent of team {team_id}, the team of the conversation",
+        ),
         sa.Index("idx_conversation_team_user", "team_id", "user_id", "last_message_at"),
         sa.Index("idx_conversation_agent", "agent_id"),
     )
@@ -135,10 +139,17 @@ class Message(TeamRowId, MessageBase, CreatedAt, table=True):
     __tablename__ = "message"
     __table_args__ = (
         team_primary_key("message"),
-        team_foreign_key(
-            "fk_message_conversation_team", "conversation_id", "conversation", "CASCADE"
+        with_message(
+            team_foreign_key(
+                "fk_message_conversation_team", "conversation_id", "conversation", "CASCADE"
+            ),
+            "conversation {conversation_id} is not a conversation of team {team_id}",
         ),
-        team_foreign_key("fk_message_agent_team", "agent_id", "agent", "SET NULL (agent_id)"),
+        with_message(
+            team_foreign_key("fk_message_agent_team", "agent_id", "agent", "SET NULL (agent_id)"),
+            "agent {agent_id} is not an agent of team {team_id},"
+            " the team of the message's conversation",
+        ),
         sa.CheckConstraint(
             "feedback_rating IN ('positive', 'negative') OR feedback_rating IS NULL",
             name="ck_message_feedback_rating",

@@ -29,6 +29,7 @@ from skill_store.models._types import (
     check_text,
     team_foreign_key,
     team_primary_key,
+    with_message,
 )
 from skill_store.models.agent import Agent
 from skill_store.models.enums import MemorySource, MemoryStatus, MemoryTier, MemoryType, pg_enum
@@ -99,14 +100,25 @@ class Memory(TeamRowId, MemoryBase, Timestamps, table=True):
     __tablename__ = "memory"
     __table_args__ = (
         team_primary_key("memory"),
-        team_foreign_key("fk_memory_agent_team", "agent_id", "agent"),
-        team_foreign_key(
-            "fk_memory_source_conversation_team",
-            "source_conversation_id",
-            "conversation",
-            "SET NULL (source_conversation_id)",
+        with_message(
+            team_foreign_key("fk_memory_agent_team", "agent_id", "agent"),
+            "agent {agent_id} is not an agent of team {team_id}, the team of the memory",
         ),
-        team_foreign_key("fk_memory_superseded_by_team", "superseded_by", "memory"),
+        with_message(
+            team_foreign_key(
+                "fk_memory_source_conversation_team",
+                "source_conversation_id",
+                "conversation",
+                "SET NULL (source_conversation_id)",
+            ),
+            "conversation {source_conversation_id} is not a conversation of team {team_id},"
+            " the team of the memory",
+        ),
+        with_message(
+            team_foreign_key("fk_memory_superseded_by_team", "superseded_by", "memory"),
+            "memory {superseded_by} is not a memory of team {team_id},"
+            " the team of the memory it replaces",
+        ),
         sa.CheckConstraint("importance BETWEEN 1 AND 10", name="ck_memory_importance"),
         sa.CheckConstraint("confidence BETWEEN 0.0 AND 1.0", name="ck_memory_confidence"),
         sa.Index("idx_memory_agent", "agent_id"),
@@ -294,8 +306,14 @@ class MemoryTag(TeamRowId, MemoryTagBase, CreatedAt, table=True):
     __tablename__ = "memory_tag"
     __table_args__ = (
         team_primary_key("memory_tag"),
-        sa.UniqueConstraint("team_id", "memory_id", "tag", name="uq_memory_tag"),
-        team_foreign_key("fk_memory_tag_memory_team", "memory_id", "memory", "CASCADE"),
+        with_message(
+            sa.UniqueConstraint("team_id", "memory_id", "tag", name="uq_memory_tag"),
+            "memory {memory_id} already has tag '{tag}'",
+        ),
+        with_message(
+            team_foreign_key("fk_memory_tag_memory_team", "memory_id", "memory", "CASCADE"),
+            "memory {memory_id} is not a memory of team {team_id}",
+        ),
         sa.Index("idx_memory_tag_tag", "tag"),
     )
 

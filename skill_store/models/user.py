@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import sqlalchemy as sa
-from pydantic import EmailStr, SecretStr, StringConstraints
+from pydantic import EmailStr, SecretStr
 from pydantic import Field as PydanticField
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, Relationship, SQLModel
@@ -15,22 +15,23 @@ from skill_store.models._types import (
     EMPTY_TEXT_ARRAY,
     INPUT,
     INT4_MAX,
+    SLUG_PATTERN,
     TEXT_ARRAY,
     CreatedAt,
     JSONObject,
     PgStr,
+    Slug,
     TeamRowId,
     Timestamps,
     UUIDPrimaryKey,
     team_primary_key,
+    with_message,
 )
 from skill_store.models.enums import UserRole, pg_enum
 
 if TYPE_CHECKING:
     from skill_store.models.agent import Agent
 
-SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
-Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=100)]
 Password = Annotated[SecretStr, PydanticField(min_length=8, max_length=1024)]
 HIDE_INPUT = INPUT | {"hide_input_in_errors": True}
 """For the inputs that take a password or a secret: errors name the field, never its value."""
@@ -50,7 +51,10 @@ class User(UUIDPrimaryKey, UserBase, Timestamps, table=True):
     __tablename__ = "user"
     __table_args__ = (
         sa.CheckConstraint(r"email ~* '^[^@]+@[^@]+\.[^@]+$'", name="ck_user_email_format"),
-        sa.Index("uq_user_email", sa.func.lower(sa.column("email")), unique=True),
+        with_message(
+            sa.Index("uq_user_email", sa.func.lower(sa.column("email")), unique=True),
+            "a user with email {email} already exists",
+        ),
     )
 
     password_hash: str = Field(sa_type=sa.Text, repr=False)
@@ -108,7 +112,10 @@ class Team(UUIDPrimaryKey, TeamBase, Timestamps, table=True):
 
     __tablename__ = "team"
     __table_args__ = (
-        sa.UniqueConstraint("slug", name="uq_team_slug"),
+        with_message(
+            sa.UniqueConstraint("slug", name="uq_team_slug"),
+            "a team with slug '{slug}' already exists",
+        ),
         sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="ck_team_slug_format"),
     )
 
@@ -165,7 +172,10 @@ class TeamMembership(TeamRowId, TeamMembershipBase, CreatedAt, table=True):
     __tablename__ = "team_membership"
     __table_args__ = (
         team_primary_key("team_membership"),
-        sa.UniqueConstraint("user_id", "team_id", name="uq_team_membership"),
+        with_message(
+            sa.UniqueConstraint("user_id", "team_id", name="uq_team_membership"),
+            "user {user_id} is already a member of team {team_id}",
+        ),
         sa.Index("idx_team_membership_team", "team_id"),
     )
 

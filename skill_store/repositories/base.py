@@ -30,33 +30,6 @@ ModelT = TypeVar("ModelT", bound=SQLModel)
 CreateT = TypeVar("CreateT", bound=SQLModel)
 UpdateT = TypeVar("UpdateT", bound=SQLModel)
 
-UNIQUE_MESSAGES = {
-    "uq_user_email": "a user with email {email} already exists",
-    "uq_team_slug": "a team with slug '{slug}' already exists",
-    "uq_agent_team_slug": "an agent with slug '{slug}' already exists in team {team_id}",
-    "uq_team_membership": "user {user_id} is already a member of team {team_id}",
-    "uq_memory_tag": "memory {memory_id} already has tag '{tag}'",
-}
-TEAM_RULE_MESSAGES = {
-    "fk_conversation_agent_team": "agent {agent_id} is not an agent of team {team_id},"
-    " the team of the conversation",
-    "fk_conversation_user_team": "user {user_id} is not a member of team {team_id},"
-    " the team of conversation {id}",
-    "fk_message_conversation_team": "conversation {conversation_id} is not a conversation"
-    " of team {team_id}",
-    "fk_message_agent_team": "agent {agent_id} is not an agent of team {team_id},"
-    " the team of the message's conversation",
-    "fk_memory_agent_team": "agent {agent_id} is not an agent of team {team_id},"
-    " the team of the memory",
-    "fk_memory_source_conversation_team": "conversation {source_conversation_id} is not a"
-    " conversation of team {team_id}, the team of the memory",
-    "fk_memory_superseded_by_team": "memory {superseded_by} is not a memory of team {team_id},"
-    " the team of the memory it replaces",
-    "fk_memory_tag_memory_team": "memory {memory_id} is not a memory of team {team_id}",
-}
-"""The same-team rules, by constraint name: the composite foreign keys of migration 0005 (a
-missing row and a row of another team break them alike) and the membership trigger of 0003.
-The values come from the error's detail."""
 _KEY = re.compile(r"Key \((?P<columns>.+?)\)=\((?P<values>.*)\)")
 _REFERENCED_TABLE = re.compile(r'present in table "(?P<table>[^"]+)"')
 _DELETED_TABLE = re.compile(r'on table "(?P<table>[^"]+)"')
@@ -81,6 +54,17 @@ def _driver_error(error: DBAPIError) -> BaseException | None:
     return getattr(error.orig, "__cause__", None) or error.orig
 
 
+def _constraint_message(name: str | None) -> str | None:
+    """The message a model declares for its constraint `name` (see `with_message`)."""
+    for table in SQLModel.metadata.tables.values():
+        items: list[sa.Constraint | sa.Index] = [*table.constraints, *table.indexes]
+        for item in items:
+            if item.name == name:
+                message: str | None = item.info.get("message")
+                return message
+    return None
+
+
 def _describe_integrity_error(error: DBAPIError) -> ConflictError:
     """Name the broken rule in words, from the driver's error."""
     cause = _driver_error(error)
@@ -89,14 +73,17 @@ def _describe_integrity_error(error: DBAPIError) -> ConflictError:
     message = str(cause)
     state = getattr(error.orig, "sqlstate", None)
     values = _key_values(detail)
-    if state == "23505" and constraint in UNIQUE_MESSAGES:
-        return ConflictError(UNIQUE_MESSAGES[constraint].format_map(values), constraint)
+    declared = _constraint_message(constraint)
     referenced = _REFERENCED_TABLE.search(detail)
-    if state == "23503" and constraint in TEAM_RULE_MESSAGES and "still referenced" not in detail:
+    if declared is not None and "still referenced" not in detail:
         try:
-            return ConflictError(TEAM_RULE_MESSAGES[constraint].format_map(values), constraint)
+            return ConflictError(declared.format_map(values), constraint)
         except KeyError:  # the detail hides the values from a role under row-level security
             table = getattr(cause, "table_name", "?")
+            if state == "23505":
+                return ConflictError(
+                    f"the {table} repeats a key that must be unique ({constraint})", constraint
+                )
             named = referenced["table"] if referenced else "row"
             return ConflictError(
                 f"the {named} named by the {table} is not of the {table}'s team",
@@ -115,6 +102,8 @@ def _describe_integrity_error(error: DBAPIError) -> ConflictError:
         return ConflictError(
             f"{deleted['table']} {value} is still referenced by {table}", constraint
         )
+    if state == "23503":  # raised by a trigger, which words the rule itself (migration 0003)
+        return ConflictError(getattr(cause, "message", message), constraint)
     return ConflictError(f"the change breaks the database rule {constraint or state}: {message}")
 
 
@@ -150,7 +139,7 @@ async def translated_errors() -> AsyncIterator[None]:
         raise
 
 
-def none_error(title: str, names: Sequence[str]) -> ValidationError:
+def cannot_be_none(title: str, names: Sequence[str]) -> ValidationError:
     """A validation error saying that each named field cannot be None."""
     return ValidationError.from_exception_data(
         title,
@@ -166,11 +155,16 @@ def none_error(title: str, names: Sequence[str]) -> ValidationError:
     )
 
 
-def null_errors(model: type[SQLModel], values: Mapping[str, Any]) -> ValidationError | None:
-    """A validation error for every value that is None where the table allows no NULL."""
+def check_not_null(model: type[SQLModel], values: Mapping[str, Any]) -> None:
+    """Check that no value is None where the table allows no NULL.
+
+    Raises:
+        pydantic.ValidationError: Naming every such value.
+    """
     columns = sa.inspect(model).columns
     names = [name for name, value in values.items() if value is None and not columns[name].nullable]
-    return none_error(model.__name__, names) if names else None
+    if names:
+        raise cannot_be_none(model.__name__, names)
 
 
 RowT = TypeVar("RowT", bound=SQLModel)
@@ -203,7 +197,7 @@ Key = uuid.UUID | tuple[uuid.UUID, uuid.UUID]
 """A row's primary key: its id, or (team_id, id) for a table of a team's rows."""
 
 
-async def get_or_raise(session: AsyncSession, model: type[RowT], key: Key) -> RowT:
+async def require_row(session: AsyncSession, model: type[RowT], key: Key) -> RowT:
     """Return the `model` row with this primary key.
 
     Raises:
@@ -284,9 +278,8 @@ class BaseRepository(Generic[ModelT, CreateT, UpdateT]):
     async def _update(self, key: Key, data: UpdateT | Mapping[str, Any]) -> ModelT:
         validated = validate(self.update_model, data)
         changes = {name: getattr(validated, name) for name in validated.model_fields_set}
-        if (error := null_errors(self.model, changes)) is not None:
-            raise error
-        row = await get_or_raise(self.session, self.model, key)
+        check_not_null(self.model, changes)
+        row = await require_row(self.session, self.model, key)
         try:
             async with self.writing():
                 for name, value in changes.items():
@@ -312,10 +305,15 @@ class BaseRepository(Generic[ModelT, CreateT, UpdateT]):
             statement = statement.where(columns[name] == value)
         return statement
 
-    async def _list(self, limit: int, offset: int, filters: Mapping[str, Any]) -> Sequence[ModelT]:
+    async def _list(
+        self, limit: int, offset: int, filters: Mapping[str, Any], newest_first: bool
+    ) -> Sequence[ModelT]:
         check_page(limit, offset)
         statement = self._filtered(select(self.model), filters)
-        statement = statement.order_by(self.model.created_at, self.model.id)  # type: ignore[attr-defined]
+        created_at = sa.inspect(self.model).columns["created_at"]
+        statement = statement.order_by(
+            created_at.desc() if newest_first else created_at, sa.inspect(self.model).columns["id"]
+        )
         async with translated_errors():
             rows: Sequence[ModelT] = (
                 await self.session.exec(statement.limit(limit).offset(offset))
@@ -341,7 +339,7 @@ class Repository(BaseRepository[ModelT, CreateT, UpdateT]):
         Raises:
             NotFoundError: If there is none.
         """
-        return await get_or_raise(self.session, self.model, id)
+        return await require_row(self.session, self.model, id)
 
     async def update(self, id: uuid.UUID, data: UpdateT | Mapping[str, Any]) -> ModelT:
         """Apply the fields set in `data` to the row with this id.
@@ -367,14 +365,16 @@ class Repository(BaseRepository[ModelT, CreateT, UpdateT]):
         """
         return await self._delete(col(self.model.id) == id)  # type: ignore[attr-defined]
 
-    async def list(self, limit: int = 50, offset: int = 0, **filters: Any) -> Sequence[ModelT]:
-        """Rows whose columns equal `filters`, oldest first.
+    async def list(
+        self, limit: int = 50, offset: int = 0, *, newest_first: bool = False, **filters: Any
+    ) -> Sequence[ModelT]:
+        """Rows whose columns equal `filters`, oldest first (or newest first).
 
         Raises:
             ValueError: If a filter names no column, or limit or offset is negative.
             pydantic.ValidationError: If a filter value is not valid for its column.
         """
-        return await self._list(limit, offset, filters)
+        return await self._list(limit, offset, filters, newest_first)
 
     async def count(self, **filters: Any) -> int:
         """How many rows have columns equal to `filters`.
@@ -403,7 +403,7 @@ class TeamRowRepository(BaseRepository[ModelT, CreateT, UpdateT]):
         Raises:
             NotFoundError: If the team has none.
         """
-        return await get_or_raise(self.session, self.model, (team_id, id))
+        return await require_row(self.session, self.model, (team_id, id))
 
     async def update(
         self, id: uuid.UUID, data: UpdateT | Mapping[str, Any], *, team_id: uuid.UUID
@@ -433,15 +433,21 @@ class TeamRowRepository(BaseRepository[ModelT, CreateT, UpdateT]):
         return await self._delete(columns["team_id"] == team_id, columns["id"] == id)
 
     async def list(
-        self, limit: int = 50, offset: int = 0, *, team_id: uuid.UUID, **filters: Any
+        self,
+        limit: int = 50,
+        offset: int = 0,
+        *,
+        team_id: uuid.UUID,
+        newest_first: bool = False,
+        **filters: Any,
     ) -> Sequence[ModelT]:
-        """The team's rows whose columns equal `filters`, oldest first.
+        """The team's rows whose columns equal `filters`, oldest first (or newest first).
 
         Raises:
             ValueError: If a filter names no column, or limit or offset is negative.
             pydantic.ValidationError: If a filter value is not valid for its column.
         """
-        return await self._list(limit, offset, {"team_id": team_id, **filters})
+        return await self._list(limit, offset, {"team_id": team_id, **filters}, newest_first)
 
     async def count(self, *, team_id: uuid.UUID, **filters: Any) -> int:
         """How many of the team's rows have columns equal to `filters`.

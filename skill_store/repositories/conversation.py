@@ -19,7 +19,7 @@ from skill_store.models.conversation import FeedbackRating
 from skill_store.repositories.base import (
     TeamRowRepository,
     check_page,
-    get_or_raise,
+    require_row,
     translated_errors,
     validate,
 )
@@ -109,7 +109,7 @@ class ConversationRepository(
             NotFoundError: If the team has no such message.
         """
         feedback = MessageUpdate(feedback_rating=rating, feedback_comment=comment)
-        message = await get_or_raise(self.session, Message, (team_id, message_id))
+        message = await require_row(self.session, Message, (team_id, message_id))
         async with self.writing():
             message.sqlmodel_update(feedback.model_dump())
         return message

@@ -2,13 +2,17 @@
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import selectinload
-from sqlmodel import col, select
+from sqlmodel import SQLModel, col, func, select
 
 from skill_store.errors import ConflictError, NotFoundError
 from skill_store.models import (
+    Agent,
+    Memory,
     Team,
     TeamCreate,
     TeamMembership,
@@ -19,6 +23,16 @@ from skill_store.models import (
 from skill_store.models._types import check_text
 from skill_store.repositories.base import Repository, translated_errors, validate
 from skill_store.tenancy import WITHOUT_PASSWORD_HASH
+
+
+@dataclass(frozen=True)
+class TeamCounts:
+    """A team and the size of its world."""
+
+    team: Team
+    members: int
+    agents: int
+    memories: int
 
 
 class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
@@ -43,6 +57,31 @@ class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
         async with translated_errors():
             statement = select(Team).where(Team.slug == check_text(slug))
             return (await self.session.exec(statement)).first()
+
+    async def get_by_slug_or_raise(self, slug: str) -> Team:
+        """The team with this slug.
+
+        Raises:
+            NotFoundError: If there is none.
+        """
+        team = await self.get_by_slug(slug)
+        if team is None:
+            raise NotFoundError("team", repr(slug))
+        return team
+
+    async def with_counts(self) -> Sequence[TeamCounts]:
+        """Every team with its numbers of members, agents and memories, by slug."""
+
+        def count(model: type[SQLModel]) -> Any:
+            team_id = sa.inspect(model).columns["team_id"]
+            return select(func.count()).where(team_id == Team.id).scalar_subquery()
+
+        statement = select(Team, count(TeamMembership), count(Agent), count(Memory)).order_by(
+            col(Team.slug)
+        )
+        async with translated_errors():
+            rows = (await self.session.exec(statement)).all()
+        return [TeamCounts(*row) for row in rows]
 
     async def add_member(
         self, team_id: uuid.UUID, user_id: uuid.UUID, role: UserRole = UserRole.MEMBER

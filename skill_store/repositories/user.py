@@ -12,7 +12,7 @@ from sqlmodel import func, select
 
 from skill_store.models import User, UserCreate, UserUpdate
 from skill_store.models._types import check_text
-from skill_store.repositories.base import Repository, none_error, translated_errors, validate
+from skill_store.repositories.base import Repository, cannot_be_none, translated_errors, validate
 
 _hasher = PasswordHasher()
 
@@ -42,7 +42,7 @@ class UserRepository(Repository[User, UserCreate, UserUpdate]):
         """Apply the fields set in `data`; a new `password` is stored as its hash."""
         validated = validate(UserUpdate, data)
         if "password" in validated.model_fields_set and validated.password is None:
-            raise none_error(UserUpdate.__name__, ["password"])
+            raise cannot_be_none(UserUpdate.__name__, ["password"])
         profile = validated.model_dump(exclude={"password"}, exclude_unset=True)
         user = await super().update(id, profile)
         if validated.password is not None:

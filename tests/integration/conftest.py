@@ -8,12 +8,9 @@ rolled back afterwards, so tests see only their own rows.
 import os
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
-from sqlalchemy import make_url, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store import (
@@ -30,65 +27,9 @@ from skill_store import (
     UserRole,
 )
 from skill_store.database import get_engine, migrate, start_embedded_server
-from skill_store.settings import get_settings, normalize_database_url
+from skill_store.settings import normalize_database_url
 
-TABLES = (
-    "user",
-    "team",
-    "team_membership",
-    "agent",
-    "conversation",
-    "message",
-    "memory",
-    "memory_log",
-    "memory_tag",
-)
-FINGERPRINT = " UNION ALL ".join(
-    f"SELECT '{table}', count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), ''))"
-    f' FROM "{table}" AS t'
-    for table in TABLES
-)
-
-
-async def fingerprint(session: AsyncSession) -> dict[str, tuple[int, str]]:
-    """Row count and checksum of every table, as the session sees them."""
-    rows = await session.exec(text(FINGERPRINT))  # type: ignore[call-overload]
-    return {table: (count, digest) for table, count, digest in rows}
-
-
-def unit_vector(*hot: int) -> list[float]:
-    """An embedding of the configured length with 1.0 at the `hot` positions."""
-    vector = [0.0] * get_settings().embedding_dimensions
-    for position in hot:
-        vector[position] = 1.0
-    return vector
-
-
-async def create_database(server_url: str, name: str) -> str:
-    """Create (or re-create) an empty database on the server; return its URL."""
-    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    async with admin.connect() as connection:
-        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    await admin.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-async def drop_database(server_url: str, name: str) -> None:
-    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    async with admin.connect() as connection:
-        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    await admin.dispose()
-
-
-@asynccontextmanager
-async def migrated_database(server_url: str, name: str) -> AsyncIterator[AsyncEngine]:
-    """An engine on a new, migrated database of its own, dropped afterwards."""
-    engine = await get_engine(await create_database(server_url, name))
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
-    await drop_database(server_url, name)
+from ..support import create_database, drop_database
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from skill_store.errors import EmbeddingDimensionError
 from skill_store.portability import ImportCounts, import_memories
 from skill_store.settings import get_settings
 
-from .conftest import unit_vector
+from ..support import unit_vector
 
 
 def items(team_id: uuid.UUID, count: int, **fields: Any) -> Iterator[dict[str, Any]]:

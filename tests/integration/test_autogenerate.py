@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from skill_store.database import get_engine
 
-from .conftest import migrated_database
+from ..support import migrated_database
 
 ROOT = Path(__file__).resolve().parents[2]
 DATABASE = "skill_store_autogenerate"

@@ -40,7 +40,7 @@ from skill_store import (
     get_settings,
 )
 
-from .conftest import fingerprint, unit_vector
+from ..support import fingerprint, unit_vector
 
 
 async def assert_unchanged_after(

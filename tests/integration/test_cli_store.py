@@ -15,7 +15,7 @@ from skill_store.cli import app
 from skill_store.demo import SUCCESSOR
 from skill_store.settings import get_settings
 
-from .conftest import create_database
+from ..support import create_database
 from .test_cli import skill_store
 
 

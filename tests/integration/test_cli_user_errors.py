@@ -22,7 +22,7 @@ from skill_store import (
 from skill_store.cli import app
 from skill_store.settings import get_settings
 
-from .conftest import migrated_database
+from ..support import migrated_database
 
 DATABASE = "skill_store_cli_errors"
 

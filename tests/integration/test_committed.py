@@ -35,7 +35,7 @@ from skill_store import (
     get_session_factory,
 )
 
-from .conftest import migrated_database
+from ..support import migrated_database
 
 
 @dataclass

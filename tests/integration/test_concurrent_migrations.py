@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from skill_store.database import alembic_config, get_engine
 
-from .conftest import create_database, drop_database
+from ..support import create_database, drop_database
 
 MIGRATOR = """
 import asyncio, sys, time

@@ -23,7 +23,7 @@ from skill_store.embeddings import HASHING_MODEL
 from skill_store.portability import export_memories, import_memories
 from skill_store.settings import get_settings
 
-from .conftest import unit_vector
+from ..support import unit_vector
 
 OTHER_MODEL = "text-embedding-3-small"
 

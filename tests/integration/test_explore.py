@@ -22,7 +22,7 @@ from skill_store import (
 )
 from skill_store.demo import QUERY, SUCCESSOR, SUPERSEDED, ensure_demo
 
-from .conftest import create_database, drop_database
+from ..support import create_database, drop_database
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from skill_store.database import start_embedded_server
 from skill_store.portability import import_memories
 from skill_store.settings import get_settings
 
-from .conftest import create_database, drop_database
+from ..support import create_database, drop_database
 
 DATABASE = "skill_store_faults"
 MANY = 3000  # memories per killed import: three COPY batches of 1000

@@ -8,7 +8,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store import MemoryCreate, MemoryRepository, MemoryType, Team, get_settings
 
-from .conftest import fingerprint
+from ..support import fingerprint
 
 DIMENSIONS = get_settings().embedding_dimensions
 

@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 from skill_store.database import migrate, run_alembic
 from skill_store.settings import get_settings
 
-from .conftest import TABLES
+from ..support import TABLES
 
 ENUM_LABELS = {
     "user_role": ["owner", "admin", "member", "viewer"],

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
-from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store import (
@@ -44,13 +43,11 @@ from skill_store import (
     UserUpdate,
 )
 
+from ..support import scalar
+
 PASSWORD = "correct horse"
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-async def scalar(session: AsyncSession, sql: str, **params: Any) -> Any:
-    return (await session.exec(text(sql), params=params)).scalar_one()  # type: ignore[call-overload]
 
 
 async def count(session: AsyncSession, table: str) -> int:

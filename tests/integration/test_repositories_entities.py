@@ -36,7 +36,7 @@ from skill_store import (
     UserRole,
 )
 
-from .conftest import fingerprint
+from ..support import fingerprint
 from .test_repositories import (
     PASSWORD,
     agent_data,

@@ -42,16 +42,12 @@ from skill_store import (
 from skill_store.repositories import memory as memory_module
 from skill_store.settings import get_settings
 
-from .conftest import fingerprint, unit_vector
-from .test_repositories import count, new_user, scalar
+from ..support import fingerprint, run, scalar, unit_vector
+from .test_repositories import count, new_user
 
 WHEN = datetime(2030, 1, 1, tzinfo=UTC)
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-async def run(session: AsyncSession, sql: str, **params: Any) -> None:
-    await session.exec(text(sql), params=params)  # type: ignore[call-overload]
 
 
 async def row(session: AsyncSession, sql: str, **params: Any) -> tuple[Any, ...]:

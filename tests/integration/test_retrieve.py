@@ -40,7 +40,7 @@ from skill_store import (
 from skill_store.portability import ImportCounts, export_memories, import_memories
 from skill_store.settings import get_settings
 
-from .conftest import unit_vector
+from ..support import unit_vector
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 QUERY = "where does Ada go climbing"

@@ -35,7 +35,7 @@ from skill_store import (
 from skill_store.repositories.memory import RETRIEVAL_DEPTH
 from skill_store.settings import get_settings
 
-from .conftest import migrated_database
+from ..support import migrated_database
 
 DIMENSIONS = 32
 LARGE = 3_000  # past the 2,000 memories up to which every query word is counted

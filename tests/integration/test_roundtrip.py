@@ -4,7 +4,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import text
@@ -50,7 +50,8 @@ from skill_store import (
     UserRole,
     VoiceExample,
 )
-from tests.integration.conftest import unit_vector
+
+from ..support import scalar, unit_vector
 
 RowT = TypeVar("RowT", bound=SQLModel)
 
@@ -59,10 +60,6 @@ async def reload(session: AsyncSession, model: type[RowT], row_id: uuid.UUID) ->
     """The row as the database has it: nothing comes from the identity map."""
     session.expunge_all()
     return (await session.exec(select(model).where(model.id == row_id))).one()  # type: ignore[attr-defined]
-
-
-async def scalar(session: AsyncSession, sql: str, **params: Any) -> Any:
-    return (await session.exec(text(sql), params=params)).scalar_one()
 
 
 @asynccontextmanager

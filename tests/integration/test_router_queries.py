@@ -31,6 +31,7 @@ from skill_store import (
     MemoryRepository,
     MemoryTier,
     MemoryType,
+    StatsRepository,
     TeamRepository,
     UserRepository,
     get_session_factory,
@@ -39,17 +40,8 @@ from skill_store import (
 from skill_store.portability import export_memories
 from skill_store.settings import get_settings
 
-from .conftest import migrated_database, unit_vector
+from ..support import TEAM_TABLES, migrated_database, unit_vector
 
-TEAM_TABLES = (
-    "team_membership",
-    "agent",
-    "conversation",
-    "message",
-    "memory",
-    "memory_log",
-    "memory_tag",
-)
 # The database functions that read team tables: the argument that names the team, and how
 # many arguments the team's overload takes.
 TEAM_FUNCTIONS = {
@@ -57,8 +49,14 @@ TEAM_FUNCTIONS = {
     "update_memory_access": (0, 2),
     "reconstruct_memory_at": (0, 3),
 }
-CROSS_TEAM = {"TeamRepository.teams_for_user"}
-"""Calls that read every team's rows by design: a user's teams are found in every shard."""
+CROSS_TEAM = {
+    "TeamRepository.teams_for_user",
+    "TeamRepository.with_counts",
+    "StatsRepository.rows_per_table",
+    "StatsRepository.memory_groups",
+}
+"""Calls that read every team's rows by design: a user's teams are found in every shard, and
+the counts of every team are an operator's view of the whole store."""
 
 _RELATION = re.compile(
     r"\b(?P<verb>FROM|JOIN|UPDATE|INTO|COPY)\s+(?P<table>\w+)(?:\s+AS\s+(?P<alias>\w+))?", re.I
@@ -223,11 +221,17 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
     await call("TeamRepository.members", lambda: teams.members(team.id))
     await call("TeamRepository.teams_for_user", lambda: teams.teams_for_user(ada.id))
     await call("TeamRepository.get_by_slug", lambda: teams.get_by_slug(team.slug))
+    await call("TeamRepository.get_by_slug_or_raise", lambda: teams.get_by_slug_or_raise(team.slug))
+    await call("TeamRepository.with_counts", lambda: teams.with_counts())
     await call("TeamRepository.update", lambda: teams.update(team.id, {"name": "Acme Corp"}))
     await call("TeamRepository.get_by_id", lambda: teams.get_by_id(team.id))
     await call("TeamRepository.get_or_raise", lambda: teams.get_or_raise(team.id))
     await call("TeamRepository.list", lambda: teams.list(slug=team.slug))
     await call("TeamRepository.count", lambda: teams.count())
+    stats = StatsRepository(session)
+    await call("StatsRepository.rows_per_table", lambda: stats.rows_per_table())
+    await call("StatsRepository.memory_groups", lambda: stats.memory_groups())
+    await call("StatsRepository.index_sizes", lambda: stats.index_sizes())
 
     personality = {"system_prompt_template": "You are Kyra."}
     kyra = await call(
@@ -368,6 +372,7 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
 REPOSITORIES = (
     UserRepository,
     TeamRepository,
+    StatsRepository,
     AgentRepository,
     ConversationRepository,
     MemoryRepository,

@@ -38,7 +38,7 @@ from skill_store.cli import app
 from skill_store.database import ensure_migrated
 from skill_store.settings import get_settings
 
-from .conftest import create_database, drop_database
+from ..support import create_database, drop_database
 
 DATABASE = "skill_store_secrets"
 PASSWORD = "correct horse battery staple"

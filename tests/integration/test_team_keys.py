@@ -22,7 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from skill_store.database import migrate, run_alembic
 
-from .conftest import TABLES
+from ..support import TABLES
 
 REFERENCE_TABLES = {"user", "team"}
 TEAM_TABLES = set(TABLES) - REFERENCE_TABLES

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import CursorResult, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -33,15 +33,7 @@ from skill_store import (
 )
 from skill_store.repositories.base import translated_errors
 
-from .conftest import migrated_database
-
-
-async def run(session: AsyncSession, sql: str, **params: Any) -> CursorResult[Any]:
-    return await session.exec(text(sql), params=params)  # type: ignore[return-value]
-
-
-async def scalar(session: AsyncSession, sql: str, **params: Any) -> Any:
-    return (await run(session, sql, **params)).scalar_one()
+from ..support import migrated_database, run, scalar
 
 
 async def broken_rule(session: AsyncSession, sql: str, **params: Any) -> ConflictError:

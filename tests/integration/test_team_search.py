@@ -34,7 +34,7 @@ from skill_store import (
 from skill_store.repositories import memory as memory_module
 from skill_store.settings import get_settings
 
-from .conftest import migrated_database
+from ..support import migrated_database
 
 DIMENSIONS = 32
 CROWD = 24_000

@@ -24,6 +24,7 @@ from skill_store import (
     AgentCreate,
     AgentPersonality,
     AgentRepository,
+    ConflictError,
     ConversationCreate,
     ConversationRepository,
     MemoryCreate,
@@ -47,7 +48,7 @@ from skill_store import (
 )
 from skill_store.repositories.base import translated_errors
 
-from .conftest import (
+from ..support import (
     TABLES,
     create_database,
     drop_database,
@@ -487,6 +488,19 @@ async def test_the_same_attempts_succeed_for_our_own_team(world: World) -> None:
         ("superseded", "system", world.ours.id),
     ]
     assert [entry.action for entry in deleted_history] == ["created", "deleted"]
+
+
+async def test_a_unique_clash_in_a_scoped_session_names_its_constraint(world: World) -> None:
+    """The database hides the clashing values from the team role: the error names the rule."""
+    async with scope_to_team(world.factory(), world.ours.id) as session:
+        agents = AgentRepository(session)
+        agent = await agents.get_or_raise(world.ours.agent_id, team_id=world.ours.id)
+        twin = AgentCreate(
+            team_id=world.ours.id, name="Twin", slug=agent.slug, personality=agent.personality
+        )
+        with pytest.raises(ConflictError) as caught:
+            await agents.create(twin)
+    assert str(caught.value) == "the agent repeats a key that must be unique (uq_agent_team_slug)"
 
 
 async def test_the_scope_outlives_commits(world: World) -> None:

@@ -6,7 +6,6 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
-from sqlalchemy import CursorResult, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -26,17 +25,9 @@ from skill_store import (
 )
 from skill_store.settings import get_settings
 
-from .conftest import unit_vector
+from ..support import run, scalar, unit_vector
 
 OLD = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-async def run(session: AsyncSession, sql: str, **params: Any) -> CursorResult[Any]:
-    return await session.exec(text(sql), params=params)  # type: ignore[return-value]
-
-
-async def scalar(session: AsyncSession, sql: str, **params: Any) -> Any:
-    return (await run(session, sql, **params)).scalar_one()
 
 
 async def new_memory(

@@ -17,7 +17,6 @@ from skill_store import (
     AgentMemoryConfig,
     AgentModelConfig,
     AgentPersonality,
-    AgentRead,
     AgentStatus,
     AgentUpdate,
     RetrievalWeights,
@@ -252,10 +251,6 @@ def test_effective_skills(
     )
     assert dna.effective_skills == expected
     assert dna.model_dump()["effective_skills"] == expected
-
-
-def test_agent_read_is_agent_dna() -> None:
-    assert AgentRead is AgentDNA
 
 
 # --- Table instance and conversions ---------------------------------------------------------

@@ -37,7 +37,7 @@ from skill_store import (
     UserUpdate,
     get_settings,
 )
-from skill_store.models.user import SLUG_PATTERN
+from skill_store.models._types import SLUG_PATTERN
 from tests.unit.helpers import PERSONALITY, assert_rejected, build
 
 # --- Content length limits ------------------------------------------------------------------

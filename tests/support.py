@@ -1,0 +1,78 @@
+"""Helpers shared by the tests and the benchmarks: the tables, databases, raw SQL, vectors.
+
+No pytest here: `bench/` imports this module too. Fixtures live in `tests/integration/conftest.py`.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import CursorResult, make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from skill_store.database import get_engine, migrate
+from skill_store.models import metadata
+from skill_store.settings import get_settings
+
+TABLES = tuple(table.name for table in metadata.sorted_tables)
+TEAM_TABLES = tuple(table.name for table in metadata.sorted_tables if "team_id" in table.c)
+"""The tables of a team's rows: each is keyed, distributed and guarded by `team_id`."""
+FINGERPRINT = " UNION ALL ".join(
+    f"SELECT '{table}', count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), ''))"
+    f' FROM "{table}" AS t'
+    for table in TABLES
+)
+
+
+async def fingerprint(session: AsyncSession) -> dict[str, tuple[int, str]]:
+    """Row count and checksum of every table, as the session sees them."""
+    rows = await session.exec(text(FINGERPRINT))  # type: ignore[call-overload]
+    return {table: (count, digest) for table, count, digest in rows}
+
+
+def unit_vector(*hot: int) -> list[float]:
+    """An embedding of the configured length with 1.0 at the `hot` positions."""
+    vector = [0.0] * get_settings().embedding_dimensions
+    for position in hot:
+        vector[position] = 1.0
+    return vector
+
+
+async def create_database(server_url: str, name: str) -> str:
+    """Create (or re-create) an empty database on the server; return its URL."""
+    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    async with admin.connect() as connection:
+        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    await admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    """Drop the database if it exists, whoever is connected to it."""
+    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    async with admin.connect() as connection:
+        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await admin.dispose()
+
+
+@asynccontextmanager
+async def migrated_database(server_url: str, name: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a new, migrated database of its own, dropped afterwards."""
+    engine = await get_engine(await create_database(server_url, name))
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+    await drop_database(server_url, name)
+
+
+async def run(session: AsyncSession, sql: str, **params: Any) -> CursorResult[Any]:
+    """Execute raw SQL with bound `params` in the session."""
+    return await session.exec(text(sql), params=params)  # type: ignore[call-overload,no-any-return]
+
+
+async def scalar(session: AsyncSession, sql: str, **params: Any) -> Any:
+    """The one value of a raw SQL query."""
+    return (await run(session, sql, **params)).scalar_one()
