@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import uuid
+import weakref
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -23,7 +24,9 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+import numpy as np
 import sqlalchemy as sa
+from numpy.typing import NDArray
 from pydantic import BaseModel, TypeAdapter
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
@@ -57,7 +60,7 @@ from skill_store.models import (
     RetrievalWeights,
     ScoredMemory,
 )
-from skill_store.models._types import Moment, PgStr, Vector, check_vector
+from skill_store.models._types import Moment, PgStr, Vector, VectorLike, as_vector
 from skill_store.models.memory import Tag
 from skill_store.repositories.base import (
     TeamRowRepository,
@@ -144,6 +147,9 @@ _EMBEDDING_COLUMN = (
     )
 )
 """The dimension of `memory.embedding`: one row, one column."""
+
+_COLUMN_DIMENSIONS: weakref.WeakKeyDictionary[sa.Engine, int] = weakref.WeakKeyDictionary()
+"""The dimension of `memory.embedding` in each engine's database, once read."""
 
 _MEMORY_TYPES = postgresql.ARRAY(sa.inspect(Memory).columns["memory_type"].type)
 
@@ -246,8 +252,6 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
     create_model = MemoryCreate
     update_model = MemoryUpdate
 
-    _dimensions: int | None = None
-
     def __init__(
         self,
         session: AsyncSession,
@@ -298,28 +302,34 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         )
 
     async def column_dimensions(self) -> int:
-        """The dimension of the database's `memory.embedding` column."""
-        if self._dimensions is None:
+        """The dimension of the database's `memory.embedding` column, read once per engine."""
+        engine = self.session.get_bind().engine
+        if engine not in _COLUMN_DIMENSIONS:
             async with translated_errors():
-                self._dimensions = int((await self.session.exec(_EMBEDDING_COLUMN)).one())
-        return self._dimensions
+                dimensions = int((await self.session.exec(_EMBEDDING_COLUMN)).one())
+            _COLUMN_DIMENSIONS[engine] = dimensions
+        return _COLUMN_DIMENSIONS[engine]
+
+    async def _vector(self, embedding: VectorLike) -> NDArray[np.float32]:
+        """`embedding` checked by `as_vector` against the column's dimension."""
+        return as_vector(embedding, await self.column_dimensions())
 
     async def _vector_rows(self, statement: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
         """The rows of a statement that gives the column's dimension first in each.
 
+        The query was checked against the dimension read before; should the column have
+        changed since (a new migration), the statement did not pass the query to the database
+        function, which would have raised and aborted the caller's transaction.
+
         Raises:
-            EmbeddingDimensionError: If `parameters["query"]` has another dimension (the
-                statement did not pass it to the database function).
+            EmbeddingDimensionError: If `parameters["query"]` has another dimension.
         """
         async with translated_errors():
             rows: Sequence[Any] = (await self.session.exec(statement, params=parameters)).all()
-        self._dimensions = int(rows[0][0])
-        _check_length(parameters["query"], self._dimensions)
+        dimensions = int(rows[0][0])
+        _COLUMN_DIMENSIONS[self.session.get_bind().engine] = dimensions
+        _check_length(parameters["query"], dimensions)
         return rows
-
-    async def _check_embedding(self, embedding: Sequence[float]) -> list[float]:
-        _check_length(embedding, await self.column_dimensions())
-        return _embedding_values(embedding)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -340,7 +350,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """
         validated = validate(MemoryCreate, data)
         if validated.embedding is not None:
-            await self._check_embedding(validated.embedding)
+            await self._vector(validated.embedding)
         memory = Memory.model_validate(validated, update=_dated(validated))
         async with self.writing_as(actor, reason):
             self.session.add(memory)
@@ -364,7 +374,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """
         validated = validate(MemoryUpdate, data)
         if validated.embedding is not None:
-            await self._check_embedding(validated.embedding)
+            await self._vector(validated.embedding)
         async with self.writing_as(actor, reason):
             current = await self._locked(team_id, id)
             if current.status == MemoryStatus.SUPERSEDED:
@@ -406,7 +416,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """
         validated = validate(MemoryCreate, data)
         if validated.embedding is not None:
-            await self._check_embedding(validated.embedding)
+            await self._vector(validated.embedding)
         async with self.writing_as(actor, reason):
             old = await self._locked(validated.team_id, memory_id)
             if old.status != MemoryStatus.ACTIVE:
@@ -697,7 +707,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         weights: RetrievalWeights | Mapping[str, float] | None = None,
         limit: int = 20,
         token_budget: int | None = None,
-        query_embedding: Sequence[float] | None = None,
+        query_embedding: VectorLike | None = None,
         now: datetime | None = None,
         record_access: bool = False,
     ) -> list[ScoredMemory]:
@@ -760,9 +770,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         moment = None if now is None else _moment.validate_python(now)
         if query_embedding is None:
             [query_embedding] = await self.embedder.embed([query])
-        vector = _embedding_values(query_embedding)
         parameters = {
-            "query": vector,
+            "query": await self._vector(query_embedding),
             "query_text": query,
             "team_id": team_id,
             "agent_id": agent_id,
@@ -931,7 +940,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
     async def search_by_embedding(
         self,
-        embedding: Sequence[float],
+        embedding: VectorLike,
         team_id: uuid.UUID,
         agent_id: uuid.UUID | None = None,
         user_id: uuid.UUID | None = None,
@@ -955,9 +964,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             EmbeddingDimensionError: If the embedding's length differs from the column's.
         """
         check_page(limit)
-        query = _embedding_values(embedding)
         parameters = {
-            "query": query,
+            "query": await self._vector(embedding),
             "team_id": team_id,
             "agent_id": agent_id,
             "user_id": user_id,
@@ -983,7 +991,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
     async def find_similar(
         self,
-        embedding: Sequence[float],
+        embedding: VectorLike,
         team_id: uuid.UUID,
         threshold: float = 0.92,
         agent_id: uuid.UUID | None = None,
@@ -1029,16 +1037,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         return None if content is None else str(content)
 
 
-def _check_length(embedding: Sequence[float], expected: int) -> None:
+def _check_length(embedding: VectorLike, expected: int) -> None:
     if len(embedding) != expected:
         raise EmbeddingDimensionError(expected=expected, got=len(embedding))
-
-
-def _embedding_values(embedding: Sequence[float]) -> list[float]:
-    """The embedding as floats, if `check_vector` accepts them (as it does stored embeddings)."""
-    values = list(map(float, embedding))
-    check_vector(values)
-    return values
 
 
 def _read_fields(memory: Memory) -> dict[str, Any]:
