@@ -566,7 +566,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """Insert many memories and their tags with PostgreSQL `COPY`, all or none of them.
 
         Every item is validated as `MemoryCreate` (tags included), and every embedding's
-        length checked against the column, before anything is sent. The rows are then
+        length checked against the column, before anything is sent. Embeddings given as
+        float32 NumPy arrays are checked and sent as they are, the fastest. The rows are then
         copied in batches of `batch_size` in one savepoint: on any error nothing of the call
         remains and the caller's transaction stays usable. The audit trigger writes a
         `created` row to `memory_log` for each memory, naming `actor` and `reason`.
