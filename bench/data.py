@@ -104,7 +104,7 @@ class World:
             self.teams.append(Team(team_id, kind.name, kind.rows, topics))
 
     def memories(self, chunk: int) -> Iterator[list[dict[str, Any]]]:
-        """Every memory as `MemoryCreate` data (embedding a `list[float]`), in chunks, shuffled.
+        """Every memory as `MemoryCreate` data (embedding a float32 array), in chunks, shuffled.
 
         The order of teams is shuffled so that each chunk holds memories of many teams.
         """
@@ -139,7 +139,7 @@ class World:
                         "memory_type": MEMORY_TYPES[number % len(MEMORY_TYPES)],
                         "content": f"topic {topic} note {number}: {' '.join(words)}",
                         "subject": f"topic {topic}" if number % 3 == 0 else None,
-                        "embedding": vectors[offset].tolist(),
+                        "embedding": vectors[offset],
                         "importance": int(rng.integers(1, 11)),
                         "metadata_json": {"source": "bench", "number": number},
                         "tags": [

@@ -2,25 +2,32 @@
 
 import math
 import uuid
-from array import array
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
+import numpy as np
 import sqlalchemy as sa
+from numpy.typing import NDArray
 from pgvector import Vector as PgVector
 from pgvector.sqlalchemy import VECTOR
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
-    FiniteFloat,
+    GetCoreSchemaHandler,
+    GetPydanticSchema,
     JsonValue,
+    SerializationInfo,
     StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
 )
+from pydantic_core import InitErrorDetails, core_schema
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
 
+from skill_store.errors import EmbeddingDimensionError
 from skill_store.settings import get_settings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -62,53 +69,103 @@ def _check_json(value: Any) -> Any:
     return value
 
 
-FLOAT32_MAX = 3.4028234663852886e38
-_SMALLEST_NORM = math.sqrt(1.1754943508222875e-38)  # its square is float32's smallest normal
-_LARGEST_NORM = math.sqrt(FLOAT32_MAX / 2)  # a margin for the rounding of a float32 sum
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MIN_SQUARES = float(np.finfo(np.float32).tiny)  # the smallest normal float32
+_MAX_SQUARES = FLOAT32_MAX / 2  # a margin for the rounding of a float32 sum
+
+VectorLike = Sequence[float] | NDArray[Any]
+"""An embedding as callers give it: a sequence of numbers or a one-dimensional NumPy array."""
 
 
-def check_vector(values: Sequence[float]) -> None:
-    """Check that a `vector` column can store `values` and compare them by cosine.
+def as_vector(values: VectorLike, dimensions: int) -> NDArray[np.float32]:
+    """`values` as the float32 array that a `vector(dimensions)` column stores, checked.
 
     `vector` stores float32 and pgvector sums squares in float32, so the values are checked
     after conversion to float32: each finite and within float32's range, and the squared norm
     neither zero (values so small that they underflow) nor overflowing. Otherwise every
-    cosine similarity with the vector would be NaN.
+    cosine similarity with the vector would be NaN. The checks are vectorised.
 
     Args:
-        values: The vector's values.
+        values: The embedding.
+        dimensions: How many values it must have.
+
+    Returns:
+        The values as a one-dimensional float32 array: `values` itself if it is one.
 
     Raises:
-        ValueError: Saying which condition the vector breaks.
+        EmbeddingDimensionError: If there are not `dimensions` values.
+        pydantic.ValidationError: If a value is NaN or infinite, located at its position.
+        ValueError: If the values are not numbers in one dimension, or saying which other
+            condition the vector breaks.
     """
-    norm = math.hypot(*array("f", values))  # infinite or NaN if any value is
-    if not math.isfinite(norm):
-        if not all(map(math.isfinite, values)):
-            raise ValueError("embedding values must be finite (no NaN or infinity)")
-        raise ValueError(
-            f"embedding values must be within float32 range (±{FLOAT32_MAX:.7g}):"
-            " the vector column stores float32"
-        )
-    if norm < _SMALLEST_NORM:
+    array = np.asarray(values)
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"embedding values must be real numbers, not {array.dtype}")
+    if array.ndim != 1:
+        raise ValueError(f"embedding must be one-dimensional, not of shape {array.shape}")
+    if array.dtype == np.float32:
+        vector: NDArray[np.float32] = array
+    else:
+        with np.errstate(over="ignore"):  # values beyond float32's range become infinite
+            vector = array.astype(np.float32)
+    wide = vector.astype(np.float64)
+    squares = float(np.dot(wide, wide))  # NaN or infinite if any value is
+    if not math.isfinite(squares):
+        raise _not_finite(array)
+    if len(vector) != dimensions:
+        raise EmbeddingDimensionError(expected=dimensions, got=len(vector))
+    if squares < _MIN_SQUARES:
         raise ValueError(
             "embedding must not be all zeros (nor so small that it is zero in float32):"
             " its cosine similarity is undefined"
         )
-    if norm > _LARGEST_NORM:
+    if squares > _MAX_SQUARES:
         raise ValueError(
             "embedding's norm is too large: its square overflows float32, so its cosine"
             " similarity is undefined"
         )
+    return vector
 
 
-def _check_embedding(value: list[float]) -> list[float]:
-    expected = get_settings().embedding_dimensions
-    if len(value) != expected:
-        raise ValueError(
-            f"embedding has {len(value)} dimensions; expected {expected} (EMBEDDING_DIMENSIONS)"
+def _not_finite(array: NDArray[Any]) -> ValueError:
+    """The error for values that are NaN or infinite, before or after conversion to float32."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return ValueError(
+            f"embedding values must be within float32 range (±{FLOAT32_MAX:.7g}):"
+            " the vector column stores float32"
         )
-    check_vector(value)
-    return value
+    position = int(np.argmin(finite))
+    return ValidationError.from_exception_data(
+        "embedding",
+        [InitErrorDetails(type="finite_number", loc=(position,), input=array[position].item())],
+    )
+
+
+def _embedding(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A list of floats stays one; an array becomes (or stays) a float32 array. Both checked."""
+    dimensions = get_settings().embedding_dimensions
+    try:
+        if isinstance(value, np.ndarray):
+            return as_vector(value, dimensions)
+        values = handler(value)
+        as_vector(values, dimensions)
+    except EmbeddingDimensionError as error:
+        raise ValueError(f"{error} (EMBEDDING_DIMENSIONS)") from None
+    return values
+
+
+def _serialized(value: list[float] | NDArray[np.float32], info: SerializationInfo) -> Any:
+    """An array as a list in JSON; as it is otherwise (which pgvector's codecs take)."""
+    return value.tolist() if info.mode_is_json() and isinstance(value, np.ndarray) else value
+
+
+def _embedding_schema(_source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    return core_schema.no_info_wrap_validator_function(
+        _embedding,
+        handler(list[float]),
+        serialization=core_schema.plain_serializer_function_ser_schema(_serialized, info_arg=True),
+    )
 
 
 PgStr = Annotated[str, AfterValidator(check_text)]
@@ -138,8 +195,12 @@ JSONObject = Annotated[dict[str, JsonValue], AfterValidator(_check_json)]
 JSONValue = Annotated[dict[str, JsonValue] | list[JsonValue], AfterValidator(_check_json)]
 """A JSON object or array PostgreSQL can store in `jsonb`."""
 
-Embedding = Annotated[list[FiniteFloat], AfterValidator(_check_embedding)]
-"""A vector of `EMBEDDING_DIMENSIONS` finite floats that `check_vector` accepts."""
+Embedding = Annotated[list[float] | NDArray[np.float32], GetPydanticSchema(_embedding_schema)]
+"""`EMBEDDING_DIMENSIONS` numbers that `as_vector` accepts, as a list or a float32 NumPy array.
+
+A list stays a list of floats; any other array becomes float32 (a float32 array is kept as
+it is). JSON gets a list either way.
+"""
 
 
 class PydanticJSONB(sa.types.TypeDecorator[ModelT], Generic[ModelT]):

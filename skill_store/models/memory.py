@@ -9,7 +9,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
+import numpy as np
 import sqlalchemy as sa
+from numpy.typing import NDArray
 from pydantic import AfterValidator, AliasChoices, AwareDatetime, StringConstraints, field_validator
 from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG, TSVECTOR
 from sqlmodel import Field, Relationship, SQLModel
@@ -91,6 +93,14 @@ class MemoryBase(SQLModel):
         sa_column_kwargs={"server_default": MemoryTier.WARM.value},
     )
     expires_at: Moment | None = None
+
+    @property
+    def embedding_array(self) -> NDArray[np.float32] | None:
+        """The embedding as a float32 NumPy array (the array itself if it is one), or None.
+
+        Memories loaded from the database hold lists, as pgvector returns them.
+        """
+        return None if self.embedding is None else np.asarray(self.embedding, dtype=np.float32)
 
 
 # Database model

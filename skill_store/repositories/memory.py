@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import uuid
+import weakref
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -23,7 +24,9 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+import numpy as np
 import sqlalchemy as sa
+from numpy.typing import NDArray
 from pydantic import BaseModel, TypeAdapter
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
@@ -58,7 +61,7 @@ from skill_store.models import (
     RetrievalWeights,
     ScoredMemory,
 )
-from skill_store.models._types import INT4_MAX, Moment, PgStr, Vector, check_vector
+from skill_store.models._types import INT4_MAX, Moment, PgStr, Vector, VectorLike, as_vector
 from skill_store.models.memory import Tag
 from skill_store.repositories.base import (
     TeamRowRepository,
@@ -159,6 +162,9 @@ _EMBEDDING_MODELS = select(
 )
 """The first and last (by name) of the models that made the vectors of a team's active
 memories, None for none known: one row, two columns, read from `idx_memory_embedder`."""
+
+_COLUMN_DIMENSIONS: weakref.WeakKeyDictionary[sa.Engine, int] = weakref.WeakKeyDictionary()
+"""The dimension of `memory.embedding` in each engine's database, once read."""
 
 _MEMORY_TYPES = postgresql.ARRAY(sa.inspect(Memory).columns["memory_type"].type)
 
@@ -261,8 +267,6 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
     create_model = MemoryCreate
     update_model = MemoryUpdate
 
-    _dimensions: int | None = None
-
     def __init__(
         self,
         session: AsyncSession,
@@ -313,23 +317,33 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         )
 
     async def column_dimensions(self) -> int:
-        """The dimension of the database's `memory.embedding` column."""
-        if self._dimensions is None:
+        """The dimension of the database's `memory.embedding` column, read once per engine."""
+        engine = self.session.get_bind().engine
+        if engine not in _COLUMN_DIMENSIONS:
             async with translated_errors():
-                self._dimensions = int((await self.session.exec(_EMBEDDING_COLUMN)).one())
-        return self._dimensions
+                dimensions = int((await self.session.exec(_EMBEDDING_COLUMN)).one())
+            _COLUMN_DIMENSIONS[engine] = dimensions
+        return _COLUMN_DIMENSIONS[engine]
+
+    async def _vector(self, embedding: VectorLike) -> NDArray[np.float32]:
+        """`embedding` checked by `as_vector` against the column's dimension."""
+        return as_vector(embedding, await self.column_dimensions())
 
     async def _vector_rows(self, statement: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
         """The rows of a statement that gives the column's dimension first in each.
 
+        The query was checked against the dimension read before; should the column have
+        changed since (a new migration), the statement did not pass the query to the database
+        function, which would have raised and aborted the caller's transaction.
+
         Raises:
-            EmbeddingDimensionError: If `parameters["query"]` has another dimension (the
-                statement did not pass it to the database function).
+            EmbeddingDimensionError: If `parameters["query"]` has another dimension.
         """
         async with translated_errors():
             rows: Sequence[Any] = (await self.session.exec(statement, params=parameters)).all()
-        self._dimensions = int(rows[0][0])
-        _check_length(parameters["query"], self._dimensions)
+        dimensions = int(rows[0][0])
+        _COLUMN_DIMENSIONS[self.session.get_bind().engine] = dimensions
+        _check_length(parameters["query"], dimensions)
         return rows
 
     async def _check_model(self, team_id: uuid.UUID) -> None:
@@ -348,10 +362,6 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         stored = list(dict.fromkeys(model for model in (first, last) if model is not None))
         if stored and stored != [query_model]:
             raise EmbeddingModelError(stored, query_model)
-
-    async def _check_embedding(self, embedding: Sequence[float]) -> list[float]:
-        _check_length(embedding, await self.column_dimensions())
-        return _embedding_values(embedding)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -372,7 +382,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """
         validated = validate(MemoryCreate, data)
         if validated.embedding is not None:
-            await self._check_embedding(validated.embedding)
+            await self._vector(validated.embedding)
         memory = Memory.model_validate(validated, update=_dated(validated))
         async with self.writing_as(actor, reason):
             self.session.add(memory)
@@ -398,7 +408,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """
         validated = validate(MemoryUpdate, data)
         if validated.embedding is not None:
-            await self._check_embedding(validated.embedding)
+            await self._vector(validated.embedding)
         if {"embedding", "embedding_model"} & validated.model_fields_set == {"embedding"}:
             validated = validated.model_copy(update={"embedding_model": None})
         async with self.writing_as(actor, reason):
@@ -442,7 +452,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """
         validated = validate(MemoryCreate, data)
         if validated.embedding is not None:
-            await self._check_embedding(validated.embedding)
+            await self._vector(validated.embedding)
         async with self.writing_as(actor, reason):
             old = await self._locked(validated.team_id, memory_id)
             if old.status != MemoryStatus.ACTIVE:
@@ -592,7 +602,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """Insert many memories and their tags with PostgreSQL `COPY`, all or none of them.
 
         Every item is validated as `MemoryCreate` (tags included), and every embedding's
-        length checked against the column, before anything is sent. The rows are then
+        length checked against the column, before anything is sent. Embeddings given as
+        float32 NumPy arrays are checked and sent as they are, the fastest. The rows are then
         copied in batches of `batch_size` in one savepoint: on any error nothing of the call
         remains and the caller's transaction stays usable. The audit trigger writes a
         `created` row to `memory_log` for each memory, naming `actor` and `reason`.
@@ -739,7 +750,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         weights: RetrievalWeights | Mapping[str, float] | None = None,
         limit: int = 20,
         token_budget: int | None = None,
-        query_embedding: Sequence[float] | None = None,
+        query_embedding: VectorLike | None = None,
         now: datetime | None = None,
         record_access: bool = False,
     ) -> list[ScoredMemory]:
@@ -807,9 +818,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         if query_embedding is None:
             await self._check_model(team_id)
             [query_embedding] = await self.embedder.embed([query])
-        vector = _embedding_values(query_embedding)
         parameters = {
-            "query": vector,
+            "query": await self._vector(query_embedding),
             "query_text": query,
             "team_id": team_id,
             "agent_id": agent_id,
@@ -979,7 +989,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
     async def search_by_embedding(
         self,
-        embedding: Sequence[float],
+        embedding: VectorLike,
         team_id: uuid.UUID,
         agent_id: uuid.UUID | None = None,
         user_id: uuid.UUID | None = None,
@@ -1003,9 +1013,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             EmbeddingDimensionError: If the embedding's length differs from the column's.
         """
         check_page(limit)
-        query = _embedding_values(embedding)
         parameters = {
-            "query": query,
+            "query": await self._vector(embedding),
             "team_id": team_id,
             "agent_id": agent_id,
             "user_id": user_id,
@@ -1031,7 +1040,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
     async def find_similar(
         self,
-        embedding: Sequence[float],
+        embedding: VectorLike,
         team_id: uuid.UUID,
         threshold: float = 0.92,
         agent_id: uuid.UUID | None = None,
@@ -1077,16 +1086,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         return None if content is None else str(content)
 
 
-def _check_length(embedding: Sequence[float], expected: int) -> None:
+def _check_length(embedding: VectorLike, expected: int) -> None:
     if len(embedding) != expected:
         raise EmbeddingDimensionError(expected=expected, got=len(embedding))
-
-
-def _embedding_values(embedding: Sequence[float]) -> list[float]:
-    """The embedding as floats, if `check_vector` accepts them (as it does stored embeddings)."""
-    values = list(map(float, embedding))
-    check_vector(values)
-    return values
 
 
 def _read_fields(memory: Memory) -> dict[str, Any]:
