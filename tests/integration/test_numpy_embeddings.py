@@ -24,7 +24,7 @@ from skill_store import (
     get_settings,
 )
 
-from .conftest import fingerprint
+from ..support import fingerprint
 
 DIMENSIONS = get_settings().embedding_dimensions
 
