@@ -204,29 +204,25 @@ def progress(message: str) -> None:
 
 
 def raw_record(memory_id: uuid.UUID, item: dict[str, Any]) -> tuple[Any, ...]:
-    """The `memory` row of a synthetic item in `COPY_COLUMNS` order, as raw SQL would send it."""
-    return (
-        memory_id,
-        item["team_id"],
-        None,
-        None,
-        item["memory_type"],
-        item["content"],
-        item["subject"],
-        item["embedding"],
-        item["importance"],
-        1.0,
-        False,
-        "extraction",
-        None,
-        None,
-        None,
-        None,
-        None,
-        json.dumps(item["metadata_json"]),
-        "warm",
-        None,
-    )
+    """The `memory` row of a synthetic item in `COPY_COLUMNS` order, as raw SQL would send it.
+
+    The columns the item does not set are NULL or their defaults, as `add_many` writes them.
+    """
+    row = {
+        "id": memory_id,
+        "team_id": item["team_id"],
+        "memory_type": item["memory_type"],
+        "content": item["content"],
+        "subject": item["subject"],
+        "embedding": item["embedding"],
+        "importance": item["importance"],
+        "confidence": 1.0,
+        "is_pinned": False,
+        "source_type": "extraction",
+        "metadata": json.dumps(item["metadata_json"]),
+        "tier": "warm",
+    }
+    return tuple(row.get(column) for column in COPY_COLUMNS)
 
 
 # -- the database ---------------------------------------------------------------------

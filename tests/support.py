@@ -3,6 +3,7 @@
 No pytest here: `bench/` imports this module too. Fixtures live in `tests/integration/conftest.py`.
 """
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -59,13 +60,31 @@ async def drop_database(server_url: str, name: str) -> None:
 
 
 @asynccontextmanager
-async def migrated_database(server_url: str, name: str) -> AsyncIterator[AsyncEngine]:
-    """An engine on a new, migrated database of its own, dropped afterwards."""
-    engine = await get_engine(await create_database(server_url, name))
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
-    await drop_database(server_url, name)
+async def migrated_database(
+    server_url: str, name: str, *, dimensions: int | None = None
+) -> AsyncIterator[AsyncEngine]:
+    """An engine on a new, migrated database of its own, dropped afterwards.
+
+    With `dimensions`, the settings' `embedding_dimensions` is that while the database lives
+    (the migration sizes the vector column from it), and as it was afterwards.
+    """
+    before = os.environ.get("EMBEDDING_DIMENSIONS")
+    if dimensions is not None:
+        os.environ["EMBEDDING_DIMENSIONS"] = str(dimensions)
+        get_settings.cache_clear()
+    try:
+        engine = await get_engine(await create_database(server_url, name))
+        await migrate(engine)
+        yield engine
+        await engine.dispose()
+        await drop_database(server_url, name)
+    finally:
+        if dimensions is not None:
+            if before is None:
+                del os.environ["EMBEDDING_DIMENSIONS"]
+            else:
+                os.environ["EMBEDDING_DIMENSIONS"] = before
+            get_settings.cache_clear()
 
 
 async def run(session: AsyncSession, sql: str, **params: Any) -> CursorResult[Any]:

@@ -13,7 +13,7 @@ The tests commit, so they run in a database of their own.
 """
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +33,6 @@ from skill_store import (
     index_large_teams,
 )
 from skill_store.repositories.memory import RETRIEVAL_DEPTH
-from skill_store.settings import get_settings
 
 from ..support import migrated_database
 
@@ -71,17 +70,10 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def dimensions() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EMBEDDING_DIMENSIONS", str(DIMENSIONS))
-        get_settings.cache_clear()
-        yield
-    get_settings.cache_clear()
-
-
-@pytest.fixture(scope="module")
-async def engine(server_url: str, dimensions: None) -> AsyncIterator[AsyncEngine]:
-    async with migrated_database(server_url, "skill_store_large_retrieval") as engine:
+async def engine(server_url: str) -> AsyncIterator[AsyncEngine]:
+    async with migrated_database(
+        server_url, "skill_store_large_retrieval", dimensions=DIMENSIONS
+    ) as engine:
         yield engine
 
 

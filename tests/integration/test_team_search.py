@@ -11,7 +11,7 @@ they run in a database of their own, migrated with EMBEDDING_DIMENSIONS=32.
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,6 @@ from skill_store import (
     index_large_teams,
 )
 from skill_store.repositories import memory as memory_module
-from skill_store.settings import get_settings
 
 from ..support import migrated_database
 
@@ -71,17 +70,10 @@ def unit_rows(
 
 
 @pytest.fixture(scope="module")
-def dimensions() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EMBEDDING_DIMENSIONS", str(DIMENSIONS))
-        get_settings.cache_clear()
-        yield
-    get_settings.cache_clear()
-
-
-@pytest.fixture(scope="module")
-async def engine(server_url: str, dimensions: None) -> AsyncIterator[AsyncEngine]:
-    async with migrated_database(server_url, "skill_store_team_search") as engine:
+async def engine(server_url: str) -> AsyncIterator[AsyncEngine]:
+    async with migrated_database(
+        server_url, "skill_store_team_search", dimensions=DIMENSIONS
+    ) as engine:
         yield engine
 
 
