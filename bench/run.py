@@ -47,7 +47,7 @@ from skill_store import (
     migrate,
 )
 from skill_store.database import start_embedded_server
-from skill_store.repositories.memory import _COPY_COLUMNS as COPY_COLUMNS
+from skill_store.repositories._bulk import COPY_COLUMNS
 from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
 from skill_store.settings import get_settings, normalize_database_url
 from tests.support import create_database, drop_database

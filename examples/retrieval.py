@@ -49,21 +49,24 @@ async def main() -> None:
         memories = MemoryRepository(session)
         long_ago = datetime.now(UTC) - timedelta(days=200)
         await memories.remember(
-            team.id,
             "Ada went climbing in Fontainebleau",
             MemoryType.EPISODIC,
+            team_id=team.id,
             agent_id=kyra.id,
             created_at=long_ago,
         )
         await memories.remember(
-            team.id, "Ada climbs at the gym on Tuesdays", MemoryType.EPISODIC, agent_id=kyra.id
+            "Ada climbs at the gym on Tuesdays",
+            MemoryType.EPISODIC,
+            team_id=team.id,
+            agent_id=kyra.id,
         )
         for fact in ("Ada prefers tea to coffee", "Ada's sister lives in Porto"):
-            await memories.remember(team.id, fact, MemoryType.SEMANTIC, agent_id=kyra.id)
+            await memories.remember(fact, MemoryType.SEMANTIC, team_id=team.id, agent_id=kyra.id)
         await memories.remember(
-            team.id,
             "Ada is allergic to peanuts",
             MemoryType.USER_PROFILE,
+            team_id=team.id,
             agent_id=kyra.id,
             importance=10,
             is_pinned=True,

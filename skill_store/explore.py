@@ -181,10 +181,19 @@ class Explorer:
             team_id = await _team_id(session, team)
             agent_id = await _agent_id(session, team_id, agent)
             repository = MemoryRepository(session, embedder=self.embedder)
-            filters = (agent_id, user_id, memory_types, limit, min_similarity)
             if isinstance(query, str):
-                return await repository.recall(query, team_id, *filters)
-            return await repository.search_by_embedding(query, team_id, *filters)
+                return await repository.recall(
+                    query,
+                    team_id=team_id,
+                    agent_id=agent_id,
+                    user_id=user_id,
+                    memory_types=memory_types,
+                    limit=limit,
+                    min_similarity=min_similarity,
+                )
+            return await repository.search_by_embedding(
+                query, team_id, agent_id, user_id, memory_types, limit, min_similarity
+            )
 
         return self._read(work)
 

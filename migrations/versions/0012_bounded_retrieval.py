@@ -38,7 +38,7 @@ depends_on: str | Sequence[str] | None = None
 retrieval = importlib.import_module("skill_store._migrations.versions.0010_retrieval")
 
 LEXICAL_EXACT_MAX_ROWS = 2000
-WORD_SAMPLE_ROWS = 500
+WORD_SAMPLE_ROWS = 256
 COMMON_WORD_SHARE = 0.02
 RARE_WORD_MAX_ROWS = 1000
 LEXICAL_MAX_ROWS = 2000
@@ -160,12 +160,17 @@ BEGIN
                 ORDER BY m.id
                 LIMIT {WORD_SAMPLE_ROWS}
             )
-            SELECT array_agg(
-                       (SELECT count(*) FROM sample AS x WHERE x.search_text @@ q.query)::float8
-                       / greatest((SELECT count(*) FROM sample), 1)
-                       ORDER BY q.i)
+            , shares AS (
+                SELECT d.lexeme,
+                       (SELECT count(*) FROM sample AS x
+                        WHERE x.search_text @@ lexeme_query(d.lexeme))::float8
+                       / greatest((SELECT count(*) FROM sample), 1) AS share
+                FROM (SELECT DISTINCT unnest(word_lexeme) AS lexeme) AS d
+            )
+            SELECT array_agg(h.share ORDER BY w.i)
             INTO sampled
-            FROM unnest(word_query) WITH ORDINALITY AS q (query, i);
+            FROM unnest(word_lexeme) WITH ORDINALITY AS w (lexeme, i)
+            JOIN shares AS h ON h.lexeme = w.lexeme;
             word_held := sampled;
             FOR word IN 1 .. cardinality(word_query) LOOP
                 IF array_position(word_lexeme, word_lexeme[word]) < word THEN
@@ -207,8 +212,9 @@ BEGIN
 
     RETURN QUERY
     WITH vector_hits AS (
-        SELECT s.id FROM search_memories(query, team, agent, person, types, depth, NULL,
-                                         exact_max_rows) AS s
+        SELECT s.id, s.similarity
+        FROM search_memories(query, team, agent, person, types, depth, NULL, exact_max_rows)
+             AS s
     ), lexical_hits AS (
         SELECT x.id
         FROM (
@@ -220,8 +226,11 @@ BEGIN
         ORDER BY x.score DESC, x.id
         LIMIT depth
     ), found AS (
-        SELECT m.id, 1 - (m.embedding <=> query) AS similarity, {LEXICAL_SCORE} AS lexical
+        -- The vector hits' similarity as found: their embeddings are not read again.
+        SELECT m.id, coalesce(v.similarity, 1 - (m.embedding <=> query)) AS similarity,
+               {LEXICAL_SCORE} AS lexical
         FROM memory AS m
+        LEFT JOIN vector_hits AS v ON v.id = m.id
         WHERE m.team_id = team
           AND m.id = ANY (ARRAY(SELECT h.id FROM vector_hits AS h
                                 UNION SELECT h.id FROM lexical_hits AS h))

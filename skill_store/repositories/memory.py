@@ -4,18 +4,13 @@ Every read that takes a `team_id` returns only that team's memories. Mutating me
 `actor` and `reason`, which the database's audit trigger writes to `memory_log`.
 """
 
-import asyncio
-import json
 import logging
-import os
 import uuid
 import weakref
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -23,14 +18,11 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import numpy as np
 import sqlalchemy as sa
 from numpy.typing import NDArray
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm.attributes import instance_dict
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -61,8 +53,23 @@ from skill_store.models import (
     RetrievalWeights,
     ScoredMemory,
 )
-from skill_store.models._types import INT4_MAX, Moment, PgStr, Vector, VectorLike, as_vector
+from skill_store.models._types import INT4_MAX, Moment, PgStr, VectorLike, as_vector
 from skill_store.models.memory import Tag
+from skill_store.repositories._bulk import (
+    COPY_COLUMNS,
+    TAG_COPY_COLUMNS,
+    copy_records,
+    insert_records,
+    memory_records,
+    uuid4s,
+)
+from skill_store.repositories._search import (
+    EMBEDDING_COLUMN,
+    EMBEDDING_MODELS,
+    RETRIEVE,
+    SEARCH,
+    SIGNALS,
+)
 from skill_store.repositories.base import (
     TeamRowRepository,
     check_page,
@@ -113,150 +120,9 @@ _moment = TypeAdapter(Moment)
 _tags = TypeAdapter(list[Tag])
 _many = TypeAdapter(list[MemoryCreate])
 
-_COPY_COLUMNS = (
-    "id",
-    "team_id",
-    "agent_id",
-    "user_id",
-    "memory_type",
-    "content",
-    "subject",
-    "embedding",
-    "embedding_model",
-    "importance",
-    "confidence",
-    "is_pinned",
-    "source_type",
-    "source_conversation_id",
-    "source_message_ids",
-    "extraction_model",
-    "contradicts",
-    "related_to",
-    "metadata",
-    "tier",
-    "expires_at",
-)
-"""The `memory` columns `add_many` copies: every field of `MemoryCreate` but the tags, and the id.
-
-The others (`status`, `version`, `access_count`, the timestamps...) take their defaults.
-"""
-
-_TAG_COPY_COLUMNS = ("id", "team_id", "memory_id", "tag")
-
-_EMBEDDING_COLUMN = (
-    select(sa.column("atttypmod", sa.Integer).label("dimensions"))
-    .select_from(sa.table("pg_attribute"))
-    .where(
-        sa.column("attrelid") == sa.text("'memory'::regclass"),
-        sa.column("attname") == "embedding",
-    )
-)
-"""The dimension of `memory.embedding`: one row, one column."""
-
-_EMBEDDING_MODELS = select(
-    func.min(Memory.embedding_model), func.max(Memory.embedding_model)
-).where(
-    col(Memory.team_id) == sa.bindparam("team_id", type_=sa.Uuid),
-    col(Memory.status) == MemoryStatus.ACTIVE,
-    col(Memory.embedding).is_not(None),
-)
-"""The first and last (by name) of the models that made the vectors of a team's active
-memories, None for none known: one row, two columns, read from `idx_memory_embedder`."""
-
 _COLUMN_DIMENSIONS: weakref.WeakKeyDictionary[sa.Engine, int] = weakref.WeakKeyDictionary()
 """The dimension of `memory.embedding` in each engine's database, once read."""
 
-_MEMORY_TYPES = postgresql.ARRAY(sa.inspect(Memory).columns["memory_type"].type)
-
-
-def _search_statement() -> Any:
-    """Rows of (column dimension, memory or None, similarity, path): `search_memories`' hits.
-
-    Built once; its parameters are bound at each execution. The column's dimension comes
-    first in every row, and is the only row when there is no hit. A query of another
-    dimension is not passed to the function (which would raise, aborting the caller's
-    transaction): the repository raises instead.
-    """
-    column = _EMBEDDING_COLUMN.subquery("embedding_column")
-    query = sa.cast(sa.bindparam("query", type_=Vector()), Vector())
-    team = sa.bindparam("team_id", type_=sa.Uuid)
-    hits = (
-        func.search_memories(
-            sa.case((func.vector_dims(query) == column.c.dimensions, query)),
-            team,
-            sa.bindparam("agent_id", type_=sa.Uuid),
-            sa.bindparam("user_id", type_=sa.Uuid),
-            sa.bindparam("memory_types", type_=_MEMORY_TYPES),
-            sa.bindparam("limit", type_=sa.Integer),
-            sa.bindparam("min_similarity", type_=sa.Float),
-            sa.bindparam("exact_max_rows", type_=sa.Integer),
-        )
-        .table_valued(
-            sa.column("id", sa.Uuid), sa.column("similarity", sa.Float), sa.column("path", sa.Text)
-        )
-        .lateral("hit")
-    )
-    return (
-        select(column.c.dimensions, Memory, hits.c.similarity, hits.c.path)
-        .select_from(column)
-        .outerjoin(hits, sa.true())
-        .outerjoin(Memory, sa.and_(col(Memory.team_id) == team, col(Memory.id) == hits.c.id))
-        .order_by(hits.c.similarity.desc(), hits.c.id)
-    )
-
-
-_SEARCH = _search_statement()
-
-_SIGNALS = tuple(MemorySignals.model_fields)
-
-
-def _retrieve_statement() -> Any:
-    """Rows of (column dimension, memory or None, score, the five signals), in rank order.
-
-    As `_search_statement`: the column's dimension comes first in every row, and is the
-    only row when nothing is found; a query of another dimension is not passed to the
-    function (nor is an access recorded): the repository raises instead.
-    """
-    column = _EMBEDDING_COLUMN.subquery("embedding_column")
-    query = sa.cast(sa.bindparam("query", type_=Vector()), Vector())
-    team = sa.bindparam("team_id", type_=sa.Uuid)
-    fits = func.vector_dims(query) == column.c.dimensions
-    hits = (
-        func.retrieve_memories(
-            sa.case((fits, query)),
-            sa.bindparam("query_text", type_=sa.Text),
-            team,
-            sa.bindparam("agent_id", type_=sa.Uuid),
-            sa.bindparam("user_id", type_=sa.Uuid),
-            sa.bindparam("conversation_id", type_=sa.Uuid),
-            sa.bindparam("limit", type_=sa.Integer),
-            sa.bindparam("depth", type_=sa.Integer),
-            sa.bindparam("weights", type_=postgresql.ARRAY(sa.Float)),
-            sa.bindparam("fallback_weights", type_=postgresql.ARRAY(sa.Float)),
-            sa.bindparam("half_life", type_=sa.Float),
-            sa.bindparam("now", type_=sa.DateTime(timezone=True)),
-            sa.and_(sa.bindparam("record_access", type_=sa.Boolean), fits),
-            sa.bindparam("exact_max_rows", type_=sa.Integer),
-        )
-        .table_valued(
-            sa.column("id", sa.Uuid),
-            sa.column("score", sa.Float),
-            *(sa.column(name, sa.Float) for name in _SIGNALS),
-            with_ordinality="position",
-        )
-        .render_derived(name="hit")
-        .lateral()
-    )
-    return (
-        select(column.c.dimensions, Memory, hits.c.score, *(hits.c[name] for name in _SIGNALS))
-        .select_from(column)
-        .outerjoin(hits, sa.true())
-        .outerjoin(Memory, sa.and_(col(Memory.team_id) == team, col(Memory.id) == hits.c.id))
-        .order_by(hits.c.position)
-    )
-
-
-_RETRIEVE = _retrieve_statement()
 _UNINDEXED_TEAMS_WARNED: set[uuid.UUID] = set()
 
 
@@ -321,7 +187,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         engine = self.session.get_bind().engine
         if engine not in _COLUMN_DIMENSIONS:
             async with translated_errors():
-                dimensions = int((await self.session.exec(_EMBEDDING_COLUMN)).one())
+                dimensions = int((await self.session.exec(EMBEDDING_COLUMN)).one())
             _COLUMN_DIMENSIONS[engine] = dimensions
         return _COLUMN_DIMENSIONS[engine]
 
@@ -357,7 +223,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         query_model = self.embedder.model
         async with translated_errors():
             first, last = (
-                await self.session.exec(_EMBEDDING_MODELS, params={"team_id": team_id})
+                await self.session.exec(EMBEDDING_MODELS, params={"team_id": team_id})
             ).one()
         stored = list(dict.fromkeys(model for model in (first, last) if model is not None))
         if stored and stored != [query_model]:
@@ -437,9 +303,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         self,
         memory_id: uuid.UUID,
         data: MemoryCreate | Mapping[str, Any],
-        reason: str | None = None,
         *,
         actor: str | None = None,
+        reason: str | None = None,
     ) -> Memory:
         """Replace an active memory by a new version of it, in one step.
 
@@ -482,11 +348,12 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         field: str,
         status: MemoryStatus | None,
         team_id: uuid.UUID,
-        **audit: Any,
+        actor: str | None,
+        reason: str | None,
     ) -> tuple[Memory, Memory]:
         if a == b:
             raise ValueError("a memory cannot be linked to itself")
-        async with self.writing_as(**audit):
+        async with self.writing_as(actor, reason):
             first, second = [await self._locked(team_id, id) for id in sorted((a, b))]
             for memory, other in ((first, second), (second, first)):
                 links = getattr(memory, field) or []
@@ -529,28 +396,61 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """
         return await self._link(a, b, "related_to", None, team_id, actor=actor, reason=reason)
 
-    async def pin(self, memory_id: uuid.UUID, *, team_id: uuid.UUID, **audit: str | None) -> Memory:
+    async def pin(
+        self,
+        memory_id: uuid.UUID,
+        *,
+        team_id: uuid.UUID,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> Memory:
         """Pin the team's memory (retrieval keeps pinned memories)."""
-        return await self.update(memory_id, {"is_pinned": True}, team_id=team_id, **audit)
+        return await self.update(
+            memory_id, {"is_pinned": True}, team_id=team_id, actor=actor, reason=reason
+        )
 
     async def unpin(
-        self, memory_id: uuid.UUID, *, team_id: uuid.UUID, **audit: str | None
+        self,
+        memory_id: uuid.UUID,
+        *,
+        team_id: uuid.UUID,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> Memory:
         """Unpin the team's memory."""
-        return await self.update(memory_id, {"is_pinned": False}, team_id=team_id, **audit)
+        return await self.update(
+            memory_id, {"is_pinned": False}, team_id=team_id, actor=actor, reason=reason
+        )
 
     async def set_tier(
-        self, memory_id: uuid.UUID, tier: MemoryTier, *, team_id: uuid.UUID, **audit: str | None
+        self,
+        memory_id: uuid.UUID,
+        tier: MemoryTier,
+        *,
+        team_id: uuid.UUID,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> Memory:
         """Move the team's memory to a storage tier (logged as promoted or demoted)."""
-        return await self.update(memory_id, {"tier": tier}, team_id=team_id, **audit)
+        return await self.update(
+            memory_id, {"tier": tier}, team_id=team_id, actor=actor, reason=reason
+        )
 
     async def archive(
-        self, memory_id: uuid.UUID, *, team_id: uuid.UUID, **audit: str | None
+        self,
+        memory_id: uuid.UUID,
+        *,
+        team_id: uuid.UUID,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> Memory:
         """Archive the team's memory: it stays, with its history, but is no longer retrieved."""
         return await self.update(
-            memory_id, {"status": MemoryStatus.ARCHIVED}, team_id=team_id, **audit
+            memory_id,
+            {"status": MemoryStatus.ARCHIVED},
+            team_id=team_id,
+            actor=actor,
+            reason=reason,
         )
 
     async def update_access(self, memory_ids: Iterable[uuid.UUID], *, team_id: uuid.UUID) -> int:
@@ -566,7 +466,12 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         return touched
 
     async def expire(
-        self, now: datetime | None = None, *, team_id: uuid.UUID, **audit: str | None
+        self,
+        now: datetime | None = None,
+        *,
+        team_id: uuid.UUID,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> int:
         """Archive every active memory of the team whose `expires_at` has passed.
 
@@ -584,7 +489,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             .values(status=MemoryStatus.ARCHIVED)
             .execution_options(synchronize_session=False)
         )
-        async with self.writing_as(**audit):
+        async with self.writing_as(actor, reason):
             result = await self.session.exec(statement)
         return int(result.rowcount)
 
@@ -632,7 +537,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         validated = _many.validate_python(list(items))
         if not validated:
             return 0
-        new_ids = _uuid4s(len(validated))
+        new_ids = uuid4s(len(validated))
         if ids is not None:
             if len(ids) != len(validated):
                 raise ValueError(f"{len(ids)} ids given for {len(validated)} items")
@@ -646,28 +551,28 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         async with self.writing_as(actor, reason):
             # Dated items: the others get the transaction's time, as the column default.
             moment = None
-            columns: tuple[str, ...] = _COPY_COLUMNS
+            columns: tuple[str, ...] = COPY_COLUMNS
             if any(item.created_at is not None for item in validated):
                 moment = (await self.session.exec(select(func.now()))).one()
-                columns = (*_COPY_COLUMNS, "created_at", "last_accessed_at")
+                columns = (*COPY_COLUMNS, "created_at", "last_accessed_at")
             connection = await self.session.connection()
             driver = (await connection.get_raw_connection()).driver_connection
             # PostgreSQL refuses COPY FROM under row-level security: scoped sessions INSERT.
-            insert_rows = _insert if TEAM_SETTING in self.session.info else _copy
+            insert_rows = insert_records if TEAM_SETTING in self.session.info else copy_records
             try:
                 for start in range(0, len(validated), batch_size):
                     tags: list[tuple[uuid.UUID, uuid.UUID, str]] = []
                     end = start + batch_size
-                    memories = _memory_records(
+                    memories = memory_records(
                         validated[start:end], new_ids[start:end], tags, moment
                     )
                     await insert_rows(driver, "memory", memories, columns)
                     if tags:
                         tag_rows = [
                             (tag_id, *tag)
-                            for tag_id, tag in zip(_uuid4s(len(tags)), tags, strict=True)
+                            for tag_id, tag in zip(uuid4s(len(tags)), tags, strict=True)
                         ]
-                        await insert_rows(driver, "memory_tag", tag_rows, _TAG_COPY_COLUMNS)
+                        await insert_rows(driver, "memory_tag", tag_rows, TAG_COPY_COLUMNS)
             except ConnectionLostError:
                 await connection.invalidate()  # so that no rollback is sent to a lost server
                 raise
@@ -677,10 +582,10 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
     async def remember(
         self,
-        team_id: uuid.UUID,
         content: str,
         memory_type: MemoryType,
         *,
+        team_id: uuid.UUID,
         actor: str | None = None,
         reason: str | None = None,
         **fields: Any,
@@ -690,9 +595,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         The memory's `embedding_model` is the embedder's `model`.
 
         Args:
-            team_id: The team the memory belongs to.
             content: What to remember; it is also the text embedded.
             memory_type: The kind of memory.
+            team_id: The team the memory belongs to.
             actor: Who writes it, for the audit trail.
             reason: Why, for the audit trail.
             **fields: Any other `MemoryCreate` field but `embedding` and `embedding_model`
@@ -717,6 +622,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
     async def recall(
         self,
         query: str,
+        *,
         team_id: uuid.UUID,
         agent_id: uuid.UUID | None = None,
         user_id: uuid.UUID | None = None,
@@ -726,7 +632,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
     ) -> list[MemorySearchResult]:
         """The team's memories most similar to the text `query`, embedded with `embedder`.
 
-        The arguments after `query` are those of `search_by_embedding`.
+        The arguments after `query` are those of `search_by_embedding`, by keyword.
 
         Raises:
             EmbeddingModelError: If an active memory of the team was embedded by another model
@@ -834,7 +740,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             "record_access": record_access,
             "exact_max_rows": EXACT_SEARCH_MAX_ROWS,
         }
-        rows = await self._vector_rows(_RETRIEVE, parameters)
+        rows = await self._vector_rows(RETRIEVE, parameters)
         scored = [
             _scored(memory, score, signals)
             for _dimensions, memory, score, *signals in rows
@@ -1023,7 +929,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             "min_similarity": min_similarity,
             "exact_max_rows": EXACT_SEARCH_MAX_ROWS,
         }
-        rows = await self._vector_rows(_SEARCH, parameters)
+        rows = await self._vector_rows(SEARCH, parameters)
         if rows[0][3] == "unindexed" and team_id not in _UNINDEXED_TEAMS_WARNED:
             _UNINDEXED_TEAMS_WARNED.add(team_id)
             logger.warning(
@@ -1118,151 +1024,9 @@ def _scored(memory: Memory, score: float, signals: Sequence[float]) -> ScoredMem
     return ScoredMemory.model_construct(
         **_read_fields(memory),
         score=score,
-        signals=MemorySignals.model_validate(dict(zip(_SIGNALS, signals, strict=True))),
+        signals=MemorySignals.model_validate(dict(zip(SIGNALS, signals, strict=True))),
     )
 
 
 def _weights(weights: RetrievalWeights) -> list[float]:
-    return [getattr(weights, name) for name in _SIGNALS]
-
-
-def _uuid4s(count: int) -> list[uuid.UUID]:
-    """`count` random UUIDs as `uuid.uuid4()` makes them, from one read of the OS's source."""
-    random = os.urandom(16 * count)
-    return [uuid.UUID(bytes=random[at : at + 16], version=4) for at in range(0, 16 * count, 16)]
-
-
-def _memory_records(
-    items: Sequence[MemoryCreate],
-    ids: Sequence[uuid.UUID],
-    tags: list[tuple[uuid.UUID, uuid.UUID, str]],
-    moment: datetime | None,
-) -> Iterator[tuple[Any, ...]]:
-    """The `memory` rows of `items` in `_COPY_COLUMNS` order, with their `ids`.
-
-    With a `moment`, each row ends with its `created_at` and `last_accessed_at`: the item's
-    `created_at`, else `moment`. A generator, so that asyncpg encodes and sends rows while
-    the next are made; each memory's distinct tags are appended to `tags` as (team id,
-    memory id, tag).
-    """
-    for item, memory_id in zip(items, ids, strict=True):
-        tags.extend((item.team_id, memory_id, tag) for tag in dict.fromkeys(item.tags))
-        dates = () if moment is None else (item.created_at or moment,) * 2
-        yield (
-            memory_id,
-            item.team_id,
-            item.agent_id,
-            item.user_id,
-            item.memory_type.value,
-            item.content,
-            item.subject,
-            item.embedding,
-            item.embedding_model,
-            item.importance,
-            item.confidence,
-            item.is_pinned,
-            item.source_type.value,
-            item.source_conversation_id,
-            item.source_message_ids,
-            item.extraction_model,
-            item.contradicts,
-            item.related_to,
-            json.dumps(item.metadata_json),
-            item.tier.value,
-            item.expires_at,
-            *dates,
-        )
-
-
-async def _copy(driver: Any, table: str, records: Iterable[Any], columns: Sequence[str]) -> None:
-    """`COPY table (columns) FROM STDIN (FORMAT binary)` on the asyncpg connection."""
-    rows = _while_connected(driver, records)
-    async with _driver_errors(f"COPY {table} FROM STDIN"):
-        await _until_lost(
-            driver, driver.copy_records_to_table(table, records=rows, columns=list(columns))
-        )
-
-
-def _while_connected(driver: Any, records: Iterable[Any]) -> Iterator[Any]:
-    """`records`, until the asyncpg connection's socket fails.
-
-    Otherwise asyncpg would encode and write the rest into the closed socket (asyncio logs a
-    warning for each write) before it notices.
-
-    Raises:
-        ConnectionLostError: If the socket failed.
-    """
-    transport = driver._transport  # asyncpg has no public way
-    for record in records:
-        if transport.is_closing():
-            raise ConnectionLostError("the server closed it")
-        yield record
-
-
-async def _insert(driver: Any, table: str, records: Iterable[Any], columns: Sequence[str]) -> None:
-    """`INSERT INTO table (columns)` each record, pipelined on the asyncpg connection."""
-    placeholders = ", ".join(f"${position}" for position in range(1, len(columns) + 1))
-    statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
-    async with _driver_errors(statement):
-        await _until_lost(driver, driver.executemany(statement, list(records)))
-
-
-_LOST = (
-    asyncpg.PostgresConnectionError,  # class 08
-    asyncpg.AdminShutdownError,  # the server is stopping, or its postmaster died
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-)
-_OUT_OF_STEP = (asyncpg.InterfaceError, asyncpg.InternalClientError)
-"""Driver errors after which the connection's protocol state is unusable."""
-
-
-async def _until_lost(driver: Any, operation: Awaitable[None]) -> None:
-    """Await `operation` on the asyncpg connection `driver`, or until the connection is lost.
-
-    asyncpg does not wake a `COPY` that waits for a full socket to drain when the connection
-    drops: it would wait for ever. The operation is cancelled as soon as the connection
-    closes instead. A connection cut mid-operation can also leave asyncpg out of step with
-    the server (an operation "in progress" that never ends): it is closed, which rolls
-    the transaction back, rather than used again.
-
-    Raises:
-        ConnectionLostError: If the connection was lost, or closed for being out of step
-            (either way the server rolled back).
-    """
-    task = asyncio.ensure_future(operation)
-
-    def lost(_connection: Any) -> None:
-        task.cancel()
-
-    driver.add_termination_listener(lost)
-    try:
-        await task
-    except asyncio.CancelledError as error:
-        current = asyncio.current_task()
-        if not driver.is_closed() or (current is not None and current.cancelling()):
-            raise  # the caller cancelled
-        raise ConnectionLostError("the server closed it") from error
-    except (*_LOST, *_OUT_OF_STEP) as error:
-        if isinstance(error, ValueError):
-            raise  # a value the driver cannot encode: the connection is fine
-        driver.terminate()
-        raise ConnectionLostError(str(error)) from error
-    except asyncpg.PostgresError as error:
-        if driver.is_closed():
-            raise ConnectionLostError(str(error)) from error
-        raise
-    finally:
-        driver.remove_termination_listener(lost)
-
-
-@asynccontextmanager
-async def _driver_errors(statement: str) -> AsyncIterator[None]:
-    """Asyncpg's own exceptions, raised as SQLAlchemy's `DBAPIError` like any other statement's.
-
-    So `translated_errors` turns e.g. a foreign-key violation into `ConflictError`.
-    """
-    try:
-        yield
-    except asyncpg.PostgresError as error:
-        raise DBAPIError(statement, None, error) from error
+    return [getattr(weights, name) for name in SIGNALS]

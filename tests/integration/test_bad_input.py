@@ -549,7 +549,7 @@ async def test_an_embedding_longer_or_shorter_than_the_column_is_a_dimension_err
                 world.memory_id, {"embedding": [0.0, 1.0, 0.0]}, team_id=world.acme.id
             ),
             lambda: memories.add_many([memory(world), memory(world, embedding=[0.0, 0.0, 1.0])]),
-            lambda: memories.remember(world.acme.id, "tea", MemoryType.SEMANTIC),
+            lambda: memories.remember("tea", MemoryType.SEMANTIC, team_id=world.acme.id),
         ]
         for write in writes:
             error = await assert_unchanged_after(world.session, write, EmbeddingDimensionError)
@@ -566,9 +566,9 @@ async def test_writes_to_rows_that_do_not_exist_are_not_found(world: World) -> N
         lambda: MemoryRepository(world.session).update(
             world.missing, {"importance": 3}, team_id=acme
         ),
-        lambda: MemoryRepository(world.session).supersede(world.missing, memory(world), "x"),
+        lambda: MemoryRepository(world.session).supersede(world.missing, memory(world), reason="x"),
         lambda: MemoryRepository(world.session).supersede(
-            world.memory_id, memory(world, team_id=world.globex.id), "moved"
+            world.memory_id, memory(world, team_id=world.globex.id), reason="moved"
         ),
         lambda: AgentRepository(world.session).set_status(
             world.missing,

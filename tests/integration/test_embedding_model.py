@@ -76,39 +76,41 @@ def a_memory(team: Team, **fields: Any) -> dict[str, Any]:
 async def test_remember_records_the_embedders_model(
     session: AsyncSession, hashing: MemoryRepository, other: MemoryRepository, team: Team
 ) -> None:
-    first = await hashing.remember(team.id, "Ada drinks green tea", MemoryType.SEMANTIC)
+    first = await hashing.remember("Ada drinks green tea", MemoryType.SEMANTIC, team_id=team.id)
     second = await other.remember(
-        (await another_team(session, team)).id, "Ada drinks green tea", MemoryType.SEMANTIC
+        "Ada drinks green tea", MemoryType.SEMANTIC, team_id=(await another_team(session, team)).id
     )
 
     assert await stored_model(session, first.id) == HASHING_MODEL
     assert await stored_model(session, second.id) == OTHER_MODEL
     with pytest.raises(TypeError, match="create"):
-        await hashing.remember(team.id, "fine", MemoryType.SEMANTIC, embedding_model=OTHER_MODEL)
+        await hashing.remember(
+            "fine", MemoryType.SEMANTIC, team_id=team.id, embedding_model=OTHER_MODEL
+        )
 
 
 async def test_recall_with_another_model_than_the_teams_memories_raises(
     session: AsyncSession, hashing: MemoryRepository, team: Team
 ) -> None:
-    await hashing.remember(team.id, "Ada drinks green tea", MemoryType.SEMANTIC)
+    await hashing.remember("Ada drinks green tea", MemoryType.SEMANTIC, team_id=team.id)
     embedder = NamedEmbedder(OTHER_MODEL)
     other = MemoryRepository(session, embedder=embedder)
 
     with pytest.raises(EmbeddingModelError) as raised:
-        await other.recall("what does Ada drink", team.id)
+        await other.recall("what does Ada drink", team_id=team.id)
 
     assert str(raised.value).startswith(
         "the team's memories were embedded with 'hashing', the query with 'text-embedding-3-small'"
     )
     assert (raised.value.stored, raised.value.query) == ([HASHING_MODEL], OTHER_MODEL)
     assert embedder.calls == 0  # checked before the query is embedded
-    assert len(await hashing.recall("what does Ada drink", team.id)) == 1
+    assert len(await hashing.recall("what does Ada drink", team_id=team.id)) == 1
 
 
 async def test_retrieve_checks_the_model_of_the_query_it_embeds(
     hashing: MemoryRepository, other: MemoryRepository, team: Team
 ) -> None:
-    memory = await hashing.remember(team.id, "Ada drinks green tea", MemoryType.SEMANTIC)
+    memory = await hashing.remember("Ada drinks green tea", MemoryType.SEMANTIC, team_id=team.id)
 
     with pytest.raises(EmbeddingModelError, match="'hashing', the query with"):
         await other.retrieve("what does Ada drink", team_id=team.id)
@@ -122,12 +124,12 @@ async def test_retrieve_checks_the_model_of_the_query_it_embeds(
 async def test_a_team_of_two_models_is_searched_by_neither(
     hashing: MemoryRepository, other: MemoryRepository, team: Team
 ) -> None:
-    await hashing.remember(team.id, "Ada drinks green tea", MemoryType.SEMANTIC)
+    await hashing.remember("Ada drinks green tea", MemoryType.SEMANTIC, team_id=team.id)
     await other.create(a_memory(team, embedding_model=OTHER_MODEL))
 
     for repository in (hashing, other):
         with pytest.raises(EmbeddingModelError) as raised:
-            await repository.recall("tea", team.id)
+            await repository.recall("tea", team_id=team.id)
         assert raised.value.stored == [HASHING_MODEL, OTHER_MODEL]
     assert "embedded with 'hashing' and 'text-embedding-3-small'" in str(raised.value)
 
@@ -138,26 +140,26 @@ async def test_memories_of_unknown_model_are_searched_with_any_embedder(
     unknown = await hashing.create(a_memory(team))
 
     assert unknown.embedding_model is None
-    assert [hit.id for hit in await other.recall("tea", team.id)] == [unknown.id]
-    assert [hit.id for hit in await hashing.recall("tea", team.id)] == [unknown.id]
+    assert [hit.id for hit in await other.recall("tea", team_id=team.id)] == [unknown.id]
+    assert [hit.id for hit in await hashing.recall("tea", team_id=team.id)] == [unknown.id]
 
 
 async def test_only_the_teams_active_memories_are_compared(
     session: AsyncSession, hashing: MemoryRepository, other: MemoryRepository, team: Team
 ) -> None:
     neighbour = await another_team(session, team)
-    await hashing.remember(neighbour.id, "Ada drinks green tea", MemoryType.SEMANTIC)
-    archived = await hashing.remember(team.id, "Ada drinks black tea", MemoryType.SEMANTIC)
+    await hashing.remember("Ada drinks green tea", MemoryType.SEMANTIC, team_id=neighbour.id)
+    archived = await hashing.remember("Ada drinks black tea", MemoryType.SEMANTIC, team_id=team.id)
     await hashing.archive(archived.id, team_id=team.id)
-    current = await other.remember(team.id, "Ada drinks green tea", MemoryType.SEMANTIC)
+    current = await other.remember("Ada drinks green tea", MemoryType.SEMANTIC, team_id=team.id)
 
-    assert [hit.id for hit in await other.recall("tea", team.id)] == [current.id]
+    assert [hit.id for hit in await other.recall("tea", team_id=team.id)] == [current.id]
 
 
 async def test_a_new_embedding_without_its_model_makes_the_model_unknown(
     session: AsyncSession, hashing: MemoryRepository, team: Team
 ) -> None:
-    memory = await hashing.remember(team.id, "Ada drinks green tea", MemoryType.SEMANTIC)
+    memory = await hashing.remember("Ada drinks green tea", MemoryType.SEMANTIC, team_id=team.id)
 
     await hashing.update(memory.id, {"embedding": unit_vector(1)}, team_id=team.id)
     assert await stored_model(session, memory.id) is None
@@ -192,7 +194,7 @@ async def test_add_many_copies_the_model(
 async def test_export_and_import_keep_the_model_and_name_the_importers(
     session: AsyncSession, hashing: MemoryRepository, team: Team, tmp_path: Path
 ) -> None:
-    await hashing.remember(team.id, "Ada drinks green tea", MemoryType.SEMANTIC)
+    await hashing.remember("Ada drinks green tea", MemoryType.SEMANTIC, team_id=team.id)
     lines = [line async for line in export_memories(session, team.id)]
     unembedded = {"memory_type": "semantic", "content": "Ada climbs"}
     file = tmp_path / "memories.jsonl"

@@ -59,9 +59,9 @@ async def test_remember_embeds_the_content_and_stores_every_field(
     memories: MemoryRepository, embedder: RecordingEmbedder, team: Team, agent: Agent, user: User
 ) -> None:
     memory = await memories.remember(
-        team.id,
         "Ada climbs on Saturdays",
         MemoryType.EPISODIC,
+        team_id=team.id,
         agent_id=agent.id,
         user_id=user.id,
         importance=8,
@@ -94,49 +94,53 @@ async def test_recall_finds_the_closest_memory_of_the_team_only(
     other = await TeamRepository(session).create(
         TeamCreate(name="Other", slug="other", owner_id=team.owner_id)
     )
-    tea = await memories.remember(team.id, "Ada drinks green tea", MemoryType.SEMANTIC)
-    await memories.remember(team.id, "The office is in Lisbon", MemoryType.SEMANTIC)
-    await memories.remember(other.id, "Ada drinks green tea", MemoryType.SEMANTIC)
+    tea = await memories.remember("Ada drinks green tea", MemoryType.SEMANTIC, team_id=team.id)
+    await memories.remember("The office is in Lisbon", MemoryType.SEMANTIC, team_id=team.id)
+    await memories.remember("Ada drinks green tea", MemoryType.SEMANTIC, team_id=other.id)
     embedder.texts.clear()
 
-    hits = await memories.recall("what does Ada drink", team.id, limit=5)
+    hits = await memories.recall("what does Ada drink", team_id=team.id, limit=5)
 
     assert embedder.texts == ["what does Ada drink"]
     assert hits[0].id == tea.id
     assert len(hits) == 2
     assert hits[0].similarity > hits[1].similarity
-    assert [hit.id for hit in await memories.recall("green tea", team.id, limit=1)] == [tea.id]
+    assert [hit.id for hit in await memories.recall("green tea", team_id=team.id, limit=1)] == [
+        tea.id
+    ]
 
 
 async def test_recall_passes_the_search_arguments_on(
     memories: MemoryRepository, team: Team, agent: Agent
 ) -> None:
     await memories.remember(
-        team.id, "Kyra's own note about tea", MemoryType.AGENT_PRIVATE, agent_id=agent.id
+        "Kyra's own note about tea", MemoryType.AGENT_PRIVATE, team_id=team.id, agent_id=agent.id
     )
-    shared = await memories.remember(team.id, "A shared note about tea", MemoryType.SEMANTIC)
+    shared = await memories.remember(
+        "A shared note about tea", MemoryType.SEMANTIC, team_id=team.id
+    )
 
-    seen_by_team = await memories.recall("tea", team.id)
-    seen_by_agent = await memories.recall("tea", team.id, agent_id=agent.id)
+    seen_by_team = await memories.recall("tea", team_id=team.id)
+    seen_by_agent = await memories.recall("tea", team_id=team.id, agent_id=agent.id)
     only_semantic = await memories.recall(
-        "tea", team.id, agent_id=agent.id, memory_types=[MemoryType.SEMANTIC]
+        "tea", team_id=team.id, agent_id=agent.id, memory_types=[MemoryType.SEMANTIC]
     )
 
     assert [hit.id for hit in seen_by_team] == [shared.id]
     assert len(seen_by_agent) == 2
     assert [hit.id for hit in only_semantic] == [shared.id]
-    assert await memories.recall("tea", team.id, min_similarity=0.99) == []
+    assert await memories.recall("tea", team_id=team.id, min_similarity=0.99) == []
 
 
 async def test_invalid_data_is_rejected_before_embedding(
     session: AsyncSession, memories: MemoryRepository, embedder: RecordingEmbedder, team: Team
 ) -> None:
     with pytest.raises(ValidationError, match="content"):
-        await memories.remember(team.id, "", MemoryType.SEMANTIC)
+        await memories.remember("", MemoryType.SEMANTIC, team_id=team.id)
     with pytest.raises(ValidationError, match="importance"):
-        await memories.remember(team.id, "fine", MemoryType.SEMANTIC, importance=11)
+        await memories.remember("fine", MemoryType.SEMANTIC, team_id=team.id, importance=11)
     with pytest.raises(TypeError, match="create"):
-        await memories.remember(team.id, "fine", MemoryType.SEMANTIC, embedding=[1.0])
+        await memories.remember("fine", MemoryType.SEMANTIC, team_id=team.id, embedding=[1.0])
 
     assert embedder.texts == []
     assert await memory_rows(session) == 0
@@ -149,10 +153,10 @@ async def test_an_embedder_of_another_dimension_is_refused(
     memories = MemoryRepository(session, embedder=HashingEmbedder(column + 1))
 
     with pytest.raises(EmbeddingDimensionError) as raised:
-        await memories.remember(team.id, "Ada drinks green tea", MemoryType.SEMANTIC)
+        await memories.remember("Ada drinks green tea", MemoryType.SEMANTIC, team_id=team.id)
     assert (raised.value.expected, raised.value.got) == (column, column + 1)
     with pytest.raises(EmbeddingDimensionError):
-        await memories.recall("tea", team.id)
+        await memories.recall("tea", team_id=team.id)
     assert await memory_rows(session) == 0
 
 

@@ -414,10 +414,10 @@ async def test_supersede_makes_a_new_version(
     second = await memories.supersede(
         first.id,
         data(team, "Ada likes coffee.", 1, tags=["drinks", "coffee"]),
-        "she switched",
+        reason="she switched",
         actor="extractor",
     )
-    third = await memories.supersede(second.id, data(team, "Ada likes cocoa.", 2), "again")
+    third = await memories.supersede(second.id, data(team, "Ada likes cocoa.", 2), reason="again")
     session.expunge_all()
     versions = {
         m.content: (m.version, m.status, m.superseded_by)
@@ -469,7 +469,7 @@ async def test_failed_supersede_changes_nothing(
         await set_status(session, old.id, MemoryStatus.ARCHIVED)
     before = (await counts(session), await status(session, old.id))
     with pytest.raises(error, match=message):
-        await memories.supersede(old.id, new_data(team, other_team), "because")
+        await memories.supersede(old.id, new_data(team, other_team), reason="because")
     assert (await counts(session), await status(session, old.id)) == before
     superseded_by = "SELECT superseded_by FROM memory WHERE id = :id"
     assert await scalar(session, superseded_by, id=old.id) is None
@@ -711,7 +711,7 @@ ATTRIBUTED_WRITES: dict[str, Write] = {
         a.id, {"importance": 2}, team_id=t.id, actor="alice", reason="why"
     ),
     "pin": lambda r, a, b, t: r.pin(a.id, team_id=t.id, actor="alice", reason="why"),
-    "supersede": lambda r, a, b, t: r.supersede(a.id, data(t, "new"), "why", actor="alice"),
+    "supersede": lambda r, a, b, t: r.supersede(a.id, data(t, "new"), reason="why", actor="alice"),
     "relate": lambda r, a, b, t: r.relate(a.id, b.id, team_id=t.id, actor="alice", reason="why"),
     "expire": lambda r, a, b, t: r.expire(now=WHEN, team_id=t.id, actor="alice", reason="why"),
     "delete": lambda r, a, b, t: r.delete(a.id, team_id=t.id, actor="alice", reason="why"),
@@ -722,7 +722,7 @@ ATTRIBUTED_WRITES: dict[str, Write] = {
         a.id, {"content": None}, team_id=t.id, actor="alice", reason="why"
     ),
     "failed supersede": lambda r, a, b, t: r.supersede(
-        a.id, data(t, "new", agent_id=uuid.uuid4()), "why", actor="alice"
+        a.id, data(t, "new", agent_id=uuid.uuid4()), reason="why", actor="alice"
     ),
     "failed relate": lambda r, a, b, t: r.relate(
         a.id, a.id, team_id=t.id, actor="alice", reason="why"
@@ -764,7 +764,7 @@ async def test_a_superseded_memory_cannot_be_brought_back_or_changed(
     session: AsyncSession, memories: MemoryRepository, team: Team
 ) -> None:
     old = await memory(memories, team, "Ada likes tea.", 0)
-    new = await memories.supersede(old.id, data(team, "Ada likes coffee.", 1), "switched")
+    new = await memories.supersede(old.id, data(team, "Ada likes coffee.", 1), reason="switched")
     before = await fingerprint(session)
     for change in ({"status": "active"}, {"content": "Ada likes tea again."}, {"importance": 9}):
         with pytest.raises(ConflictError, match=f"superseded by {new.id} and cannot change"):

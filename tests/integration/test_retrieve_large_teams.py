@@ -44,7 +44,7 @@ RARE_HOLDERS = 6
 SEMANTIC_ONLY = RetrievalWeights(semantic=1, recency=0, importance=0, continuity=0, relationship=0)
 LIMIT = 10
 # Rows lexical recall may read in the large team beside those of the vector search: the
-# word sample (500), the memories holding the rare word and the candidates scored, with
+# word sample (256), the memories holding the rare word and the candidates scored, with
 # room to spare; well below the team's 3,000.
 MAX_LEXICAL_ROWS = 1_000
 RNG = np.random.default_rng(5)

@@ -309,9 +309,9 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
     )
     await call(
         "MemoryRepository.remember",
-        lambda: memories.remember(team.id, "Ada lives in Lisbon", MemoryType.SEMANTIC),
+        lambda: memories.remember("Ada lives in Lisbon", MemoryType.SEMANTIC, team_id=team.id),
     )
-    await call("MemoryRepository.recall", lambda: memories.recall("Lisbon", team.id))
+    await call("MemoryRepository.recall", lambda: memories.recall("Lisbon", team_id=team.id))
     await call(
         "MemoryRepository.search_by_embedding",
         lambda: memories.search_by_embedding(
@@ -353,7 +353,9 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
     await call("MemoryRepository.with_tag", lambda: memories.with_tag(team.id, "bulk"))
     newer = await call(
         "MemoryRepository.supersede",
-        lambda: memories.supersede(bread.id, memory("Ada likes pie", 2, tags=["food"]), "changed"),
+        lambda: memories.supersede(
+            bread.id, memory("Ada likes pie", 2, tags=["food"]), reason="changed"
+        ),
     )
     await call("MemoryRepository.archive", lambda: memories.archive(newer.id, **t))
     await call("MemoryRepository.expire", lambda: memories.expire(datetime.now(UTC), **t))

@@ -88,7 +88,7 @@ async def store(server_url: str) -> AsyncIterator[Store]:
             )
         )
         memory = await MemoryRepository(session).remember(
-            team.id, "Ada prefers tea", MemoryType.SEMANTIC, tags=["drinks"]
+            "Ada prefers tea", MemoryType.SEMANTIC, team_id=team.id, tags=["drinks"]
         )
         await session.commit()
     await engine.dispose()

@@ -6,13 +6,13 @@ from sqlmodel import SQLModel
 import skill_store
 from skill_store import models
 from skill_store.models import Memory, MemoryCreate, metadata
-from skill_store.repositories.memory import _COPY_COLUMNS, _TAG_COPY_COLUMNS
+from skill_store.repositories._bulk import COPY_COLUMNS, TAG_COPY_COLUMNS
 
 NOT_COPIED = {
     "tags": "copied into memory_tag",
     "created_at": "copied, with last_accessed_at, only when an item gives it",
 }
-"""`MemoryCreate` fields that `add_many` writes other than through `_COPY_COLUMNS`."""
+"""`MemoryCreate` fields that `add_many` writes other than through `COPY_COLUMNS`."""
 
 
 def table_classes() -> dict[str, type[SQLModel]]:
@@ -47,6 +47,6 @@ def test_every_memory_create_field_is_copied_by_add_many() -> None:
     columns = sa.inspect(Memory).columns
     fields = set(MemoryCreate.model_fields) - NOT_COPIED.keys()
     assert {name for name in fields if name not in columns} == set(), "fields without a column"
-    assert {columns[name].name for name in fields} - set(_COPY_COLUMNS) == set()
-    assert "tag" in _TAG_COPY_COLUMNS
+    assert {columns[name].name for name in fields} - set(COPY_COLUMNS) == set()
+    assert "tag" in TAG_COPY_COLUMNS
     assert set(NOT_COPIED) <= set(MemoryCreate.model_fields)

@@ -1,0 +1,120 @@
+"""The statements of memory search and retrieval, built once: the SQL functions' calls."""
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlmodel import col, func, select
+
+from skill_store.models import Memory, MemorySignals, MemoryStatus
+from skill_store.models._types import Vector
+
+EMBEDDING_COLUMN = (
+    select(sa.column("atttypmod", sa.Integer).label("dimensions"))
+    .select_from(sa.table("pg_attribute"))
+    .where(
+        sa.column("attrelid") == sa.text("'memory'::regclass"),
+        sa.column("attname") == "embedding",
+    )
+)
+"""The dimension of `memory.embedding`: one row, one column."""
+
+EMBEDDING_MODELS = select(func.min(Memory.embedding_model), func.max(Memory.embedding_model)).where(
+    col(Memory.team_id) == sa.bindparam("team_id", type_=sa.Uuid),
+    col(Memory.status) == MemoryStatus.ACTIVE,
+    col(Memory.embedding).is_not(None),
+)
+"""The first and last (by name) of the models that made the vectors of a team's active
+memories, None for none known: one row, two columns, read from `idx_memory_embedder`."""
+
+_MEMORY_TYPES = postgresql.ARRAY(sa.inspect(Memory).columns["memory_type"].type)
+
+
+def search_statement() -> Any:
+    """Rows of (column dimension, memory or None, similarity, path): `search_memories`' hits.
+
+    Built once; its parameters are bound at each execution. The column's dimension comes
+    first in every row, and is the only row when there is no hit. A query of another
+    dimension is not passed to the function (which would raise, aborting the caller's
+    transaction): the repository raises instead.
+    """
+    column = EMBEDDING_COLUMN.subquery("embedding_column")
+    query = sa.cast(sa.bindparam("query", type_=Vector()), Vector())
+    team = sa.bindparam("team_id", type_=sa.Uuid)
+    hits = (
+        func.search_memories(
+            sa.case((func.vector_dims(query) == column.c.dimensions, query)),
+            team,
+            sa.bindparam("agent_id", type_=sa.Uuid),
+            sa.bindparam("user_id", type_=sa.Uuid),
+            sa.bindparam("memory_types", type_=_MEMORY_TYPES),
+            sa.bindparam("limit", type_=sa.Integer),
+            sa.bindparam("min_similarity", type_=sa.Float),
+            sa.bindparam("exact_max_rows", type_=sa.Integer),
+        )
+        .table_valued(
+            sa.column("id", sa.Uuid), sa.column("similarity", sa.Float), sa.column("path", sa.Text)
+        )
+        .lateral("hit")
+    )
+    return (
+        select(column.c.dimensions, Memory, hits.c.similarity, hits.c.path)
+        .select_from(column)
+        .outerjoin(hits, sa.true())
+        .outerjoin(Memory, sa.and_(col(Memory.team_id) == team, col(Memory.id) == hits.c.id))
+        .order_by(hits.c.similarity.desc(), hits.c.id)
+    )
+
+
+SEARCH = search_statement()
+
+SIGNALS = tuple(MemorySignals.model_fields)
+
+
+def retrieve_statement() -> Any:
+    """Rows of (column dimension, memory or None, score, the five signals), in rank order.
+
+    As `search_statement`: the column's dimension comes first in every row, and is the
+    only row when nothing is found; a query of another dimension is not passed to the
+    function (nor is an access recorded): the repository raises instead.
+    """
+    column = EMBEDDING_COLUMN.subquery("embedding_column")
+    query = sa.cast(sa.bindparam("query", type_=Vector()), Vector())
+    team = sa.bindparam("team_id", type_=sa.Uuid)
+    fits = func.vector_dims(query) == column.c.dimensions
+    hits = (
+        func.retrieve_memories(
+            sa.case((fits, query)),
+            sa.bindparam("query_text", type_=sa.Text),
+            team,
+            sa.bindparam("agent_id", type_=sa.Uuid),
+            sa.bindparam("user_id", type_=sa.Uuid),
+            sa.bindparam("conversation_id", type_=sa.Uuid),
+            sa.bindparam("limit", type_=sa.Integer),
+            sa.bindparam("depth", type_=sa.Integer),
+            sa.bindparam("weights", type_=postgresql.ARRAY(sa.Float)),
+            sa.bindparam("fallback_weights", type_=postgresql.ARRAY(sa.Float)),
+            sa.bindparam("half_life", type_=sa.Float),
+            sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+            sa.and_(sa.bindparam("record_access", type_=sa.Boolean), fits),
+            sa.bindparam("exact_max_rows", type_=sa.Integer),
+        )
+        .table_valued(
+            sa.column("id", sa.Uuid),
+            sa.column("score", sa.Float),
+            *(sa.column(name, sa.Float) for name in SIGNALS),
+            with_ordinality="position",
+        )
+        .render_derived(name="hit")
+        .lateral()
+    )
+    return (
+        select(column.c.dimensions, Memory, hits.c.score, *(hits.c[name] for name in SIGNALS))
+        .select_from(column)
+        .outerjoin(hits, sa.true())
+        .outerjoin(Memory, sa.and_(col(Memory.team_id) == team, col(Memory.id) == hits.c.id))
+        .order_by(hits.c.position)
+    )
+
+
+RETRIEVE = retrieve_statement()
