@@ -77,16 +77,19 @@ LEXICAL_SCORE = """(
 FINDS = "memory_team_text(m.team_id, m.search_text) @@ (team_word && finding)"
 
 
-# How many retrievable memories of the team in `word_own`'s configuration hold each word.
+# How many retrievable memories of the team in `word_own`'s configuration hold each word:
+# the memories holding any (`finding`) read once, each word counted among them.
 WORD_COUNTS = f"""
-        SELECT array_agg(d.held ORDER BY w.i)
-        FROM unnest(word_own, word_query) WITH ORDINALITY AS w (own, query, i)
-        CROSS JOIN LATERAL (
-            SELECT count(*)::float8 AS held
+        WITH matched AS MATERIALIZED (
+            SELECT m.text_config = config AS own, m.search_text
             FROM memory AS m
-            WHERE memory_team_text(m.team_id, m.search_text) @@ (team_word && w.query)
-              AND (m.text_config = config) = w.own AND {RETRIEVABLE}
-        ) AS d"""
+            WHERE {FINDS} AND {RETRIEVABLE}
+        )
+        SELECT array_agg(
+                   (SELECT count(*) FROM matched AS x
+                    WHERE x.own = w.own AND x.search_text @@ w.query)::float8
+                   ORDER BY w.i)
+        FROM unnest(word_own, word_query) WITH ORDINALITY AS w (own, query, i)"""
 
 RETRIEVE_MEMORIES = f"""
 {retrieval.RETRIEVE_SIGNATURE.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")}
@@ -144,8 +147,8 @@ BEGIN
             ) AS c;
         END IF;
         IF total IS NOT NULL AND total <= {LEXICAL_EXACT_MAX_ROWS} THEN
-            {WORD_COUNTS} INTO word_held;
             finding := (SELECT string_agg(q::text, ' | ')::tsquery FROM unnest(word_query) AS q);
+            {WORD_COUNTS} INTO word_held;
         ELSE
             IF indexed IS NULL THEN
                 SELECT count(*) INTO total FROM memory AS m WHERE {RETRIEVABLE};
