@@ -73,8 +73,27 @@ LEXICAL_SCORE = """(
             WHERE w.own = (m.text_config = config) AND m.search_text @@ w.query
         )"""
 
-# Memory m holds one of the query's words that find candidates (`finding`), by the index.
+# Memory m holds one of the query's words that find candidates (`finding`): in a small team
+# its memories are read in the team's key order (a few hundred rows cost less than merging
+# the words' entries of every team in the index), in a large one found by the team's word.
+HOLDS = "m.search_text @@ finding"
 FINDS = "memory_team_text(m.team_id, m.search_text) @@ (team_word && finding)"
+
+
+def lexical_hits(finds: str) -> str:
+    """SQL for the ids of the `depth` memories of highest lexical score that `finds`."""
+    return f"""
+            lexical_ids := ARRAY(
+                SELECT x.id
+                FROM (
+                    SELECT m.id, {LEXICAL_SCORE} AS score
+                    FROM memory AS m
+                    WHERE {finds} AND {RETRIEVABLE}
+                ) AS x
+                WHERE x.score > 0
+                ORDER BY x.score DESC, x.id
+                LIMIT depth
+            );"""
 
 
 # How many retrievable memories of the team in `word_own`'s configuration hold each word:
@@ -83,7 +102,7 @@ WORD_COUNTS = f"""
         WITH matched AS MATERIALIZED (
             SELECT m.text_config = config AS own, m.search_text
             FROM memory AS m
-            WHERE {FINDS} AND {RETRIEVABLE}
+            WHERE {HOLDS} AND {RETRIEVABLE}
         )
         SELECT array_agg(
                    (SELECT count(*) FROM matched AS x
@@ -114,6 +133,7 @@ DECLARE
     total float8;
     rows_found float8 := 0;
     word integer;
+    lexical_ids uuid[];  -- the lexical candidates, best first
     held float8;
     types memory_type_enum[];  -- NULL: every type, as RETRIEVABLE reads it
 BEGIN
@@ -211,6 +231,9 @@ BEGIN
                    ORDER BY h.i)
         INTO word_idf
         FROM unnest(word_held) WITH ORDINALITY AS h (held, i);
+        IF finding IS NOT NULL AND total <= {LEXICAL_EXACT_MAX_ROWS} THEN{lexical_hits(HOLDS)}
+        ELSIF finding IS NOT NULL THEN{lexical_hits(FINDS)}
+        END IF;
     END IF;
 
     RETURN QUERY
@@ -219,15 +242,7 @@ BEGIN
         FROM search_memories(query, team, agent, person, types, depth, NULL, exact_max_rows)
              AS s
     ), lexical_hits AS (
-        SELECT x.id
-        FROM (
-            SELECT m.id, {LEXICAL_SCORE} AS score
-            FROM memory AS m
-            WHERE finding IS NOT NULL AND {FINDS} AND {RETRIEVABLE}
-        ) AS x
-        WHERE x.score > 0
-        ORDER BY x.score DESC, x.id
-        LIMIT depth
+        SELECT unnest(lexical_ids) AS id
     ), found AS (
         -- The vector hits' similarity as found: their embeddings are not read again.
         SELECT m.id, coalesce(v.similarity, 1 - (m.embedding <=> query)) AS similarity,
