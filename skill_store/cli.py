@@ -604,8 +604,8 @@ def import_command(
 
     Ingest speed is bounded by HNSW index maintenance. Into a team with a vector index of its
     own (`skill-store db index` builds one for a team of more than 500 memories), the
-    reference machine of BENCHMARKS.md inserts about 180 memories a second (raw COPY: 192),
-    against 3,046 into a team without one (1536 dimensions). Import large files before
+    reference machine of BENCHMARKS.md inserts about 225 memories a second (raw COPY: 235),
+    against 3,137 into a team without one (1536 dimensions). Import large files before
     building the index.
     """
     if batch_size < 1:
