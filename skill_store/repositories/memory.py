@@ -544,10 +544,12 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             new_ids = [given or new for given, new in zip(ids, new_ids, strict=True)]
         expected = await self.column_dimensions()
         for position, item in enumerate(validated):
-            if item.embedding is not None and len(item.embedding) != expected:
-                error = EmbeddingDimensionError(expected=expected, got=len(item.embedding))
-                error.add_note(f"item {position} of the items to add")
-                raise error
+            if item.embedding is not None:
+                try:
+                    _check_length(item.embedding, expected)
+                except EmbeddingDimensionError as error:
+                    error.add_note(f"item {position} of the items to add")
+                    raise
         async with self.writing_as(actor, reason):
             # Dated items: the others get the transaction's time, as the column default.
             moment = None
