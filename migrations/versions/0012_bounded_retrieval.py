@@ -194,7 +194,7 @@ BEGIN
             INTO sampled
             FROM unnest(word_lexeme) WITH ORDINALITY AS w (lexeme, i)
             JOIN shares AS h ON h.lexeme = w.lexeme;
-            word_held := sampled;
+            word_held := '{{}}';  -- filled word by word below
             FOR word IN 1 .. cardinality(word_query) LOOP
                 IF array_position(word_lexeme, word_lexeme[word]) < word THEN
                     word_held[word] := word_held[array_position(word_lexeme, word_lexeme[word])];
