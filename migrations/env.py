@@ -24,7 +24,13 @@ if context.config.config_file_name is not None:
 # Declared by hand in the migrations: autogenerate compares operator-class and partial
 # indexes imperfectly, so they are kept out of `alembic check`.
 HAND_WRITTEN_INDEXES = frozenset(
-    {"idx_memory_team_type", "idx_memory_expires", "idx_memory_team_text", "idx_memory_team_pinned"}
+    {
+        "idx_memory_team_type",
+        "idx_memory_expires",
+        "idx_memory_team_text",
+        "idx_memory_team_pinned",
+        "idx_memory_team_sample",
+    }
 )
 
 

@@ -31,7 +31,11 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool, PoolResetState
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from skill_store.errors import DatabaseUnreachableError, SchemaNotMigratedError
+from skill_store.errors import (
+    DatabaseUnreachableError,
+    MigrationRefusedError,
+    SchemaNotMigratedError,
+)
 from skill_store.settings import Settings, get_settings, mask_password, normalize_database_url
 
 T = TypeVar("T")
@@ -393,6 +397,10 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+_RAISED_BY_MIGRATION = "P0001"
+"""The SQLSTATE of a migration's own `RAISE EXCEPTION`: it refuses data it cannot carry over."""
+
+
 async def run_alembic(
     action: Callable[[Config], T], engine_or_url: AsyncEngine | str | None = None
 ) -> T:
@@ -404,6 +412,9 @@ async def run_alembic(
 
     Returns:
         What `action` returns.
+
+    Raises:
+        MigrationRefusedError: If a migration refused the data it found (and rolled back).
     """
     if isinstance(engine_or_url, AsyncEngine):
         url: Any = engine_or_url.url
@@ -415,6 +426,11 @@ async def run_alembic(
     try:
         async with begin(migration_engine) as connection:
             result = await connection.run_sync(lambda sync: action(alembic_config(sync)))
+    except DBAPIError as error:
+        refusal: Any = getattr(error.orig, "__cause__", None)
+        if getattr(refusal, "sqlstate", None) != _RAISED_BY_MIGRATION:
+            raise
+        raise MigrationRefusedError(refusal.message, refusal.hint) from error
     finally:
         await migration_engine.dispose()
     if isinstance(engine_or_url, AsyncEngine):

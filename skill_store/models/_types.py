@@ -319,6 +319,10 @@ class Timestamps(CreatedAt):
 # Annotated types shared by more than one model module.
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=100)]
+
+LANGUAGE_PATTERN = r"^[a-z]{2}$"
+Language = Annotated[str, StringConstraints(pattern=LANGUAGE_PATTERN)]
+"""An ISO 639-1 language code, as an agent's and a team's language are written."""
 """A team's or an agent's slug: lowercase letters, digits and inner hyphens."""
 
 ConstraintT = TypeVar("ConstraintT", sa.Constraint, sa.Index)

@@ -22,6 +22,7 @@ from skill_store.models._types import (
     SLUG_PATTERN,
     TEXT_ARRAY,
     JSONObject,
+    Language,
     PgStr,
     PydanticJSONB,
     Slug,
@@ -66,7 +67,7 @@ class AgentPersonality(BaseModel):
     ] = "friendly"
     verbosity: Literal["concise", "balanced", "detailed", "verbose"] = "balanced"
     formality: Literal["formal", "semi-formal", "informal", "adaptive"] = "adaptive"
-    language: str = PydanticField(default="en", pattern=r"^[a-z]{2}$", description="ISO 639-1")
+    language: Language = PydanticField(default="en", description="ISO 639-1")
     traits: dict[PgStr, Weight] = PydanticField(default_factory=dict)
     voice_examples: list[VoiceExample] = PydanticField(default_factory=list)
     always_rules: list[PgStr] = PydanticField(default_factory=list)

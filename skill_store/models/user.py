@@ -15,10 +15,12 @@ from skill_store.models._types import (
     EMPTY_TEXT_ARRAY,
     INPUT,
     INT4_MAX,
+    LANGUAGE_PATTERN,
     SLUG_PATTERN,
     TEXT_ARRAY,
     CreatedAt,
     JSONObject,
+    Language,
     PgStr,
     Slug,
     TeamRowId,
@@ -104,6 +106,12 @@ class TeamBase(SQLModel):
     conversation_retention_days: int = Field(
         default=90, ge=1, le=INT4_MAX, sa_column_kwargs={"server_default": sa.text("90")}
     )
+    language: Language = Field(
+        default="en",
+        description="ISO 639-1: the words of memories without an agent are read in it",
+        sa_type=sa.Text,
+        sa_column_kwargs={"server_default": "en"},
+    )
 
 
 # Database model
@@ -117,6 +125,7 @@ class Team(UUIDPrimaryKey, TeamBase, Timestamps, table=True):
             "a team with slug '{slug}' already exists",
         ),
         sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="ck_team_slug_format"),
+        sa.CheckConstraint(f"language ~ '{LANGUAGE_PATTERN}'", name="ck_team_language_format"),
     )
 
     webhook_secret: str | None = Field(default=None, sa_type=sa.Text, repr=False)
@@ -152,6 +161,7 @@ class TeamUpdate(SQLModel):
     webhook_url: PgStr | None = Field(default=None, max_length=2048)
     webhook_secret: PgStr | None = Field(default=None, repr=False)
     conversation_retention_days: int | None = Field(default=None, ge=1, le=INT4_MAX)
+    language: Language | None = None
 
 
 # Shared properties

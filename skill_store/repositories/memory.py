@@ -104,6 +104,9 @@ benchmark machine, see BENCHMARKS.md), so past this size the team's own HNSW ind
 RETRIEVAL_DEPTH = 50
 """Fewest candidates `retrieve` takes from each of vector and lexical recall (else 4 * limit)."""
 
+MAX_QUERY_WORDS = 64
+"""Most words of a query `retrieve` reads (in the query's configuration and as written)."""
+
 RETRIEVE_MAX_LIMIT = INT4_MAX // 4
 """Most memories `retrieve` returns: its 4 * limit candidates must fit an `integer`."""
 
@@ -212,20 +215,32 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         _check_length(parameters["query"], dimensions)
         return rows
 
-    async def _check_model(self, team_id: uuid.UUID) -> None:
-        """Check that the team's vectors were made by `embedder`'s model, before embedding a query.
+    async def _check_model(
+        self,
+        team_id: uuid.UUID,
+        agent_id: uuid.UUID | None = None,
+        user_id: uuid.UUID | None = None,
+        memory_types: Sequence[MemoryType] | None = None,
+    ) -> None:
+        """Check that the vectors a search may return were made by `embedder`'s model.
 
-        Memories whose model is not known (`embedding_model` None) are not compared.
+        Only the memories the search's filters let through count (not expired ones, nor
+        other agents' private ones); memories whose model is not known (`embedding_model`
+        None) are not compared.
 
         Raises:
-            EmbeddingModelError: If an active memory of the team has a vector of another model.
+            EmbeddingModelError: If such a memory has a vector of another model.
         """
         query_model = self.embedder.model
+        parameters = {
+            "team_id": team_id,
+            "agent_id": agent_id,
+            "user_id": user_id,
+            "memory_types": memory_types,
+        }
         async with translated_errors():
-            first, last = (
-                await self.session.exec(EMBEDDING_MODELS, params={"team_id": team_id})
-            ).one()
-        stored = list(dict.fromkeys(model for model in (first, last) if model is not None))
+            models = (await self.session.exec(EMBEDDING_MODELS, params=parameters)).one()
+        stored = list(dict.fromkeys(model for model in models if model is not None))
         if stored and stored != [query_model]:
             raise EmbeddingModelError(stored, query_model)
 
@@ -637,14 +652,15 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         The arguments after `query` are those of `search_by_embedding`, by keyword.
 
         Raises:
-            EmbeddingModelError: If an active memory of the team was embedded by another model
-                (memories of unknown model are searched as they are).
+            EmbeddingModelError: If a memory the search may return was embedded by another
+                model (memories of unknown model are searched as they are).
             EmbeddingDimensionError: If the embedder's vectors do not fit the column.
         """
-        await self._check_model(team_id)
+        types = None if memory_types is None else [MemoryType(t) for t in memory_types]
+        await self._check_model(team_id, agent_id, user_id, types)
         [embedding] = await self.embedder.embed([query])
         return await self.search_by_embedding(
-            embedding, team_id, agent_id, user_id, memory_types, limit, min_similarity
+            embedding, team_id, agent_id, user_id, types, limit, min_similarity
         )
 
     async def retrieve(
@@ -666,21 +682,25 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
         Candidates come from vector recall (`search_memories`, with the agent and user
         filters of `search_by_embedding`) and lexical recall (full text in the agent's
-        language), at least `RETRIEVAL_DEPTH` or 4 * `limit` from each. The `limit` most
-        relevant of them are scored, with the memories linked to the three strongest and
-        every pinned memory. Each signal is in [0, 1]:
+        language, else the team's), at least `RETRIEVAL_DEPTH` or 4 * `limit` from each.
+        Of a query of more than `MAX_QUERY_WORDS` words, those rarest in a sample of the
+        team count (the first in the query among equals), so a long query costs no more
+        than one of that many words. The `limit` most relevant candidates are scored, with
+        the memories linked to the three strongest and every pinned memory. Each signal is
+        in [0, 1]:
 
         - `semantic`: relevance, the mean of the cosine similarity min-max scaled over the
           candidates and the lexical score (the summed inverse document frequency in the
           team of the query words the memory holds; past 2,000 memories, with common
           words' frequencies estimated from a sample) divided by the candidates' highest
-          (either alone when the other found nothing), min-max scaled over those scored;
+          (either alone when the other found nothing), min-max scaled over the `limit`
+          most relevant and clipped to [0, 1] (a pinned or linked memory may lie beyond);
         - `recency`: 0.5 ** (age / `Settings.recency_half_life`), the age being the time
           since the memory was created or last accessed (before `now`);
         - `importance`: `importance / 10 * confidence`;
         - `continuity`: 1 for a memory of `conversation_id`; 0.5 * the recency of its
           conversation's last message for one of the same user's other conversations with
-          this agent; else 0;
+          this agent; else 0 (a conversation without messages too);
         - `relationship`: 1 for a memory linked (`related_to`, `contradicts`) to one of the
           three strongest candidates; 0.5 for one about `user_id`, or about the same user
           or subject as one of them; else 0.
@@ -705,14 +725,16 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
                 vectors are of its model.
             now: The moment of the query for recency and continuity (default the
                 database's `now()`).
-            record_access: Count one access of each memory returned, in the same statement.
+            record_access: Count one access of each memory returned (under a `token_budget`,
+                of each memory it keeps), once whatever the plan.
 
         Raises:
             ValueError: If `query` is blank, `limit` not between 1 and `RETRIEVE_MAX_LIMIT`,
                 `token_budget` less than 1, or the embedding not finite or all zeros.
             pydantic.ValidationError: If `weights` or `now` is invalid.
-            EmbeddingModelError: If `embedder` embeds the query and an active memory of the
-                team was embedded by another model (memories of unknown model are not checked).
+            EmbeddingModelError: If `embedder` embeds the query and a memory the call may
+                return was embedded by another model (memories of unknown model are not
+                checked).
             EmbeddingDimensionError: If the query's vector does not fit the column.
         """
         if not query.strip():
@@ -724,7 +746,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         chosen = None if weights is None else RetrievalWeights.model_validate(weights)
         moment = None if now is None else _moment.validate_python(now)
         if query_embedding is None:
-            await self._check_model(team_id)
+            await self._check_model(team_id, agent_id, user_id)
             [query_embedding] = await self.embedder.embed([query])
         parameters = {
             "query": await self._vector(query_embedding),
@@ -739,7 +761,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             "fallback_weights": _weights(RetrievalWeights()),
             "half_life": get_settings().recency_half_life.total_seconds(),
             "now": moment,
-            "record_access": record_access,
+            # Under a budget, only the memories it keeps count as accessed.
+            "record_access": record_access and token_budget is None,
             "exact_max_rows": EXACT_SEARCH_MAX_ROWS,
         }
         rows = await self._vector_rows(RETRIEVE, parameters)
@@ -750,7 +773,10 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         ]
         if token_budget is None:
             return scored
-        return self._pack(scored, token_budget, lambda memory: memory.content)[0]
+        kept = self._pack(scored, token_budget, lambda memory: memory.content)[0]
+        if record_access and kept:
+            await self.update_access([memory.id for memory in kept], team_id=team_id)
+        return kept
 
     async def context_for(
         self,

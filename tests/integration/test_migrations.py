@@ -71,6 +71,8 @@ RETRIEVAL_FUNCTIONS = {
     "retrieve_memories",
     "lexeme_query",
     "memory_team_text",
+    "memory_relevance",
+    "memory_embedding_models",
 }
 ALL_FUNCTIONS = (
     FUNCTIONS
@@ -370,3 +372,32 @@ async def test_the_audit_knows_every_column_of_memory(empty_engine: AsyncEngine)
     logged = set(re.findall(r"old\.(\w+)", definition))
     assert logged | set(audit.ACCESS_COLUMNS) == {name for (name,) in columns}
     assert not logged & set(audit.ACCESS_COLUMNS)
+
+
+async def test_0014_reads_team_wide_memories_in_their_teams_language(
+    empty_engine: AsyncEngine,
+) -> None:
+    words = "SELECT text_config::text, search_text::text FROM memory ORDER BY content"
+    await migrate(empty_engine, "0013")
+    async with empty_engine.begin() as connection:
+        await connection.execute(
+            text(
+                """WITH u AS (INSERT INTO "user" (email, password_hash, display_name)"""
+                """ VALUES ('a@b.co', 'h', 'A') RETURNING id),"""
+                " t AS (INSERT INTO team (name, slug, owner_id) SELECT 'Acme', 'acme', id FROM u"
+                " RETURNING id)"
+                " INSERT INTO memory (team_id, memory_type, content)"
+                " SELECT id, 'semantic', 'Ada was running' FROM t"
+            )
+        )
+        assert await rows(connection, words) == [("simple", "'ada':1 'running':3 'was':2")]
+
+    await migrate(empty_engine)
+    async with empty_engine.connect() as connection:
+        assert await rows(connection, words) == [("english", "'ada':1 'run':3")]
+        logged = "SELECT action FROM memory_log ORDER BY created_at"
+        assert await rows(connection, logged) == [("created",)]  # not a change of content
+
+    await run_alembic(lambda config: command.downgrade(config, "0013"), empty_engine)
+    async with empty_engine.connect() as connection:
+        assert await rows(connection, words) == [("simple", "'ada':1 'running':3 'was':2")]
