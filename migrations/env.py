@@ -30,6 +30,7 @@ HAND_WRITTEN_INDEXES = frozenset(
         "idx_memory_team_text",
         "idx_memory_team_pinned",
         "idx_memory_team_sample",
+        "idx_memory_team_load_batch",
     }
 )
 
@@ -39,7 +40,7 @@ def include_object(
 ) -> bool:
     if type_ != "index" or name is None:
         return True
-    # The teams' own indexes are built by `skill_store.index_large_teams`, not by migrations.
+    # The teams' own indexes are built by `skill_store.team_indexes`, not by migrations.
     return name not in HAND_WRITTEN_INDEXES and not name.startswith(TEAM_INDEX_PREFIX)
 
 

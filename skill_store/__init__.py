@@ -22,6 +22,7 @@ from skill_store.errors import (
     StatementTimeoutError,
 )
 from skill_store.explore import Explorer, frame_columns, to_frame
+from skill_store.maintenance import MaintenanceReport, maintain
 from skill_store.models import *  # noqa: F403 (every model is public: skill_store.models.__all__)
 from skill_store.models import __all__ as _model_names
 from skill_store.repositories import (
@@ -37,7 +38,7 @@ from skill_store.repositories import (
     approximate_tokens,
 )
 from skill_store.settings import Settings, get_settings, load_settings
-from skill_store.team_indexes import TeamIndexes, index_large_teams
+from skill_store.team_indexes import TeamIndexes, finish_index_builds, index_large_teams
 from skill_store.tenancy import TEAM_ROLE, scope_to_team
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "Explorer",
     "HashingEmbedder",
     "MemoryFileError",
+    "MaintenanceReport",
     "MemoryRepository",
     "MigrationRefusedError",
     "NotFoundError",
@@ -72,6 +74,7 @@ __all__ = [
     "UserRepository",
     "approximate_tokens",
     "embedder_from_settings",
+    "finish_index_builds",
     "frame_columns",
     "get_engine",
     "get_session_factory",
@@ -79,6 +82,7 @@ __all__ = [
     "get_sync_engine",
     "index_large_teams",
     "load_settings",
+    "maintain",
     "migrate",
     "scope_to_team",
     "to_frame",

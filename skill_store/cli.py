@@ -1,6 +1,7 @@
 """The `skill-store` command: the demo, the schema, and the store from the terminal."""
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -31,6 +32,8 @@ from skill_store.database import (
 )
 from skill_store.embeddings import embedder_from_settings
 from skill_store.errors import NotFoundError, SkillStoreError
+from skill_store.maintenance import MaintenanceReport
+from skill_store.maintenance import maintain as run_maintenance
 from skill_store.models import Agent, Memory, MemoryType, Team
 from skill_store.portability import ImportCounts, export_memories, import_memories
 from skill_store.repositories import (
@@ -40,9 +43,13 @@ from skill_store.repositories import (
     TeamRepository,
 )
 from skill_store.repositories.base import translated_errors
-from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
 from skill_store.settings import get_settings, mask_password
-from skill_store.team_indexes import TeamIndexes, index_large_teams
+from skill_store.team_indexes import (
+    EXACT_SEARCH_MAX_ROWS,
+    TeamIndexes,
+    finish_index_builds,
+    index_large_teams,
+)
 
 T = TypeVar("T")
 # The signals of `MemoryRepository.retrieve`, abridged for narrow terminals.
@@ -121,7 +128,10 @@ def _on_database(action: Callable[[Config], T]) -> T:
 
 
 def _in_session(work: Callable[[AsyncSession], Awaitable[T]], *, upgrade: bool = False) -> T:
-    """Run `work` in one committed transaction on the configured database."""
+    """Run `work` in one committed transaction on the configured database.
+
+    Team indexes that the writes made due are built before the command ends.
+    """
 
     async def main() -> T:
         engine = await get_engine()
@@ -131,7 +141,8 @@ def _in_session(work: Callable[[AsyncSession], Awaitable[T]], *, upgrade: bool =
                 result = await work(session)
                 async with translated_errors():  # e.g. the connection lost meanwhile
                     await session.commit()
-                return result
+            await finish_index_builds(engine)
+            return result
         finally:
             await engine.dispose()
 
@@ -319,6 +330,40 @@ def index(
     with _user_errors():
         done = asyncio.run(main())
     typer.echo(f"built {len(done.built)} team indexes, dropped {done.dropped}")
+
+
+@app.command()
+def maintain(as_json: AsJson = False) -> None:
+    """Apply retention and expiry, build due team indexes, refresh statistics (for cron).
+
+    Each team's conversations idle past its retention are deleted with their messages (the
+    memories learnt from them stay, unlinked); memories past their expiry are archived;
+    team indexes that are due are built and those no team needs dropped; the tables are
+    vacuumed and analyzed. A run that finds another one going does nothing.
+    """
+
+    async def main() -> MaintenanceReport:
+        engine = await get_engine()
+        try:
+            await ensure_migrated(engine)
+            return await run_maintenance(engine)
+        finally:
+            await engine.dispose()
+
+    with _user_errors():
+        report = asyncio.run(main())
+    if as_json:
+        _print_json(dataclasses.asdict(report))
+    elif not report.ran:
+        typer.echo("another maintenance run is going: nothing done")
+    else:
+        typer.echo(
+            f"deleted {report.conversations_deleted} conversations past retention"
+            f" ({report.messages_deleted} messages; {report.memories_unlinked} memories"
+            f" unlinked), archived {report.memories_expired} expired memories, built"
+            f" {len(report.indexes_built)} team indexes, dropped {report.indexes_dropped},"
+            f" analyzed {len(report.tables_analyzed)} tables in {report.seconds:.1f} s"
+        )
 
 
 @db.command()
@@ -602,11 +647,9 @@ def import_command(
     exported from the team) is skipped, or with --update-existing written over that memory.
     Progress goes to stderr: a bar on a terminal, else a line a batch.
 
-    Ingest speed is bounded by HNSW index maintenance. Into a team with a vector index of its
-    own (`skill-store db index` builds one for a team of more than 500 memories), the
-    reference machine of BENCHMARKS.md inserts about 225 memories a second (raw COPY: 235),
-    against 3,137 into a team without one (1536 dimensions). Import large files before
-    building the index.
+    A file that is large beside the team is loaded beside the team's vector index, which is
+    then rebuilt to hold it before the command ends (its searches stay right meanwhile); a
+    team the file takes past 500 memories gets its index the same way.
     """
     if batch_size < 1:
         raise _fail(f"--batch-size must be at least 1, got {batch_size}")

@@ -40,9 +40,9 @@ from skill_store.models.user import Team
 MAX_CONTENT_LENGTH = 100_000
 """Longest memory content accepted, in characters."""
 
-TEAM_INDEX_PREFIX = "memory_embedding_team_"
-"""Start of the name of a team's own HNSW index on `memory` (the database function
-`memory_team_index_name` gives the whole name); `skill_store.index_large_teams` builds them."""
+TEAM_INDEX_PREFIX = "memory_team_"
+"""Start of the name of a team's own HNSW index on `memory`: `memory_team_<key>_<covers>`,
+the key a hash of the team's id (see `skill_store.team_indexes`)."""
 
 Tag = Annotated[
     str,
@@ -159,9 +159,10 @@ class Memory(TeamRowId, MemoryBase, Timestamps, table=True):
 METADATA = AliasChoices("metadata_json", "metadata")
 
 
-# Full text, derived by the database and not loaded with memories: the text-search
-# configuration of the memory's agent's language (`simple` without one), set on insert,
-# and the `tsvector` of content and subject in it.
+# Derived by the database and not loaded with memories: the text-search configuration of
+# the memory's agent's language (else its team's), set on insert, and the `tsvector` of
+# content and subject in it; the bulk load that wrote the memory beside its team's index,
+# if one did (see `skill_store.team_indexes`).
 Memory.__table__.append_column(  # type: ignore[attr-defined]
     sa.Column(
         "text_config", REGCONFIG, nullable=False, server_default=sa.text("'simple'::regconfig")
@@ -173,6 +174,9 @@ Memory.__table__.append_column(  # type: ignore[attr-defined]
         TSVECTOR,
         sa.Computed("to_tsvector(text_config, content || ' ' || coalesce(subject, ''))"),
     )
+)
+Memory.__table__.append_column(  # type: ignore[attr-defined]
+    sa.Column("load_batch", sa.BigInteger)
 )
 
 

@@ -7,6 +7,7 @@ Every read that takes a `team_id` returns only that team's memories. Mutating me
 import logging
 import uuid
 import weakref
+from collections import Counter
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -77,6 +78,12 @@ from skill_store.repositories.base import (
     validate,
 )
 from skill_store.settings import get_settings
+from skill_store.team_indexes import (
+    EXACT_SEARCH_MAX_ROWS,
+    LOAD_BATCH_MIN_ROWS,
+    LOAD_BATCH_SHARE,
+    written,
+)
 from skill_store.tenancy import TEAM_SETTING
 
 TokenCounter = Callable[[str], int]
@@ -92,14 +99,6 @@ def approximate_tokens(text: str) -> int:
     """
     return -(-len(text) // 4)
 
-
-EXACT_SEARCH_MAX_ROWS = 500
-"""Teams with at most this many candidate memories are searched exactly, without an index.
-
-An exact scan reads every candidate's embedding (about 8 µs a row at 1536 dimensions on the
-benchmark machine, see BENCHMARKS.md), so past this size the team's own HNSW index (see
-`skill_store.index_large_teams`) is faster.
-"""
 
 RETRIEVAL_DEPTH = 50
 """Fewest candidates `retrieve` takes from each of vector and lexical recall (else 4 * limit)."""
@@ -126,7 +125,13 @@ _many = TypeAdapter(list[MemoryCreate])
 _COLUMN_DIMENSIONS: weakref.WeakKeyDictionary[sa.Engine, int] = weakref.WeakKeyDictionary()
 """The dimension of `memory.embedding` in each engine's database, once read."""
 
-_UNINDEXED_TEAMS_WARNED: set[uuid.UUID] = set()
+# The teams of `teams` (with the memories `loaded` of each) loaded beside their index, each
+# with a new load batch: see `skill_store.team_indexes`.
+_LOAD_BATCHES = sa.text("""
+SELECT t.team, nextval('memory_load_batch')
+FROM unnest(CAST(:teams AS uuid[]), CAST(:loaded AS integer[])) AS t (team, loaded)
+CROSS JOIN LATERAL memory_team_index(t.team) AS x
+WHERE x.covers IS NOT NULL AND t.loaded >= greatest(:min_rows, :share * x.row_count)""")
 
 
 class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
@@ -269,6 +274,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             self.session.add(memory)
             await self.session.flush()
             await self._insert_tags(memory.team_id, memory.id, validated.tags)
+        written(self.session, [memory.team_id])
         return memory
 
     async def update(
@@ -346,6 +352,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             await self._insert_tags(new.team_id, new.id, validated.tags)
             old.status = MemoryStatus.SUPERSEDED
             old.superseded_by = new.id
+        written(self.session, [new.team_id])
         return new
 
     async def _locked(self, team_id: uuid.UUID, memory_id: uuid.UUID) -> Memory:
@@ -572,6 +579,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             if any(item.created_at is not None for item in validated):
                 moment = (await self.session.exec(select(func.now()))).one()
                 columns = (*COPY_COLUMNS, "created_at", "last_accessed_at")
+            batches = await self._load_batches(validated)
+            if batches:
+                columns = (*columns, "load_batch")
             connection = await self.session.connection()
             driver = (await connection.get_raw_connection()).driver_connection
             # PostgreSQL refuses COPY FROM under row-level security: scoped sessions INSERT.
@@ -581,7 +591,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
                     tags: list[tuple[uuid.UUID, uuid.UUID, str]] = []
                     end = start + batch_size
                     memories = memory_records(
-                        validated[start:end], new_ids[start:end], tags, moment
+                        validated[start:end], new_ids[start:end], tags, moment, batches
                     )
                     await insert_rows(driver, "memory", memories, columns)
                     if tags:
@@ -593,7 +603,25 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             except ConnectionLostError:
                 await connection.invalidate()  # so that no rollback is sent to a lost server
                 raise
+        written(self.session, {item.team_id for item in validated})
         return len(validated)
+
+    async def _load_batches(self, items: Sequence[MemoryCreate]) -> dict[uuid.UUID, int] | None:
+        """A new load batch for each team with many memories beside its index among `items`.
+
+        See `skill_store.team_indexes`. None if there is none.
+        """
+        loaded = Counter(item.team_id for item in items)
+        if max(loaded.values()) < LOAD_BATCH_MIN_ROWS:
+            return None
+        parameters = {
+            "teams": list(loaded),
+            "loaded": list(loaded.values()),
+            "min_rows": LOAD_BATCH_MIN_ROWS,
+            "share": LOAD_BATCH_SHARE,
+        }
+        rows = (await self.session.exec(_LOAD_BATCHES, params=parameters)).all()  # type: ignore[call-overload]
+        return dict(rows) or None
 
     # -- text ---------------------------------------------------------------------------
 
@@ -939,9 +967,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
         One statement: the database function `search_memories` searches a team with at most
         `EXACT_SEARCH_MAX_ROWS` candidates exactly, a larger one through the team's own HNSW
-        index, which holds no other team's memories. Where that index is not built yet, or
-        its scan ends with too few hits for the filters, the search is exact too (and a
-        warning names a team that needs `index_large_teams`).
+        index, which holds no other team's memories. Where that index is not built yet (the
+        process that wrote builds it in the background, see `skill_store.team_indexes`), or
+        its scan ends with too few hits for the filters, the search is exact too.
 
         Raises:
             EmbeddingDimensionError: If the embedding's length differs from the column's.
@@ -958,14 +986,6 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             "exact_max_rows": EXACT_SEARCH_MAX_ROWS,
         }
         rows = await self._vector_rows(SEARCH, parameters)
-        if rows[0][3] == "unindexed" and team_id not in _UNINDEXED_TEAMS_WARNED:
-            _UNINDEXED_TEAMS_WARNED.add(team_id)
-            logger.warning(
-                "team %s has more than %d memories and no search index of its own: its"
-                " searches scan every memory; run `skill-store db index`",
-                team_id,
-                EXACT_SEARCH_MAX_ROWS,
-            )
         return [
             _search_result(memory, similarity)
             for _dimensions, memory, similarity, _path in rows

@@ -29,8 +29,8 @@ from skill_store import (
     TeamRepository,
     UserCreate,
     UserRepository,
+    finish_index_builds,
     get_session_factory,
-    index_large_teams,
 )
 from skill_store.repositories.memory import RETRIEVAL_DEPTH
 
@@ -132,12 +132,13 @@ async def world(engine: AsyncEngine) -> World:
         )
         rare = {row[0] for row in rows.all()}
         await session.commit()
+    await finish_index_builds(engine)  # those the commit started
+    async with factory() as session:
         # As after a bulk load: the full-text index's pending entries merged, statistics
         # taken. Until then the planner prices that index too high to use it.
         await session.exec(text("SELECT gin_clean_pending_list('idx_memory_team_text')"))
         await session.exec(text("ANALYZE memory"))
         await session.commit()
-    await index_large_teams(engine)
     return World(factory, ids["large"], ids["crowd"], ids["small"], ids["ordered"], rare)
 
 
@@ -215,7 +216,7 @@ async def test_a_small_team_counts_every_word_and_finds_the_same(world: World) -
 async def test_a_large_team_without_its_index_is_counted_and_still_finds(world: World) -> None:
     async with world.factory() as session:
         name = await session.exec(
-            text("SELECT memory_team_index_name(:team)"), params={"team": world.large}
+            text("SELECT index_name FROM memory_team_index(:team)"), params={"team": world.large}
         )
         await session.exec(text(f'DROP INDEX "{name.one()[0]}"'))
         found = await MemoryRepository(session).retrieve(

@@ -524,6 +524,7 @@ EXPECTED_COLUMNS = {
     },
     "memory": {
         "id",
+        "load_batch",
         "team_id",
         "agent_id",
         "user_id",
