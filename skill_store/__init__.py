@@ -5,6 +5,8 @@ with `*Create`, `*Read` and `*Update` variants beside it.
 """
 
 from skill_store.database import (
+    ConnectionCheck,
+    check_connection,
     database_url,
     get_engine,
     get_session_factory,
@@ -51,6 +53,7 @@ __all__ = [
     "AccessDeniedError",
     "AgentRepository",
     "ConflictError",
+    "ConnectionCheck",
     "ConnectionLostError",
     "ConversationRepository",
     "DatabaseUnreachableError",
@@ -77,6 +80,7 @@ __all__ = [
     "UserRepository",
     "alembic_include_object",
     "approximate_tokens",
+    "check_connection",
     "database_url",
     "embedder_from_settings",
     "frame_columns",

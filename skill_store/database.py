@@ -4,16 +4,18 @@ import asyncio
 import atexit
 import json
 import socket
+import time
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
+from functools import cache, partial
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pgvector.asyncpg import register_vector
-from sqlalchemy import Connection, Engine, create_engine, event
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -452,6 +454,73 @@ async def ensure_migrated(engine: AsyncEngine) -> None:
     if current != head:
         state = f"at revision {current}" if current else "not migrated"
         raise SchemaNotMigratedError(f"{state}; the latest is {head}")
+
+
+@cache
+def latest_revision() -> str:
+    """The newest revision of the package's migrations (read once a process)."""
+    from alembic.script import ScriptDirectory
+
+    (head,) = ScriptDirectory.from_config(alembic_config()).get_heads()
+    return head
+
+
+class ConnectionCheck(BaseModel):
+    """What `check_connection` found, e.g. for a health route."""
+
+    model_config = ConfigDict(frozen=True)
+
+    server_version: str
+    """PostgreSQL's `server_version`, e.g. `18.1`."""
+    pgvector_version: str | None
+    """The installed `vector` extension's version; None before the first migration."""
+    schema_revision: str | None
+    """The schema's migration revision; None if it was never migrated."""
+    latest_revision: str
+    """The newest revision of the package's migrations."""
+    migrated: bool
+    """Whether the schema is at the newest revision."""
+    latency_ms: float
+    """Milliseconds to get a connection from the pool (checking it) and an answer."""
+
+
+_SERVER = text(
+    "SELECT current_setting('server_version'),"
+    " (SELECT extversion FROM pg_extension WHERE extname = 'vector')"
+)
+
+
+async def check_connection(engine: AsyncEngine) -> ConnectionCheck:
+    """Ask the database for its versions and the schema's revision, and time the answer.
+
+    Args:
+        engine: The engine from `get_engine`.
+
+    Returns:
+        The server's and pgvector's versions, the schema's revision and the latest one,
+        and the latency.
+
+    Raises:
+        DatabaseUnreachableError: If no connection can be made (URL shown without password).
+    """
+    from alembic.runtime.migration import MigrationContext
+
+    start = time.perf_counter()
+    async with begin(engine) as connection:
+        server_version, pgvector_version = (await connection.execute(_SERVER)).one()
+        latency_ms = (time.perf_counter() - start) * 1000
+        revision = await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
+    latest = latest_revision()
+    return ConnectionCheck(
+        server_version=server_version,
+        pgvector_version=pgvector_version,
+        schema_revision=revision,
+        latest_revision=latest,
+        migrated=revision == latest,
+        latency_ms=latency_ms,
+    )
 
 
 async def migrate(engine_or_url: AsyncEngine | str | None = None, revision: str = "head") -> None:
