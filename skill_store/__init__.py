@@ -4,7 +4,15 @@ Each entity is one SQLModel class that is both the table and the validated schem
 with `*Create`, `*Read` and `*Update` variants beside it.
 """
 
-from skill_store.database import get_engine, get_session_factory, get_sync_engine, migrate
+from skill_store.database import (
+    ConnectionCheck,
+    check_connection,
+    database_url,
+    get_engine,
+    get_session_factory,
+    get_sync_engine,
+    migrate,
+)
 from skill_store.embeddings import Embedder, HashingEmbedder, OpenAIEmbedder, embedder_from_settings
 from skill_store.errors import (
     AccessDeniedError,
@@ -37,6 +45,7 @@ from skill_store.repositories import (
     UserRepository,
     approximate_tokens,
 )
+from skill_store.schema import alembic_include_object
 from skill_store.settings import Settings, get_settings, load_settings
 from skill_store.team_indexes import TeamIndexes, finish_index_builds, index_large_teams
 from skill_store.tenancy import TEAM_ROLE, scope_to_team
@@ -46,6 +55,7 @@ __all__ = [
     "AccessDeniedError",
     "AgentRepository",
     "ConflictError",
+    "ConnectionCheck",
     "ConnectionLostError",
     "ConversationRepository",
     "DatabaseUnreachableError",
@@ -72,7 +82,10 @@ __all__ = [
     "TeamRowRepository",
     "TokenCounter",
     "UserRepository",
+    "alembic_include_object",
     "approximate_tokens",
+    "check_connection",
+    "database_url",
     "embedder_from_settings",
     "finish_index_builds",
     "frame_columns",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, computed_field
 from pydantic import Field as PydanticField
-from sqlmodel import Field, Relationship, SQLModel
+from sqlmodel import Field, Relationship
 
 from skill_store.models._types import (
     EMPTY_TEXT_ARRAY,
@@ -23,6 +23,7 @@ from skill_store.models._types import (
     TEXT_ARRAY,
     JSONObject,
     Language,
+    Model,
     PgStr,
     PydanticJSONB,
     Slug,
@@ -42,7 +43,7 @@ Weight = Annotated[float, PydanticField(ge=0.0, le=1.0)]
 class VoiceExample(BaseModel):
     """A sample interaction that demonstrates the agent's voice."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     user_message: PgStr
     agent_response: PgStr
@@ -52,7 +53,7 @@ class VoiceExample(BaseModel):
 class AgentPersonality(BaseModel):
     """How the agent thinks, speaks and behaves."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     system_prompt_template: PgStr
     tone: Literal[
@@ -78,7 +79,7 @@ class AgentPersonality(BaseModel):
 class AgentModelConfig(BaseModel):
     """LLM configuration of an agent."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     model_name: PgStr = "anthropic/claude-sonnet-4.5"
     temperature: float = PydanticField(default=0.7, ge=0.0, le=2.0)
@@ -89,7 +90,7 @@ class AgentModelConfig(BaseModel):
 class RetrievalWeights(BaseModel):
     """Weights of the five signals that rank memories at retrieval."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     semantic: Weight = 0.35
     recency: Weight = 0.20
@@ -101,7 +102,7 @@ class RetrievalWeights(BaseModel):
 class AgentMemoryConfig(BaseModel):
     """Memory retrieval and extraction configuration of an agent."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     token_budget: int = PydanticField(default=2000, ge=100, le=8000)
     retrieval_weights: RetrievalWeights = PydanticField(default_factory=RetrievalWeights)
@@ -116,7 +117,7 @@ class AgentMemoryConfig(BaseModel):
 class AgentBoundaries(BaseModel):
     """What the agent can and cannot do."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     can_do: list[PgStr] = PydanticField(default_factory=list)
     cannot_do: list[PgStr] = PydanticField(default_factory=list)
@@ -141,7 +142,7 @@ def _skill_list() -> Any:
 
 
 # Shared properties
-class AgentBase(SQLModel):
+class AgentBase(Model):
     team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
     name: PgStr = Field(min_length=1, max_length=200, sa_type=sa.Text)
     slug: Slug = Field(sa_type=sa.Text)
@@ -242,7 +243,7 @@ class AgentDNA(AgentBase):
 
 
 # Properties to receive on update, all optional
-class AgentUpdate(SQLModel):
+class AgentUpdate(Model):
     model_config = INPUT
     name: PgStr | None = Field(default=None, min_length=1, max_length=200)
     slug: Slug | None = None

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 from pydantic import AfterValidator, AliasChoices, AwareDatetime, StringConstraints, field_validator
 from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG, TSVECTOR
-from sqlmodel import Field, Relationship, SQLModel
+from sqlmodel import Field, Relationship
 
 from skill_store.models._types import (
     EMPTY_JSON,
@@ -23,6 +23,7 @@ from skill_store.models._types import (
     CreatedAt,
     Embedding,
     JSONObject,
+    Model,
     Moment,
     PgStr,
     TeamRowId,
@@ -52,7 +53,7 @@ Tag = Annotated[
 
 
 # Shared properties
-class MemoryBase(SQLModel):
+class MemoryBase(Model):
     team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
     agent_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = Field(default=None, foreign_key="user.id")
@@ -216,7 +217,7 @@ class MemorySearchResult(MemoryRead):
 
 
 # Why a memory was retrieved: each signal's value, in [0, 1]
-class MemorySignals(SQLModel):
+class MemorySignals(Model):
     semantic: float
     recency: float
     importance: float
@@ -231,14 +232,14 @@ class ScoredMemory(MemoryRead):
 
 
 # Memories packed for a prompt: `text` fills the `{memory_context}` of a system prompt
-class MemoryContext(SQLModel):
+class MemoryContext(Model):
     memories: list[ScoredMemory]
     tokens: int
     text: str
 
 
 # Properties to receive on update, all optional
-class MemoryUpdate(SQLModel):
+class MemoryUpdate(Model):
     model_config = INPUT
     content: PgStr | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_LENGTH)
     subject: PgStr | None = Field(default=None, max_length=500)
@@ -266,7 +267,7 @@ class MemoryUpdate(SQLModel):
 
 
 # Shared properties
-class MemoryLogBase(SQLModel):
+class MemoryLogBase(Model):
     memory_id: uuid.UUID
     team_id: uuid.UUID
     action: PgStr = Field(min_length=1, max_length=50, sa_type=sa.Text)
@@ -307,7 +308,7 @@ class MemoryLogRead(MemoryLogBase):
 
 
 # Shared properties
-class MemoryTagBase(SQLModel):
+class MemoryTagBase(Model):
     team_id: uuid.UUID
     memory_id: uuid.UUID
     tag: Tag = Field(sa_type=sa.Text)

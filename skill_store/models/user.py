@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from pydantic import EmailStr, SecretStr
 from pydantic import Field as PydanticField
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlmodel import Field, Relationship, SQLModel
+from sqlmodel import Field, Relationship
 
 from skill_store.models._types import (
     EMPTY_JSON,
@@ -21,6 +21,7 @@ from skill_store.models._types import (
     CreatedAt,
     JSONObject,
     Language,
+    Model,
     PgStr,
     Slug,
     TeamRowId,
@@ -40,7 +41,7 @@ HIDE_INPUT = INPUT | {"hide_input_in_errors": True}
 
 
 # Shared properties
-class UserBase(SQLModel):
+class UserBase(Model):
     email: EmailStr = Field(max_length=320, sa_type=sa.Text)
     display_name: PgStr = Field(min_length=1, max_length=200, sa_type=sa.Text)
     is_active: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
@@ -80,7 +81,7 @@ class UserRead(UserBase):
 
 
 # Properties to receive on update, all optional
-class UserUpdate(SQLModel):
+class UserUpdate(Model):
     model_config = HIDE_INPUT
 
     email: EmailStr | None = Field(default=None, max_length=320)
@@ -90,7 +91,7 @@ class UserUpdate(SQLModel):
 
 
 # Shared properties
-class TeamBase(SQLModel):
+class TeamBase(Model):
     name: PgStr = Field(min_length=1, max_length=200, sa_type=sa.Text)
     slug: Slug = Field(sa_type=sa.Text)
     owner_id: uuid.UUID = Field(foreign_key="user.id")
@@ -150,7 +151,7 @@ class TeamRead(TeamBase):
 
 
 # Properties to receive on update, all optional
-class TeamUpdate(SQLModel):
+class TeamUpdate(Model):
     model_config = HIDE_INPUT
 
     name: PgStr | None = Field(default=None, min_length=1, max_length=200)
@@ -165,7 +166,7 @@ class TeamUpdate(SQLModel):
 
 
 # Shared properties
-class TeamMembershipBase(SQLModel):
+class TeamMembershipBase(Model):
     user_id: uuid.UUID = Field(foreign_key="user.id", ondelete="CASCADE")
     team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
     role: UserRole = Field(
@@ -205,6 +206,6 @@ class TeamMembershipRead(TeamMembershipBase):
 
 
 # Properties to receive on update
-class TeamMembershipUpdate(SQLModel):
+class TeamMembershipUpdate(Model):
     model_config = INPUT
     role: UserRole | None = None

@@ -2,7 +2,9 @@
 
 Each block runs as a script of its own (a new namespace, `__name__ == "__main__"`), as a
 reader who pastes it into a file would run it: a name it does not define or import fails.
-Line numbers in a traceback are those of README.md. Shell blocks (```bash) are not run.
+Line numbers in a traceback are those of README.md. Shell blocks (```bash) are not run, nor
+are blocks that name a file of an application (```python myapp/models.py): those are files of
+a scratch application in `test_own_tables.py`.
 """
 
 import re
