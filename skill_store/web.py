@@ -41,6 +41,7 @@ from skill_store.errors import (
 )
 from skill_store.repositories.base import translated_errors
 from skill_store.settings import Settings
+from skill_store.team_indexes import finish_index_builds
 from skill_store.tenancy import scope_to_team
 
 
@@ -57,7 +58,9 @@ async def store_lifespan(
     Pass it as `FastAPI(lifespan=store_lifespan)`, or enter it in the app's own lifespan
     (`async with store_lifespan(app): yield`). Without a URL and without `DATABASE_URL`, the
     engine starts the embedded server, which stops when the process exits. The app does not
-    start on a database that cannot be reached or is not migrated: the error says why.
+    start on a database that cannot be reached or is not migrated: the error says why. On the
+    way down it first waits for the team index builds that the app's writes started (see
+    `skill_store.team_indexes`).
 
     Args:
         app: The application; its `state` keeps the engine for the dependencies.
@@ -76,6 +79,7 @@ async def store_lifespan(
         yield
     finally:
         app.state.skill_store_engine = None
+        await finish_index_builds(engine)
         await engine.dispose()
 
 
