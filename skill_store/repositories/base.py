@@ -5,7 +5,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import cache
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
@@ -220,10 +220,8 @@ def _field_adapter(model: type[SQLModel], name: str) -> TypeAdapter[Any]:
     stored = getattr(column_type, "impl", column_type)
     if isinstance(stored, sa.DateTime) and stored.timezone:
         return TypeAdapter(Moment | None)
-    field = model.model_fields[name]
-    # The field's constraints (e.g. PgStr's check of the text) are its metadata.
-    constrained: Any = Annotated[(field.annotation or Any, *field.metadata)]
-    return TypeAdapter(constrained)
+    # With its constraints (e.g. PgStr's check of the text), which are its metadata.
+    return TypeAdapter(model.model_fields[name].rebuild_annotation())
 
 
 class BaseRepository(Generic[ModelT, CreateT, UpdateT]):
