@@ -1,14 +1,15 @@
 """The generic repository: typed CRUD for one table, and the one place driver errors become ours."""
 
+import inspect
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from functools import cache
-from typing import Any, Generic, TypeVar
+from functools import cache, wraps
+from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin, get_type_hints
 
 import sqlalchemy as sa
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
 from pydantic_core import InitErrorDetails
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm.attributes import flag_modified
@@ -224,14 +225,69 @@ def _field_adapter(model: type[SQLModel], name: str) -> TypeAdapter[Any]:
     return TypeAdapter(model.model_fields[name].rebuild_annotation())
 
 
+def _checked(annotation: Any) -> bool:
+    """Whether a parameter of this type is validated on the way in: an id, or constrained text."""
+    if annotation is uuid.UUID or get_origin(annotation) is Annotated:
+        return True
+    return any(_checked(argument) for argument in get_args(annotation))
+
+
+def _eager(annotation: Any) -> Any:
+    """`Iterable[X]` as `list[X]`: read once, and checked whole before the method runs."""
+    if get_origin(annotation) is Iterable:
+        return list[get_args(annotation)]  # type: ignore[misc]
+    return annotation
+
+
+def validating_arguments(method: Callable[..., Any]) -> Callable[..., Any]:
+    """`method`, validating first its parameters typed as ids or constrained text (`PgStr`).
+
+    So a slug where an id belongs, or a NUL in a query, is a `pydantic.ValidationError` that
+    names the parameter, raised before any SQL (a driver error would abort the transaction).
+    Valid values are passed on as their type (an id given as a string, as a `uuid.UUID`).
+    """
+    hints = get_type_hints(method, include_extras=True)
+    signature = inspect.signature(method)
+    fields: dict[str, Any] = {
+        name: (_eager(hints[name]), parameter.default)
+        if parameter.default is not inspect.Parameter.empty
+        else (_eager(hints[name]), ...)
+        for name, parameter in signature.parameters.items()
+        if name in hints
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        and _checked(hints[name])
+    }
+    if not fields:
+        return method
+    arguments = create_model(method.__qualname__, **fields)
+
+    @wraps(method)
+    async def validated(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        given = {name: bound.arguments[name] for name in fields if name in bound.arguments}
+        checked = arguments.model_validate(given)
+        bound.arguments.update({name: getattr(checked, name) for name in given})
+        return await method(*bound.args, **bound.kwargs)
+
+    return validated
+
+
 class BaseRepository(Generic[ModelT, CreateT, UpdateT]):
     """What every repository shares: creating rows, and finding, changing and deleting them.
 
     Subclasses set `model`, `create_model` and `update_model`.
 
     A repository never commits: the caller owns the transaction. Every write runs in a
-    savepoint, so a failed write leaves the caller's transaction as it was.
+    savepoint, so a failed write leaves the caller's transaction as it was. The ids and the
+    constrained text that public methods take are validated before any SQL
+    (`validating_arguments`, applied to every subclass's public coroutines).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, member in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.iscoroutinefunction(member):
+                setattr(cls, name, validating_arguments(member))
 
     model: type[ModelT]
     create_model: type[CreateT]
