@@ -319,7 +319,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """Replace an active memory by a new version of it, in one step.
 
         The new memory gets `version + 1`; the old one becomes `superseded`, pointing to it.
-        Both are of the team of `data`.
+        Both are of the team of `data`. A new version of a pinned memory is pinned, unless
+        `data` sets `is_pinned` itself (a `MemoryCreate` whose `is_pinned` was given, or a
+        mapping with the key): only then does `data`'s value decide.
 
         Raises:
             NotFoundError: If that team has no such memory.
@@ -332,8 +334,11 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             old = await self._locked(validated.team_id, memory_id)
             if old.status != MemoryStatus.ACTIVE:
                 raise ConflictError(f"memory {memory_id} is {old.status.value}, not active")
+            pinned = (
+                {} if "is_pinned" in validated.model_fields_set else {"is_pinned": old.is_pinned}
+            )
             new = Memory.model_validate(
-                validated, update={"version": old.version + 1, **_dated(validated)}
+                validated, update={"version": old.version + 1, **pinned, **_dated(validated)}
             )
             self.session.add(new)
             await self.session.flush()
