@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from functools import cache, wraps
 from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin, get_type_hints
 
+import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
 from pydantic_core import InitErrorDetails
@@ -38,6 +39,8 @@ _UNDEFINED_OBJECT_STATES = {"42P01", "42883", "42704"}  # table, function, type
 _INSUFFICIENT_PRIVILEGE = "42501"
 _POLICY_TABLE = re.compile(r'row-level security policy for table "(?P<table>[^"]+)"')
 _QUERY_CANCELED = "57014"
+OUT_OF_STEP = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""asyncpg's own errors: after one, its protocol's state may be out of step with the server."""
 
 
 def _key_values(detail: str) -> dict[str, str]:
@@ -53,6 +56,18 @@ def _key_values(detail: str) -> dict[str, str]:
 def _driver_error(error: DBAPIError) -> BaseException | None:
     """The driver's own exception (asyncpg's, behind SQLAlchemy's adapter)."""
     return getattr(error.orig, "__cause__", None) or error.orig
+
+
+def connection_lost(cause: BaseException | None = None) -> ConnectionLostError:
+    """The error of a connection that broke, in the server's words when it sent some.
+
+    asyncpg's own errors (`InterfaceError`, `InternalClientError`) speak of its protocol's
+    state ("cannot switch to state 21"), in which a connection cut at the wrong moment
+    leaves it: for them, as without a cause, the reason is that the server closed it.
+    """
+    if cause is None or isinstance(cause, OUT_OF_STEP) or not str(cause):
+        return ConnectionLostError("the server closed it")
+    return ConnectionLostError(str(cause))
 
 
 def _constraint_message(name: str | None) -> str | None:
@@ -127,7 +142,7 @@ async def translated_errors() -> AsyncIterator[None]:
         yield
     except DBAPIError as error:
         if error.connection_invalidated:
-            raise ConnectionLostError(str(_driver_error(error))) from error
+            raise connection_lost(_driver_error(error)) from error
         state = getattr(error.orig, "sqlstate", None) or ""
         if state.startswith("23"):
             raise _describe_integrity_error(error) from error
