@@ -440,8 +440,13 @@ async def test_supersede_makes_a_new_version(
 
 @pytest.mark.parametrize(
     ("old_pinned", "given", "new_pinned"),
-    [(True, {}, True), (True, {"is_pinned": False}, False), (False, {}, False)]
-    + [(False, {"is_pinned": True}, True), (True, {"is_pinned": True}, True)],
+    [
+        (True, {}, True),
+        (True, {"is_pinned": False}, False),
+        (False, {}, False),
+        (False, {"is_pinned": True}, True),
+        (True, {"is_pinned": True}, True),
+    ],
     ids=["inherited", "unpinned-by-the-data", "unpinned", "pinned-by-the-data", "kept"],
 )
 async def test_a_new_version_of_a_pinned_memory_is_pinned_unless_its_data_says_otherwise(
