@@ -1,7 +1,6 @@
 """Bulk writes of memories: their rows in COPY order, and COPY or INSERT that a lost server ends."""
 
 import asyncio
-import gc
 import json
 import os
 import uuid
@@ -13,6 +12,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.exc import DBAPIError
 
+from skill_store.database import abandon_awaited
 from skill_store.models import MemoryCreate
 from skill_store.repositories.base import OUT_OF_STEP, connection_lost
 
@@ -191,16 +191,9 @@ async def _in_step(driver: Any, operation: Awaitable[None]) -> None:
         await operation
     except (*_LOST, *OUT_OF_STEP) as error:
         if not isinstance(error, ValueError):
-            for waiter in gc.get_referents(driver._protocol):  # asyncpg has no public way
-                if isinstance(waiter, asyncio.Future) and not waiter.done():
-                    waiter.add_done_callback(_retrieved)
+            abandon_awaited(driver)
             driver.terminate()
         raise
-
-
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 @asynccontextmanager
