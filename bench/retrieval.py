@@ -5,10 +5,12 @@ memory of that agent, dated by its session (`created_at`), loaded with `add_many
 question of categories 1-4 with evidence is asked of its conversation's team with `now` at
 the conversation's last session. Recall@k is the share of a question's evidence turns among
 the top k memories; session hit @10 whether a top-10 memory comes from an evidence session.
-The conversations are loaded twice: with their all-MiniLM-L6-v2 vectors, and with the
-package's offline `HashingEmbedder`. The p50 is the median time a question took through the
-public API (the lexical row looks each hit up by id; the fused row runs two searches; the
-offline rows embed the question). See BENCHMARKS.md.
+The conversations are loaded four times: with their all-MiniLM-L6-v2 vectors and with the
+package's offline `HashingEmbedder`, each as an English agent's memories and as the team's
+(no agent, read in the team's language). The p50 is the median time a question took through
+the public API (the lexical row looks each hit up by id; the fused row runs two searches; the
+offline rows embed the question). Then a team of 10,000 memories is asked a question alone
+and after 15,000 made-up words. See BENCHMARKS.md.
 """
 
 import argparse
@@ -16,9 +18,11 @@ import asyncio
 import gzip
 import json
 import os
+import random
 import re
 import shutil
 import statistics
+import string
 import tempfile
 import time
 import uuid
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store import (
@@ -47,6 +52,7 @@ from skill_store import (
     UserRepository,
     get_engine,
     get_session_factory,
+    index_large_teams,
     migrate,
 )
 from skill_store.database import start_embedded_server
@@ -67,6 +73,16 @@ LEXICAL = text(
     " ARRAY[1, 0, 0, 0, 0], ARRAY[1, 0, 0, 0, 0], 86400, :now, false, :exact)"
 )
 SESSION = re.compile(r"session_(\d+)")
+VARIANTS = {
+    # name: (the data's MiniLM vectors, else `HashingEmbedder`'s; an English agent's memories)
+    "minilm": (True, True),
+    "minilm-team": (True, False),
+    "offline": (False, True),
+    "offline-team": (False, False),
+}
+LONG_QUERY_TEAM = 10_000
+LONG_QUERY_WORDS = 15_000
+LONG_QUERY_RUNS = 5
 
 
 @dataclass
@@ -86,10 +102,8 @@ class Conversation:
     turns: list[tuple[str, str, datetime]]  # (dia_id, memory text, session date)
     questions: list[Question]
     last: datetime
-    team_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    agent_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    offline_team_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    offline_agent_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    teams: dict[str, tuple[uuid.UUID, uuid.UUID | None]] = field(default_factory=dict)
+    """Each variant's team and agent (None: the memories are the team's, no agent's)."""
 
 
 def read_conversation(path: Path) -> Conversation:
@@ -152,36 +166,39 @@ def fuse(*rankings: Sequence[str]) -> list[str]:
 
 
 async def load(session: AsyncSession, conversations: list[Conversation], vectors: Any) -> None:
-    """Every conversation twice, as teams of the public API: MiniLM vectors, then hashing."""
+    """Every conversation once per variant, as teams of the public API."""
     owner = await UserRepository(session).create(
         UserCreate(email="bench@example.com", display_name="Bench", password="not a secret")
     )
     offline = HashingEmbedder(DIMENSIONS)
     for conversation in conversations:
-        for suffix, embed in (("", None), ("-offline", offline)):
+        for variant, (minilm, with_agent) in VARIANTS.items():
             team = await TeamRepository(session).create(
                 TeamCreate(
                     name=conversation.name,
-                    slug=f"{conversation.name}{suffix}",
+                    slug=f"{conversation.name}-{variant}",
                     owner_id=owner.id,
                 )
             )
-            agent = await AgentRepository(session).create(
-                AgentCreate(
-                    team_id=team.id,
-                    name="Recall",
-                    slug="recall",
-                    personality=AgentPersonality(
-                        system_prompt_template="{memory_context}", language="en"
-                    ),
+            agent_id = None
+            if with_agent:
+                agent = await AgentRepository(session).create(
+                    AgentCreate(
+                        team_id=team.id,
+                        name="Recall",
+                        slug="recall",
+                        personality=AgentPersonality(
+                            system_prompt_template="{memory_context}", language="en"
+                        ),
+                    )
                 )
-            )
+                agent_id = agent.id
             texts = [memory for _, memory, _ in conversation.turns]
-            embeddings = await embed.embed(texts) if embed else [vectors[t] for t in texts]
+            embeddings = [vectors[t] for t in texts] if minilm else await offline.embed(texts)
             await MemoryRepository(session).add_many(
                 {
                     "team_id": team.id,
-                    "agent_id": agent.id,
+                    "agent_id": agent_id,
                     "memory_type": MemoryType.EPISODIC,
                     "content": memory,
                     "embedding": embedding,
@@ -192,10 +209,7 @@ async def load(session: AsyncSession, conversations: list[Conversation], vectors
                     conversation.turns, embeddings, strict=True
                 )
             )
-            if embed:
-                conversation.offline_team_id, conversation.offline_agent_id = team.id, agent.id
-            else:
-                conversation.team_id, conversation.agent_id = team.id, agent.id
+            conversation.teams[variant] = (team.id, agent_id)
     await session.commit()
 
 
@@ -210,42 +224,41 @@ async def measure(
     offline = MemoryRepository(session, embedder=HashingEmbedder(DIMENSIONS))
 
     async def vector(c: Conversation, q: Question) -> list[str]:
-        found = await memories.search_by_embedding(
-            vectors[q.text], c.team_id, c.agent_id, limit=TOP
-        )
+        team, agent = c.teams["minilm"]
+        found = await memories.search_by_embedding(vectors[q.text], team, agent, limit=TOP)
         return dialog_ids(found)
 
     async def lexical(c: Conversation, q: Question) -> list[str]:
+        team, agent = c.teams["minilm"]
         parameters = {
             "query": q.text,
-            "team": c.team_id,
-            "agent": c.agent_id,
+            "team": team,
+            "agent": agent,
             "top": TOP,
             "depth": max(RETRIEVAL_DEPTH, 4 * TOP),
             "now": c.last,
             "exact": EXACT_SEARCH_MAX_ROWS,
         }
         ids = [row[0] for row in (await session.exec(LEXICAL, params=parameters)).all()]  # type: ignore[call-overload]
-        found = {memory.id: memory for memory in [await memories.get(i, c.team_id) for i in ids]}
+        found = {memory.id: memory for memory in [await memories.get(i, team) for i in ids]}
         return [str(found[i].metadata_json["dia_id"]) for i in ids]
 
     async def fused(c: Conversation, q: Question) -> list[str]:
         return fuse(await vector(c, q), await lexical(c, q))[:TOP]
 
-    def retrieving(
-        repository: MemoryRepository, weights: RetrievalWeights | None, own: bool
-    ) -> Ranker:
+    def retrieving(weights: RetrievalWeights | None, variant: str) -> Ranker:
+        minilm, _with_agent = VARIANTS[variant]
+        repository = memories if minilm else offline
+
         async def rank(c: Conversation, q: Question) -> list[str]:
-            team, agent = (
-                (c.team_id, c.agent_id) if own else (c.offline_team_id, c.offline_agent_id)
-            )
+            team, agent = c.teams[variant]
             found = await repository.retrieve(
                 q.text,
                 team_id=team,
                 agent_id=agent,
                 weights=weights,
                 limit=TOP,
-                query_embedding=vectors[q.text] if own else None,
+                query_embedding=vectors[q.text] if minilm else None,
                 now=c.last,
             )
             return dialog_ids(found)
@@ -256,13 +269,21 @@ async def measure(
         ("vector only: `search_by_embedding`", vector),
         ("lexical only: full text, summed IDF of the query words held", lexical),
         ("fused by reciprocal rank (k = 60) of the two lists above", fused),
-        ("`retrieve`, semantic-only weights", retrieving(memories, SEMANTIC_ONLY, True)),
-        ("`retrieve`, default weights", retrieving(memories, None, True)),
+        ("`retrieve`, semantic-only weights", retrieving(SEMANTIC_ONLY, "minilm")),
+        ("`retrieve`, default weights", retrieving(None, "minilm")),
+        (
+            "`retrieve`, team-wide memories (no agent), semantic-only weights",
+            retrieving(SEMANTIC_ONLY, "minilm-team"),
+        ),
         (
             "offline: `HashingEmbedder` + lexical, semantic-only weights",
-            retrieving(offline, SEMANTIC_ONLY, False),
+            retrieving(SEMANTIC_ONLY, "offline"),
         ),
-        ("offline: `HashingEmbedder` + lexical, default weights", retrieving(offline, None, False)),
+        ("offline: `HashingEmbedder` + lexical, default weights", retrieving(None, "offline")),
+        (
+            "offline, team-wide memories (no agent), semantic-only weights",
+            retrieving(SEMANTIC_ONLY, "offline-team"),
+        ),
     ]
     results = []
     for name, ranker in rankers:
@@ -274,6 +295,64 @@ async def measure(
                 scores.seconds.append(time.perf_counter() - start)
                 scores.add(ranked, question.evidence)
         results.append((name, scores))
+    return results
+
+
+async def long_query(
+    engine: AsyncEngine, conversations: list[Conversation]
+) -> list[tuple[str, int, list[float]]]:
+    """Seconds of `retrieve` for a question and for the question after many made-up words.
+
+    The team holds `LONG_QUERY_TEAM` memories (the conversations' turns, repeated); the long
+    query puts `LONG_QUERY_WORDS` made-up words before the question. The query vectors are
+    made before the clock starts: the figures are the database's work.
+    """
+    offline = HashingEmbedder(DIMENSIONS)
+    texts = [memory for c in conversations for _, memory, _ in c.turns]
+    contents = [f"{texts[n % len(texts)]} ({n // len(texts)})" for n in range(LONG_QUERY_TEAM)]
+    async with get_session_factory(engine)() as session:
+        owner = await UserRepository(session).create(
+            UserCreate(email="long@example.com", display_name="Long", password="not a secret")
+        )
+        team = await TeamRepository(session).create(
+            TeamCreate(name="Long queries", slug="long-queries", owner_id=owner.id)
+        )
+        await MemoryRepository(session).add_many(
+            {
+                "team_id": team.id,
+                "memory_type": MemoryType.EPISODIC,
+                "content": content,
+                "embedding": embedding,
+            }
+            for content, embedding in zip(contents, await offline.embed(contents), strict=True)
+        )
+        await session.commit()
+    await index_large_teams(engine)
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT gin_clean_pending_list('idx_memory_team_text')"))
+        await connection.execute(text("ANALYZE memory"))
+        await connection.commit()
+    rng = random.Random(15)
+    noise: set[str] = set()
+    while len(noise) < LONG_QUERY_WORDS:
+        noise.add("".join(rng.choices(string.ascii_lowercase, k=5)))
+    question = conversations[0].questions[0].text
+    results = []
+    for name, query in (
+        ("a question", question),
+        ("made-up words, then the question", " ".join([*noise, question])),
+    ):
+        [vector] = await offline.embed([query])
+        seconds = []
+        async with get_session_factory(engine)() as session:
+            memories = MemoryRepository(session, embedder=offline)
+            for run in range(LONG_QUERY_RUNS + 1):  # the first warms up
+                start = time.perf_counter()
+                await memories.retrieve(query, team_id=team.id, query_embedding=vector, limit=TOP)
+                if run:
+                    seconds.append(time.perf_counter() - start)
+        words = len(set(query.split()))
+        results.append((name, words, seconds))
     return results
 
 
@@ -291,6 +370,7 @@ async def run(data: Path) -> None:
             async with get_session_factory(engine)() as session:
                 await load(session, conversations, vectors)
                 results = await measure(session, conversations, vectors)
+            long = await long_query(engine, conversations)
         finally:
             await engine.dispose()
     finally:
@@ -304,6 +384,16 @@ async def run(data: Path) -> None:
     print("|---|---|---|---|---|---|")
     for name, scores in results:
         print(scores.row(name))
+    print()
+    print(f"`retrieve` top-{TOP} on a team of {LONG_QUERY_TEAM:,} memories (offline vectors):")
+    print()
+    print("| query | distinct words | p50 | slowest |")
+    print("|---|---|---|---|")
+    for name, words, seconds in long:
+        print(
+            f"| {name} | {words:,} | {statistics.median(seconds) * 1000:.1f} ms"
+            f" | {max(seconds) * 1000:.1f} ms |"
+        )
     print()
     average = os.getloadavg()
     print(

@@ -431,7 +431,7 @@ class Bench:
         sizes = await self.raw.fetch(
             "SELECT pg_relation_size(indexrelid) AS size, reltuples FROM pg_index"
             " JOIN pg_class ON pg_class.oid = indexrelid"
-            " WHERE indrelid = 'memory'::regclass AND relname LIKE 'memory_embedding_team_%'"
+            " WHERE indrelid = 'memory'::regclass AND relname LIKE 'memory\\_team\\_%'"
         )
         size = sum(row["size"] for row in sizes)
         indexed = sum(row["reltuples"] for row in sizes)

@@ -4,7 +4,15 @@ Each entity is one SQLModel class that is both the table and the validated schem
 with `*Create`, `*Read` and `*Update` variants beside it.
 """
 
-from skill_store.database import get_engine, get_session_factory, get_sync_engine, migrate
+from skill_store.database import (
+    ConnectionCheck,
+    check_connection,
+    database_url,
+    get_engine,
+    get_session_factory,
+    get_sync_engine,
+    migrate,
+)
 from skill_store.embeddings import Embedder, HashingEmbedder, OpenAIEmbedder, embedder_from_settings
 from skill_store.errors import (
     AccessDeniedError,
@@ -15,12 +23,14 @@ from skill_store.errors import (
     EmbeddingModelError,
     EmbeddingServiceError,
     MemoryFileError,
+    MigrationRefusedError,
     NotFoundError,
     SchemaNotMigratedError,
     SkillStoreError,
     StatementTimeoutError,
 )
 from skill_store.explore import Explorer, frame_columns, to_frame
+from skill_store.maintenance import MaintenanceReport, maintain
 from skill_store.models import *  # noqa: F403 (every model is public: skill_store.models.__all__)
 from skill_store.models import __all__ as _model_names
 from skill_store.repositories import (
@@ -35,8 +45,9 @@ from skill_store.repositories import (
     UserRepository,
     approximate_tokens,
 )
+from skill_store.schema import alembic_include_object
 from skill_store.settings import Settings, get_settings, load_settings
-from skill_store.team_indexes import TeamIndexes, index_large_teams
+from skill_store.team_indexes import TeamIndexes, finish_index_builds, index_large_teams
 from skill_store.tenancy import TEAM_ROLE, scope_to_team
 
 __all__ = [
@@ -44,6 +55,7 @@ __all__ = [
     "AccessDeniedError",
     "AgentRepository",
     "ConflictError",
+    "ConnectionCheck",
     "ConnectionLostError",
     "ConversationRepository",
     "DatabaseUnreachableError",
@@ -54,7 +66,9 @@ __all__ = [
     "Explorer",
     "HashingEmbedder",
     "MemoryFileError",
+    "MaintenanceReport",
     "MemoryRepository",
+    "MigrationRefusedError",
     "NotFoundError",
     "OpenAIEmbedder",
     "Repository",
@@ -68,8 +82,12 @@ __all__ = [
     "TeamRowRepository",
     "TokenCounter",
     "UserRepository",
+    "alembic_include_object",
     "approximate_tokens",
+    "check_connection",
+    "database_url",
     "embedder_from_settings",
+    "finish_index_builds",
     "frame_columns",
     "get_engine",
     "get_session_factory",
@@ -77,6 +95,7 @@ __all__ = [
     "get_sync_engine",
     "index_large_teams",
     "load_settings",
+    "maintain",
     "migrate",
     "scope_to_team",
     "to_frame",

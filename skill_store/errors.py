@@ -82,6 +82,19 @@ class SchemaNotMigratedError(SkillStoreError):
         )
 
 
+class MigrationRefusedError(SkillStoreError):
+    """A migration found data it cannot carry over and stopped; nothing was changed.
+
+    The message says what was found; `hint`, what to do before running it again.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(
+            f"the migration stopped and changed nothing: {message}" + (f". {hint}" if hint else "")
+        )
+        self.hint = hint
+
+
 class StatementTimeoutError(SkillStoreError):
     """The server cancelled a statement: it ran past `STATEMENT_TIMEOUT` (or was cancelled).
 
@@ -122,6 +135,7 @@ __all__ = [
     "EmbeddingModelError",
     "EmbeddingServiceError",
     "MemoryFileError",
+    "MigrationRefusedError",
     "NotFoundError",
     "SchemaNotMigratedError",
     "SkillStoreError",

@@ -7,17 +7,26 @@ team's rows, whatever SQL the session sends: the repositories' and raw SQL alike
 """
 
 import uuid
+from functools import cache
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, defer
+from sqlalchemy.orm.strategy_options import _AbstractLoad
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store.models import User
 
-WITHOUT_PASSWORD_HASH = defer(User.password_hash, raiseload=True)  # type: ignore[arg-type]
-"""A loader option: users without their password hash (the team role may not read it)."""
+
+@cache
+def without_password_hash() -> _AbstractLoad:
+    """A loader option: users without their password hash (the team role may not read it).
+
+    Made on first use, as making it configures every mapper: importing the package need not.
+    """
+    return defer(User.password_hash, raiseload=True)  # type: ignore[arg-type]
+
 
 TEAM_ROLE = "skill_store_team"
 """The role scoped sessions act as; the connecting role must be a member (see SECURITY.md)."""
@@ -71,4 +80,4 @@ def _without_password_hashes(state: ORMExecuteState) -> None:
     if isinstance(statement, sa.Select) and any(
         description.get("entity") is User for description in statement.column_descriptions
     ):
-        state.statement = statement.options(WITHOUT_PASSWORD_HASH)
+        state.statement = statement.options(without_password_hash())

@@ -20,6 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from skill_store.database import get_engine, migrate, start_embedded_server
 from skill_store.models import metadata
 from skill_store.settings import get_settings
+from skill_store.team_indexes import finish_index_builds
 
 TABLES = tuple(table.name for table in metadata.sorted_tables)
 TEAM_TABLES = tuple(table.name for table in metadata.sorted_tables if "team_id" in table.c)
@@ -80,6 +81,7 @@ async def migrated_database(
         engine = await get_engine(await create_database(server_url, name))
         await migrate(engine)
         yield engine
+        await finish_index_builds(engine)
         await engine.dispose()
         await drop_database(server_url, name)
     finally:

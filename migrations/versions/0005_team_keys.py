@@ -204,6 +204,25 @@ END
 $$"""
 
 
+# 0004's keys are ids alone: an id used in two teams (an export imported into another team
+# keeps its ids) cannot go back.
+SHARED_IDS = """
+DO $$
+DECLARE
+    shared record;
+BEGIN
+    SELECT s.table_name, s.id, count(*) OVER () AS ids INTO shared
+    FROM ({shared}) AS s
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '% ids are each used by rows of several teams (% %, for one), and the'
+            ' keys of revision 0004 are ids alone', shared.ids, shared.table_name, shared.id
+            USING HINT = 'Give those rows new ids, or delete the copies, before downgrading.';
+    END IF;
+END
+$$"""
+
+
 def rule_function(trigger: str) -> str:
     """The signature of the function a trigger definition of 0003 executes."""
     return trigger.rsplit(" ", 1)[-1]
@@ -277,6 +296,14 @@ def upgrade() -> None:
 def downgrade() -> None:
     team_rules = importlib.import_module("skill_store._migrations.versions.0003_team_rules")
     tenancy = importlib.import_module("skill_store._migrations.versions.0004_tenancy")
+    op.execute(
+        SHARED_IDS.format(
+            shared=" UNION ALL ".join(
+                f"SELECT '{table}' AS table_name, id FROM {table} GROUP BY id HAVING count(*) > 1"
+                for table in TEAM_TABLES
+            )
+        )
+    )
     for signature in TEAM_FUNCTIONS:
         op.execute(f"DROP FUNCTION {signature}")
     op.execute(tenancy.UPDATE_CONVERSATION_STATS)

@@ -246,7 +246,17 @@ class Vector(VECTOR):
         return process
 
 
-INPUT = SQLModel.model_config | {"extra": "forbid"}
+class Model(SQLModel):
+    """The base of the package's models: each builds its validator when it is first used.
+
+    Not when the package is imported: a program uses a few of the models, and building them
+    all was most of the import's time.
+    """
+
+    model_config = SQLModel.model_config | {"defer_build": True}
+
+
+INPUT = Model.model_config | {"extra": "forbid"}
 """For the models that take a caller's data: an unknown (e.g. misspelt) key is an error."""
 
 TEXT_ARRAY = ARRAY(sa.Text)
@@ -255,7 +265,7 @@ EMPTY_JSON = sa.text("'{}'::jsonb")
 EMPTY_TEXT_ARRAY = sa.text("'{}'::text[]")
 
 
-class UUIDPrimaryKey(SQLModel):
+class UUIDPrimaryKey(Model):
     """Primary key `id`, made in Python so it is known before the row is flushed."""
 
     id: uuid.UUID = Field(
@@ -265,7 +275,7 @@ class UUIDPrimaryKey(SQLModel):
     )
 
 
-class TeamRowId(SQLModel):
+class TeamRowId(Model):
     """`id`, made in Python; the table's primary key is (team_id, id), declared by the table.
 
     Every table of a team's rows is keyed by its team first, so that it can be distributed
@@ -296,7 +306,7 @@ def team_foreign_key(
     )
 
 
-class CreatedAt(SQLModel):
+class CreatedAt(Model):
     """`created_at`, set by the database when the row is inserted."""
 
     created_at: datetime | None = Field(
@@ -319,6 +329,10 @@ class Timestamps(CreatedAt):
 # Annotated types shared by more than one model module.
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]$"
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=100)]
+
+LANGUAGE_PATTERN = r"^[a-z]{2}$"
+Language = Annotated[str, StringConstraints(pattern=LANGUAGE_PATTERN)]
+"""An ISO 639-1 language code, as an agent's and a team's language are written."""
 """A team's or an agent's slug: lowercase letters, digits and inner hyphens."""
 
 ConstraintT = TypeVar("ConstraintT", sa.Constraint, sa.Index)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, computed_field
 from pydantic import Field as PydanticField
-from sqlmodel import Field, Relationship, SQLModel
+from sqlmodel import Field, Relationship
 
 from skill_store.models._types import (
     EMPTY_TEXT_ARRAY,
@@ -22,6 +22,8 @@ from skill_store.models._types import (
     SLUG_PATTERN,
     TEXT_ARRAY,
     JSONObject,
+    Language,
+    Model,
     PgStr,
     PydanticJSONB,
     Slug,
@@ -41,7 +43,7 @@ Weight = Annotated[float, PydanticField(ge=0.0, le=1.0)]
 class VoiceExample(BaseModel):
     """A sample interaction that demonstrates the agent's voice."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     user_message: PgStr
     agent_response: PgStr
@@ -51,7 +53,7 @@ class VoiceExample(BaseModel):
 class AgentPersonality(BaseModel):
     """How the agent thinks, speaks and behaves."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     system_prompt_template: PgStr
     tone: Literal[
@@ -66,7 +68,7 @@ class AgentPersonality(BaseModel):
     ] = "friendly"
     verbosity: Literal["concise", "balanced", "detailed", "verbose"] = "balanced"
     formality: Literal["formal", "semi-formal", "informal", "adaptive"] = "adaptive"
-    language: str = PydanticField(default="en", pattern=r"^[a-z]{2}$", description="ISO 639-1")
+    language: Language = PydanticField(default="en", description="ISO 639-1")
     traits: dict[PgStr, Weight] = PydanticField(default_factory=dict)
     voice_examples: list[VoiceExample] = PydanticField(default_factory=list)
     always_rules: list[PgStr] = PydanticField(default_factory=list)
@@ -77,7 +79,7 @@ class AgentPersonality(BaseModel):
 class AgentModelConfig(BaseModel):
     """LLM configuration of an agent."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     model_name: PgStr = "anthropic/claude-sonnet-4.5"
     temperature: float = PydanticField(default=0.7, ge=0.0, le=2.0)
@@ -88,7 +90,7 @@ class AgentModelConfig(BaseModel):
 class RetrievalWeights(BaseModel):
     """Weights of the five signals that rank memories at retrieval."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     semantic: Weight = 0.35
     recency: Weight = 0.20
@@ -100,7 +102,7 @@ class RetrievalWeights(BaseModel):
 class AgentMemoryConfig(BaseModel):
     """Memory retrieval and extraction configuration of an agent."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     token_budget: int = PydanticField(default=2000, ge=100, le=8000)
     retrieval_weights: RetrievalWeights = PydanticField(default_factory=RetrievalWeights)
@@ -115,7 +117,7 @@ class AgentMemoryConfig(BaseModel):
 class AgentBoundaries(BaseModel):
     """What the agent can and cannot do."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     can_do: list[PgStr] = PydanticField(default_factory=list)
     cannot_do: list[PgStr] = PydanticField(default_factory=list)
@@ -140,7 +142,7 @@ def _skill_list() -> Any:
 
 
 # Shared properties
-class AgentBase(SQLModel):
+class AgentBase(Model):
     team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
     name: PgStr = Field(min_length=1, max_length=200, sa_type=sa.Text)
     slug: Slug = Field(sa_type=sa.Text)
@@ -241,7 +243,7 @@ class AgentDNA(AgentBase):
 
 
 # Properties to receive on update, all optional
-class AgentUpdate(SQLModel):
+class AgentUpdate(Model):
     model_config = INPUT
     name: PgStr | None = Field(default=None, min_length=1, max_length=200)
     slug: Slug | None = None

@@ -12,7 +12,7 @@ from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlmodel import Field, Relationship, SQLModel
+from sqlmodel import Field, Relationship
 
 from skill_store.models._types import (
     EMPTY_JSON,
@@ -21,6 +21,7 @@ from skill_store.models._types import (
     CreatedAt,
     JSONObject,
     JSONValue,
+    Model,
     PgStr,
     TeamRowId,
     Timestamps,
@@ -38,7 +39,7 @@ payload does not."""
 
 
 # Shared properties
-class ConversationBase(SQLModel):
+class ConversationBase(Model):
     team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
     agent_id: uuid.UUID
     user_id: uuid.UUID = Field(foreign_key="user.id")
@@ -111,7 +112,7 @@ class ConversationRead(ConversationBase):
 
 
 # Properties to receive on update, all optional
-class ConversationUpdate(SQLModel):
+class ConversationUpdate(Model):
     model_config = INPUT
     title: PgStr | None = Field(default=None, max_length=500)
     status: ConversationStatus | None = None
@@ -120,7 +121,7 @@ class ConversationUpdate(SQLModel):
 
 
 # Shared properties
-class MessageBase(SQLModel):
+class MessageBase(Model):
     agent_id: uuid.UUID | None = None
     role: MessageRole = Field(sa_type=pg_enum(MessageRole, "message_role"))
     content: PgStr = Field(max_length=MAX_MESSAGE_LENGTH, sa_type=sa.Text)
@@ -181,7 +182,7 @@ class MessageRead(MessageBase):
 
 
 # Properties to receive on update: feedback only, messages are otherwise immutable
-class MessageUpdate(SQLModel):
+class MessageUpdate(Model):
     model_config = INPUT
     feedback_rating: FeedbackRating | None = None
     feedback_comment: PgStr | None = None

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 from pydantic import AfterValidator, AliasChoices, AwareDatetime, StringConstraints, field_validator
 from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG, TSVECTOR
-from sqlmodel import Field, Relationship, SQLModel
+from sqlmodel import Field, Relationship
 
 from skill_store.models._types import (
     EMPTY_JSON,
@@ -23,6 +23,7 @@ from skill_store.models._types import (
     CreatedAt,
     Embedding,
     JSONObject,
+    Model,
     Moment,
     PgStr,
     TeamRowId,
@@ -40,9 +41,9 @@ from skill_store.models.user import Team
 MAX_CONTENT_LENGTH = 100_000
 """Longest memory content accepted, in characters."""
 
-TEAM_INDEX_PREFIX = "memory_embedding_team_"
-"""Start of the name of a team's own HNSW index on `memory` (the database function
-`memory_team_index_name` gives the whole name); `skill_store.index_large_teams` builds them."""
+TEAM_INDEX_PREFIX = "memory_team_"
+"""Start of the name of a team's own HNSW index on `memory`: `memory_team_<key>_<covers>`,
+the key a hash of the team's id (see `skill_store.team_indexes`)."""
 
 Tag = Annotated[
     str,
@@ -52,7 +53,7 @@ Tag = Annotated[
 
 
 # Shared properties
-class MemoryBase(SQLModel):
+class MemoryBase(Model):
     team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
     agent_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = Field(default=None, foreign_key="user.id")
@@ -159,9 +160,10 @@ class Memory(TeamRowId, MemoryBase, Timestamps, table=True):
 METADATA = AliasChoices("metadata_json", "metadata")
 
 
-# Full text, derived by the database and not loaded with memories: the text-search
-# configuration of the memory's agent's language (`simple` without one), set on insert,
-# and the `tsvector` of content and subject in it.
+# Derived by the database and not loaded with memories: the text-search configuration of
+# the memory's agent's language (else its team's), set on insert, and the `tsvector` of
+# content and subject in it; the bulk load that wrote the memory beside its team's index,
+# if one did (see `skill_store.team_indexes`).
 Memory.__table__.append_column(  # type: ignore[attr-defined]
     sa.Column(
         "text_config", REGCONFIG, nullable=False, server_default=sa.text("'simple'::regconfig")
@@ -173,6 +175,9 @@ Memory.__table__.append_column(  # type: ignore[attr-defined]
         TSVECTOR,
         sa.Computed("to_tsvector(text_config, content || ' ' || coalesce(subject, ''))"),
     )
+)
+Memory.__table__.append_column(  # type: ignore[attr-defined]
+    sa.Column("load_batch", sa.BigInteger)
 )
 
 
@@ -212,7 +217,7 @@ class MemorySearchResult(MemoryRead):
 
 
 # Why a memory was retrieved: each signal's value, in [0, 1]
-class MemorySignals(SQLModel):
+class MemorySignals(Model):
     semantic: float
     recency: float
     importance: float
@@ -227,14 +232,14 @@ class ScoredMemory(MemoryRead):
 
 
 # Memories packed for a prompt: `text` fills the `{memory_context}` of a system prompt
-class MemoryContext(SQLModel):
+class MemoryContext(Model):
     memories: list[ScoredMemory]
     tokens: int
     text: str
 
 
 # Properties to receive on update, all optional
-class MemoryUpdate(SQLModel):
+class MemoryUpdate(Model):
     model_config = INPUT
     content: PgStr | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_LENGTH)
     subject: PgStr | None = Field(default=None, max_length=500)
@@ -262,7 +267,7 @@ class MemoryUpdate(SQLModel):
 
 
 # Shared properties
-class MemoryLogBase(SQLModel):
+class MemoryLogBase(Model):
     memory_id: uuid.UUID
     team_id: uuid.UUID
     action: PgStr = Field(min_length=1, max_length=50, sa_type=sa.Text)
@@ -303,7 +308,7 @@ class MemoryLogRead(MemoryLogBase):
 
 
 # Shared properties
-class MemoryTagBase(SQLModel):
+class MemoryTagBase(Model):
     team_id: uuid.UUID
     memory_id: uuid.UUID
     tag: Tag = Field(sa_type=sa.Text)

@@ -8,17 +8,20 @@ import sqlalchemy as sa
 from pydantic import EmailStr, SecretStr
 from pydantic import Field as PydanticField
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlmodel import Field, Relationship, SQLModel
+from sqlmodel import Field, Relationship
 
 from skill_store.models._types import (
     EMPTY_JSON,
     EMPTY_TEXT_ARRAY,
     INPUT,
     INT4_MAX,
+    LANGUAGE_PATTERN,
     SLUG_PATTERN,
     TEXT_ARRAY,
     CreatedAt,
     JSONObject,
+    Language,
+    Model,
     PgStr,
     Slug,
     TeamRowId,
@@ -38,7 +41,7 @@ HIDE_INPUT = INPUT | {"hide_input_in_errors": True}
 
 
 # Shared properties
-class UserBase(SQLModel):
+class UserBase(Model):
     email: EmailStr = Field(max_length=320, sa_type=sa.Text)
     display_name: PgStr = Field(min_length=1, max_length=200, sa_type=sa.Text)
     is_active: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
@@ -78,7 +81,7 @@ class UserRead(UserBase):
 
 
 # Properties to receive on update, all optional
-class UserUpdate(SQLModel):
+class UserUpdate(Model):
     model_config = HIDE_INPUT
 
     email: EmailStr | None = Field(default=None, max_length=320)
@@ -88,7 +91,7 @@ class UserUpdate(SQLModel):
 
 
 # Shared properties
-class TeamBase(SQLModel):
+class TeamBase(Model):
     name: PgStr = Field(min_length=1, max_length=200, sa_type=sa.Text)
     slug: Slug = Field(sa_type=sa.Text)
     owner_id: uuid.UUID = Field(foreign_key="user.id")
@@ -104,6 +107,12 @@ class TeamBase(SQLModel):
     conversation_retention_days: int = Field(
         default=90, ge=1, le=INT4_MAX, sa_column_kwargs={"server_default": sa.text("90")}
     )
+    language: Language = Field(
+        default="en",
+        description="ISO 639-1: the words of memories without an agent are read in it",
+        sa_type=sa.Text,
+        sa_column_kwargs={"server_default": "en"},
+    )
 
 
 # Database model
@@ -117,6 +126,7 @@ class Team(UUIDPrimaryKey, TeamBase, Timestamps, table=True):
             "a team with slug '{slug}' already exists",
         ),
         sa.CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="ck_team_slug_format"),
+        sa.CheckConstraint(f"language ~ '{LANGUAGE_PATTERN}'", name="ck_team_language_format"),
     )
 
     webhook_secret: str | None = Field(default=None, sa_type=sa.Text, repr=False)
@@ -141,7 +151,7 @@ class TeamRead(TeamBase):
 
 
 # Properties to receive on update, all optional
-class TeamUpdate(SQLModel):
+class TeamUpdate(Model):
     model_config = HIDE_INPUT
 
     name: PgStr | None = Field(default=None, min_length=1, max_length=200)
@@ -152,10 +162,11 @@ class TeamUpdate(SQLModel):
     webhook_url: PgStr | None = Field(default=None, max_length=2048)
     webhook_secret: PgStr | None = Field(default=None, repr=False)
     conversation_retention_days: int | None = Field(default=None, ge=1, le=INT4_MAX)
+    language: Language | None = None
 
 
 # Shared properties
-class TeamMembershipBase(SQLModel):
+class TeamMembershipBase(Model):
     user_id: uuid.UUID = Field(foreign_key="user.id", ondelete="CASCADE")
     team_id: uuid.UUID = Field(foreign_key="team.id", ondelete="CASCADE")
     role: UserRole = Field(
@@ -195,6 +206,6 @@ class TeamMembershipRead(TeamMembershipBase):
 
 
 # Properties to receive on update
-class TeamMembershipUpdate(SQLModel):
+class TeamMembershipUpdate(Model):
     model_config = INPUT
     role: UserRole | None = None

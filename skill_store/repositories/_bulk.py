@@ -4,7 +4,7 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -58,17 +58,20 @@ def memory_records(
     ids: Sequence[uuid.UUID],
     tags: list[tuple[uuid.UUID, uuid.UUID, str]],
     moment: datetime | None,
+    batches: Mapping[uuid.UUID, int] | None,
 ) -> Iterator[tuple[Any, ...]]:
     """The `memory` rows of `items` in `COPY_COLUMNS` order, with their `ids`.
 
-    With a `moment`, each row ends with its `created_at` and `last_accessed_at`: the item's
-    `created_at`, else `moment`. A generator, so that asyncpg encodes and sends rows while
-    the next are made; each memory's distinct tags are appended to `tags` as (team id,
-    memory id, tag).
+    With a `moment`, each row then has its `created_at` and `last_accessed_at`: the item's
+    `created_at`, else `moment`. With `batches`, each row ends with its team's load batch
+    (None for a team without one). A generator, so that asyncpg encodes and sends rows
+    while the next are made; each memory's distinct tags are appended to `tags` as (team
+    id, memory id, tag).
     """
     for item, memory_id in zip(items, ids, strict=True):
         tags.extend((item.team_id, memory_id, tag) for tag in dict.fromkeys(item.tags))
         dates = () if moment is None else (item.created_at or moment,) * 2
+        batch = () if batches is None else (batches.get(item.team_id),)
         yield (
             memory_id,
             item.team_id,
@@ -92,6 +95,7 @@ def memory_records(
             item.tier.value,
             item.expires_at,
             *dates,
+            *batch,
         )
 
 

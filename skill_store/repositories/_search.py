@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlmodel import col, func, select
 
-from skill_store.models import Memory, MemorySignals, MemoryStatus
+from skill_store.models import Memory, MemorySignals
 from skill_store.models._types import Vector
 
 EMBEDDING_COLUMN = (
@@ -19,15 +19,18 @@ EMBEDDING_COLUMN = (
 )
 """The dimension of `memory.embedding`: one row, one column."""
 
-EMBEDDING_MODELS = select(func.min(Memory.embedding_model), func.max(Memory.embedding_model)).where(
-    col(Memory.team_id) == sa.bindparam("team_id", type_=sa.Uuid),
-    col(Memory.status) == MemoryStatus.ACTIVE,
-    col(Memory.embedding).is_not(None),
-)
-"""The first and last (by name) of the models that made the vectors of a team's active
-memories, None for none known: one row, two columns, read from `idx_memory_embedder`."""
-
 _MEMORY_TYPES = postgresql.ARRAY(sa.inspect(Memory).columns["memory_type"].type)
+
+EMBEDDING_MODELS = select(
+    func.memory_embedding_models(
+        sa.bindparam("team_id", type_=sa.Uuid),
+        sa.bindparam("agent_id", type_=sa.Uuid),
+        sa.bindparam("user_id", type_=sa.Uuid),
+        sa.bindparam("memory_types", type_=_MEMORY_TYPES),
+    )
+)
+"""The first and last (by name) of the models that made the vectors a search with these
+filters may return, None for none known: one row, an array of two."""
 
 
 def search_statement() -> Any:

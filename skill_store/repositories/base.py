@@ -260,26 +260,32 @@ def validating_arguments(method: Callable[..., Any]) -> Callable[..., Any]:
     So a slug where an id belongs, or a NUL in a query, is a `pydantic.ValidationError` that
     names the parameter, raised before any SQL (a driver error would abort the transaction).
     Valid values are passed on as their type (an id given as a string, as a `uuid.UUID`).
+    The validator is built at the first call, as the models build theirs.
     """
-    hints = get_type_hints(method, include_extras=True)
-    signature = inspect.signature(method)
-    fields: dict[str, Any] = {
-        name: (_eager(hints[name]), parameter.default)
-        if parameter.default is not inspect.Parameter.empty
-        else (_eager(hints[name]), ...)
-        for name, parameter in signature.parameters.items()
-        if name in hints
-        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
-        and _checked(hints[name])
-    }
-    if not fields:
-        return method
-    arguments = create_model(method.__qualname__, **fields)
+
+    @cache
+    def checker() -> tuple[inspect.Signature, type[BaseModel]] | None:
+        hints = get_type_hints(method, include_extras=True)
+        signature = inspect.signature(method)
+        fields: dict[str, Any] = {
+            name: (_eager(hints[name]), parameter.default)
+            if parameter.default is not inspect.Parameter.empty
+            else (_eager(hints[name]), ...)
+            for name, parameter in signature.parameters.items()
+            if name in hints
+            and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+            and _checked(hints[name])
+        }
+        return (signature, create_model(method.__qualname__, **fields)) if fields else None
 
     @wraps(method)
     async def validated(*args: Any, **kwargs: Any) -> Any:
+        if (found := checker()) is None:
+            return await method(*args, **kwargs)
+        signature, arguments = found
         bound = signature.bind(*args, **kwargs)
-        given = {name: bound.arguments[name] for name in fields if name in bound.arguments}
+        fields = arguments.model_fields
+        given = {name: value for name, value in bound.arguments.items() if name in fields}
         checked = arguments.model_validate(given)
         bound.arguments.update({name: getattr(checked, name) for name in given})
         return await method(*bound.args, **bound.kwargs)

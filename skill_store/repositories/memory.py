@@ -7,6 +7,7 @@ Every read that takes a `team_id` returns only that team's memories. Mutating me
 import logging
 import uuid
 import weakref
+from collections import Counter
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -77,6 +78,12 @@ from skill_store.repositories.base import (
     validate,
 )
 from skill_store.settings import get_settings
+from skill_store.team_indexes import (
+    EXACT_SEARCH_MAX_ROWS,
+    LOAD_BATCH_MIN_ROWS,
+    LOAD_BATCH_SHARE,
+    written,
+)
 from skill_store.tenancy import TEAM_SETTING
 
 TokenCounter = Callable[[str], int]
@@ -93,16 +100,11 @@ def approximate_tokens(text: str) -> int:
     return -(-len(text) // 4)
 
 
-EXACT_SEARCH_MAX_ROWS = 500
-"""Teams with at most this many candidate memories are searched exactly, without an index.
-
-An exact scan reads every candidate's embedding (about 8 µs a row at 1536 dimensions on the
-benchmark machine, see BENCHMARKS.md), so past this size the team's own HNSW index (see
-`skill_store.index_large_teams`) is faster.
-"""
-
 RETRIEVAL_DEPTH = 50
 """Fewest candidates `retrieve` takes from each of vector and lexical recall (else 4 * limit)."""
+
+MAX_QUERY_WORDS = 64
+"""Most words of a query `retrieve` reads (in the query's configuration and as written)."""
 
 RETRIEVE_MAX_LIMIT = INT4_MAX // 4
 """Most memories `retrieve` returns: its 4 * limit candidates must fit an `integer`."""
@@ -132,7 +134,13 @@ _many = TypeAdapter(list[MemoryCreate])
 _COLUMN_DIMENSIONS: weakref.WeakKeyDictionary[sa.Engine, int] = weakref.WeakKeyDictionary()
 """The dimension of `memory.embedding` in each engine's database, once read."""
 
-_UNINDEXED_TEAMS_WARNED: set[uuid.UUID] = set()
+# The teams of `teams` (with the memories `loaded` of each) loaded beside their index, each
+# with a new load batch: see `skill_store.team_indexes`.
+_LOAD_BATCHES = sa.text("""
+SELECT t.team, nextval('memory_load_batch')
+FROM unnest(CAST(:teams AS uuid[]), CAST(:loaded AS integer[])) AS t (team, loaded)
+CROSS JOIN LATERAL memory_team_index(t.team) AS x
+WHERE x.covers IS NOT NULL AND t.loaded >= greatest(:min_rows, :share * x.row_count)""")
 
 
 class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
@@ -221,20 +229,32 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         _check_length(parameters["query"], dimensions)
         return rows
 
-    async def _check_model(self, team_id: uuid.UUID) -> None:
-        """Check that the team's vectors were made by `embedder`'s model, before embedding a query.
+    async def _check_model(
+        self,
+        team_id: uuid.UUID,
+        agent_id: uuid.UUID | None = None,
+        user_id: uuid.UUID | None = None,
+        memory_types: Sequence[MemoryType] | None = None,
+    ) -> None:
+        """Check that the vectors a search may return were made by `embedder`'s model.
 
-        Memories whose model is not known (`embedding_model` None) are not compared.
+        Only the memories the search's filters let through count (not expired ones, nor
+        other agents' private ones); memories whose model is not known (`embedding_model`
+        None) are not compared.
 
         Raises:
-            EmbeddingModelError: If an active memory of the team has a vector of another model.
+            EmbeddingModelError: If such a memory has a vector of another model.
         """
         query_model = self.embedder.model
+        parameters = {
+            "team_id": team_id,
+            "agent_id": agent_id,
+            "user_id": user_id,
+            "memory_types": memory_types,
+        }
         async with translated_errors():
-            first, last = (
-                await self.session.exec(EMBEDDING_MODELS, params={"team_id": team_id})
-            ).one()
-        stored = list(dict.fromkeys(model for model in (first, last) if model is not None))
+            models = (await self.session.exec(EMBEDDING_MODELS, params=parameters)).one()
+        stored = list(dict.fromkeys(model for model in models if model is not None))
         if stored and stored != [query_model]:
             raise EmbeddingModelError(stored, query_model)
 
@@ -263,6 +283,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             self.session.add(memory)
             await self.session.flush()
             await self._insert_tags(memory.team_id, memory.id, validated.tags)
+        written(self.session, [memory.team_id])
         return memory
 
     async def update(
@@ -345,6 +366,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             await self._insert_tags(new.team_id, new.id, validated.tags)
             old.status = MemoryStatus.SUPERSEDED
             old.superseded_by = new.id
+        written(self.session, [new.team_id])
         return new
 
     async def _locked(self, team_id: uuid.UUID, memory_id: uuid.UUID) -> Memory:
@@ -571,6 +593,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             if any(item.created_at is not None for item in validated):
                 moment = (await self.session.exec(select(func.now()))).one()
                 columns = (*COPY_COLUMNS, "created_at", "last_accessed_at")
+            batches = await self._load_batches(validated)
+            if batches:
+                columns = (*columns, "load_batch")
             connection = await self.session.connection()
             driver = (await connection.get_raw_connection()).driver_connection
             # PostgreSQL refuses COPY FROM under row-level security: scoped sessions INSERT.
@@ -580,7 +605,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
                     tags: list[tuple[uuid.UUID, uuid.UUID, str]] = []
                     end = start + batch_size
                     memories = memory_records(
-                        validated[start:end], new_ids[start:end], tags, moment
+                        validated[start:end], new_ids[start:end], tags, moment, batches
                     )
                     await insert_rows(driver, "memory", memories, columns)
                     if tags:
@@ -592,7 +617,25 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             except ConnectionLostError:
                 await connection.invalidate()  # so that no rollback is sent to a lost server
                 raise
+        written(self.session, {item.team_id for item in validated})
         return len(validated)
+
+    async def _load_batches(self, items: Sequence[MemoryCreate]) -> dict[uuid.UUID, int] | None:
+        """A new load batch for each team with many memories beside its index among `items`.
+
+        See `skill_store.team_indexes`. None if there is none.
+        """
+        loaded = Counter(item.team_id for item in items)
+        if max(loaded.values()) < LOAD_BATCH_MIN_ROWS:
+            return None
+        parameters = {
+            "teams": list(loaded),
+            "loaded": list(loaded.values()),
+            "min_rows": LOAD_BATCH_MIN_ROWS,
+            "share": LOAD_BATCH_SHARE,
+        }
+        rows = (await self.session.exec(_LOAD_BATCHES, params=parameters)).all()  # type: ignore[call-overload]
+        return dict(rows) or None
 
     # -- text ---------------------------------------------------------------------------
 
@@ -653,14 +696,15 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         Raises:
             pydantic.ValidationError: If `query` is blank or holds text PostgreSQL cannot
                 store (NUL, lone surrogates), or an id is not a UUID; before any SQL.
-            EmbeddingModelError: If an active memory of the team was embedded by another model
-                (memories of unknown model are searched as they are).
+            EmbeddingModelError: If a memory the search may return was embedded by another
+                model (memories of unknown model are searched as they are).
             EmbeddingDimensionError: If the embedder's vectors do not fit the column.
         """
-        await self._check_model(team_id)
+        types = None if memory_types is None else [MemoryType(t) for t in memory_types]
+        await self._check_model(team_id, agent_id, user_id, types)
         [embedding] = await self.embedder.embed([query])
         return await self.search_by_embedding(
-            embedding, team_id, agent_id, user_id, memory_types, limit, min_similarity
+            embedding, team_id, agent_id, user_id, types, limit, min_similarity
         )
 
     async def retrieve(
@@ -682,21 +726,25 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
         Candidates come from vector recall (`search_memories`, with the agent and user
         filters of `search_by_embedding`) and lexical recall (full text in the agent's
-        language), at least `RETRIEVAL_DEPTH` or 4 * `limit` from each. The `limit` most
-        relevant of them are scored, with the memories linked to the three strongest and
-        every pinned memory. Each signal is in [0, 1]:
+        language, else the team's), at least `RETRIEVAL_DEPTH` or 4 * `limit` from each.
+        Of a query of more than `MAX_QUERY_WORDS` words, those rarest in a sample of the
+        team count (the first in the query among equals), so a long query costs no more
+        than one of that many words. The `limit` most relevant candidates are scored, with
+        the memories linked to the three strongest and every pinned memory. Each signal is
+        in [0, 1]:
 
         - `semantic`: relevance, the mean of the cosine similarity min-max scaled over the
           candidates and the lexical score (the summed inverse document frequency in the
           team of the query words the memory holds; past 2,000 memories, with common
           words' frequencies estimated from a sample) divided by the candidates' highest
-          (either alone when the other found nothing), min-max scaled over those scored;
+          (either alone when the other found nothing), min-max scaled over the `limit`
+          most relevant and clipped to [0, 1] (a pinned or linked memory may lie beyond);
         - `recency`: 0.5 ** (age / `Settings.recency_half_life`), the age being the time
           since the memory was created or last accessed (before `now`);
         - `importance`: `importance / 10 * confidence`;
         - `continuity`: 1 for a memory of `conversation_id`; 0.5 * the recency of its
           conversation's last message for one of the same user's other conversations with
-          this agent; else 0;
+          this agent; else 0 (a conversation without messages too);
         - `relationship`: 1 for a memory linked (`related_to`, `contradicts`) to one of the
           three strongest candidates; 0.5 for one about `user_id`, or about the same user
           or subject as one of them; else 0.
@@ -721,7 +769,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
                 vectors are of its model.
             now: The moment of the query for recency and continuity (default the
                 database's `now()`).
-            record_access: Count one access of each memory returned, in the same statement.
+            record_access: Count one access of each memory returned (under a `token_budget`,
+                of each memory it keeps), once whatever the plan.
 
         Raises:
             pydantic.ValidationError: If `query` is blank or holds text PostgreSQL cannot
@@ -729,8 +778,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
                 invalid; before any SQL.
             ValueError: If `limit` is not between 1 and `RETRIEVE_MAX_LIMIT`, `token_budget`
                 less than 1, or the embedding not finite or all zeros.
-            EmbeddingModelError: If `embedder` embeds the query and an active memory of the
-                team was embedded by another model (memories of unknown model are not checked).
+            EmbeddingModelError: If `embedder` embeds the query and a memory the call may
+                return was embedded by another model (memories of unknown model are not
+                checked).
             EmbeddingDimensionError: If the query's vector does not fit the column.
         """
         if not 1 <= limit <= RETRIEVE_MAX_LIMIT:
@@ -740,7 +790,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         chosen = None if weights is None else RetrievalWeights.model_validate(weights)
         moment = None if now is None else _moment.validate_python(now)
         if query_embedding is None:
-            await self._check_model(team_id)
+            await self._check_model(team_id, agent_id, user_id)
             [query_embedding] = await self.embedder.embed([query])
         parameters = {
             "query": await self._vector(query_embedding),
@@ -755,7 +805,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             "fallback_weights": _weights(RetrievalWeights()),
             "half_life": get_settings().recency_half_life.total_seconds(),
             "now": moment,
-            "record_access": record_access,
+            # Under a budget, only the memories it keeps count as accessed.
+            "record_access": record_access and token_budget is None,
             "exact_max_rows": EXACT_SEARCH_MAX_ROWS,
         }
         rows = await self._vector_rows(RETRIEVE, parameters)
@@ -766,7 +817,10 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         ]
         if token_budget is None:
             return scored
-        return self._pack(scored, token_budget, lambda memory: memory.content)[0]
+        kept = self._pack(scored, token_budget, lambda memory: memory.content)[0]
+        if record_access and kept:
+            await self.update_access([memory.id for memory in kept], team_id=team_id)
+        return kept
 
     async def context_for(
         self,
@@ -930,9 +984,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
         One statement: the database function `search_memories` searches a team with at most
         `EXACT_SEARCH_MAX_ROWS` candidates exactly, a larger one through the team's own HNSW
-        index, which holds no other team's memories. Where that index is not built yet, or
-        its scan ends with too few hits for the filters, the search is exact too (and a
-        warning names a team that needs `index_large_teams`).
+        index, which holds no other team's memories. Where that index is not built yet (the
+        process that wrote builds it in the background, see `skill_store.team_indexes`), or
+        its scan ends with too few hits for the filters, the search is exact too.
 
         Raises:
             EmbeddingDimensionError: If the embedding's length differs from the column's.
@@ -949,14 +1003,6 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             "exact_max_rows": EXACT_SEARCH_MAX_ROWS,
         }
         rows = await self._vector_rows(SEARCH, parameters)
-        if rows[0][3] == "unindexed" and team_id not in _UNINDEXED_TEAMS_WARNED:
-            _UNINDEXED_TEAMS_WARNED.add(team_id)
-            logger.warning(
-                "team %s has more than %d memories and no search index of its own: its"
-                " searches scan every memory; run `skill-store db index`",
-                team_id,
-                EXACT_SEARCH_MAX_ROWS,
-            )
         return [
             _search_result(memory, similarity)
             for _dimensions, memory, similarity, _path in rows

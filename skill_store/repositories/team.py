@@ -22,7 +22,7 @@ from skill_store.models import (
 )
 from skill_store.models._types import PgStr
 from skill_store.repositories.base import Repository, translated_errors, validate
-from skill_store.tenancy import WITHOUT_PASSWORD_HASH
+from skill_store.tenancy import without_password_hash
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
         statement = (
             select(TeamMembership)
             .where(TeamMembership.team_id == team_id)
-            .options(users.options(WITHOUT_PASSWORD_HASH))
+            .options(users.options(without_password_hash()))
             .order_by(col(TeamMembership.created_at), col(TeamMembership.id))
         )
         async with translated_errors():

@@ -31,6 +31,7 @@ from skill_store import (
 )
 from skill_store.database import get_engine, migrate
 from skill_store.settings import normalize_database_url
+from skill_store.team_indexes import finish_index_builds
 
 from ..support import (
     create_database,
@@ -83,6 +84,7 @@ async def engine(server_url: str) -> AsyncIterator[AsyncEngine]:
     engine = await get_engine(url)
     await migrate(engine)
     yield engine
+    await finish_index_builds(engine)
     await engine.dispose()
 
 

@@ -1,5 +1,6 @@
 """The `skill-store db` commands, run as a user runs them: a process, outside the repository."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -7,8 +8,11 @@ from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
-from skill_store.database import alembic_config
+from skill_store.database import alembic_config, migrate
 
 SKILL_STORE = Path(sys.executable).with_name("skill-store")
 
@@ -93,3 +97,31 @@ def test_url_starts_the_embedded_server_without_database_url(
     assert result.returncode == 0, result.stderr
     assert f"(embedded server in {data_dir})" in result.stdout
     assert (data_dir / "PG_VERSION").read_text().strip() == "18"
+
+
+async def test_a_downgrade_the_data_refuses_is_one_line(
+    tmp_path: Path, empty_database_url: str
+) -> None:
+    engine = create_async_engine(empty_database_url, poolclass=NullPool)
+    await migrate(engine)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                """WITH u AS (INSERT INTO "user" (email, password_hash, display_name)"""
+                """ VALUES ('a@b.co', 'h', 'A')"""
+                " RETURNING id), t AS (INSERT INTO team (name, slug, owner_id)"
+                " SELECT name, name, u.id FROM u, unnest(ARRAY['acme', 'globex']) AS name"
+                " RETURNING id)"
+                " INSERT INTO memory (id, team_id, memory_type, content)"
+                " SELECT '00000000-0000-4000-8000-00000000000f', id, 'semantic', 'copied' FROM t"
+            )
+        )
+    await engine.dispose()
+
+    result = await asyncio.to_thread(
+        skill_store, tmp_path, "db", "downgrade", "0004", DATABASE_URL=empty_database_url
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: the migration stopped and changed nothing: 1 ids")
+    assert result.stderr.count("\n") == 1

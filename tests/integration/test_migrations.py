@@ -52,7 +52,7 @@ FUNCTIONS = {
     "reconstruct_memory_at",
 }
 SEARCH_FUNCTIONS = {"search_memories"}
-TEAM_SEARCH_FUNCTIONS = {"memory_team_index_name"}
+TEAM_SEARCH_FUNCTIONS = {"memory_team_key", "memory_team_index", "memory_team_index_definition"}
 TENANCY_FUNCTIONS = {"current_team_id"}
 TEAM_RULE_FUNCTIONS = {
     "check_memory_agent_team",
@@ -71,6 +71,8 @@ RETRIEVAL_FUNCTIONS = {
     "retrieve_memories",
     "lexeme_query",
     "memory_team_text",
+    "memory_relevance",
+    "memory_embedding_models",
 }
 ALL_FUNCTIONS = (
     FUNCTIONS
@@ -356,6 +358,7 @@ async def test_the_audit_knows_every_column_of_memory(empty_engine: AsyncEngine)
     """An update is logged unless it changed access bookkeeping only: the audit trigger's
     condition names every other column of `memory` (a column added later must be named)."""
     audit = importlib.import_module("skill_store._migrations.versions.0009_audit_and_members")
+    indexes = importlib.import_module("skill_store._migrations.versions.0015_team_indexes")
     await migrate(empty_engine)
     async with empty_engine.connect() as connection:
         columns = await rows(
@@ -368,5 +371,35 @@ async def test_the_audit_knows_every_column_of_memory(empty_engine: AsyncEngine)
             "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'trg_memory_log_update'",
         )
     logged = set(re.findall(r"old\.(\w+)", definition))
-    assert logged | set(audit.ACCESS_COLUMNS) == {name for (name,) in columns}
-    assert not logged & set(audit.ACCESS_COLUMNS)
+    unlogged = {*audit.ACCESS_COLUMNS, *indexes.UNLOGGED_COLUMNS}
+    assert logged | unlogged == {name for (name,) in columns}
+    assert not logged & unlogged
+
+
+async def test_0014_reads_team_wide_memories_in_their_teams_language(
+    empty_engine: AsyncEngine,
+) -> None:
+    words = "SELECT text_config::text, search_text::text FROM memory ORDER BY content"
+    await migrate(empty_engine, "0013")
+    async with empty_engine.begin() as connection:
+        await connection.execute(
+            text(
+                """WITH u AS (INSERT INTO "user" (email, password_hash, display_name)"""
+                """ VALUES ('a@b.co', 'h', 'A') RETURNING id),"""
+                " t AS (INSERT INTO team (name, slug, owner_id) SELECT 'Acme', 'acme', id FROM u"
+                " RETURNING id)"
+                " INSERT INTO memory (team_id, memory_type, content)"
+                " SELECT id, 'semantic', 'Ada was running' FROM t"
+            )
+        )
+        assert await rows(connection, words) == [("simple", "'ada':1 'running':3 'was':2")]
+
+    await migrate(empty_engine)
+    async with empty_engine.connect() as connection:
+        assert await rows(connection, words) == [("english", "'ada':1 'run':3")]
+        logged = "SELECT action FROM memory_log ORDER BY created_at"
+        assert await rows(connection, logged) == [("created",)]  # not a change of content
+
+    await run_alembic(lambda config: command.downgrade(config, "0013"), empty_engine)
+    async with empty_engine.connect() as connection:
+        assert await rows(connection, words) == [("simple", "'ada':1 'running':3 'was':2")]

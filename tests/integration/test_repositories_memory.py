@@ -299,11 +299,7 @@ async def test_equal_similarities_are_ordered_by_id(
     if not exact:
         monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
         definition = await memories.session.exec(
-            text(
-                "SELECT format('CREATE INDEX %I ON memory USING hnsw"
-                " (embedding vector_cosine_ops) WHERE team_id = %L AND status = ''active''',"
-                " memory_team_index_name(:team), :team)"
-            ),
+            text("SELECT memory_team_index_definition(:team, 0, false)"),
             params={"team": team.id},
         )
         await memories.session.exec(text(definition.one()[0]))

@@ -161,8 +161,16 @@ async def test_a_memory_of_the_current_conversation_outranks_one_of_another(
 
 
 async def test_the_same_users_recent_conversations_with_the_agent_count_half(
-    memories: MemoryRepository, team: Team, agent: Agent, user: User, conversation: Conversation
+    memories: MemoryRepository,
+    session: AsyncSession,
+    team: Team,
+    agent: Agent,
+    user: User,
+    conversation: Conversation,
 ) -> None:
+    await ConversationRepository(session).add_message(
+        conversation.id, {"role": "user", "content": "I climb"}, team_id=team.id
+    )
     earlier = await add(memories, team, "Ada climbs", source_conversation_id=conversation.id)
 
     [found] = await memories.retrieve(

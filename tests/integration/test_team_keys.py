@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from skill_store.database import migrate, run_alembic
+from skill_store import MigrationRefusedError
+from skill_store.database import alembic_config, migrate, run_alembic
 
 from ..support import TABLES
 
@@ -295,9 +297,39 @@ async def test_log_rows_whose_team_cannot_be_known_stop_the_upgrade(
             )
         )
     before = await content(empty_engine)
-    with pytest.raises(DBAPIError, match="3 memory_log rows have no team_id"):
+    with pytest.raises(MigrationRefusedError, match="3 memory_log rows have no team_id"):
         await migrate(empty_engine)
     assert await content(empty_engine) == before
     async with empty_engine.connect() as connection:
         assert await rows(connection, "SELECT version_num FROM alembic_version") == [("0004",)]
         assert "message" not in {name for (name,) in await rows(connection, COLUMNS)}
+
+
+async def test_an_id_used_by_two_teams_stops_the_downgrade_to_0004(
+    empty_engine: AsyncEngine,
+) -> None:
+    await migrate(empty_engine)
+    async with empty_engine.begin() as connection:
+        for statement in FILL.split(";")[:3]:  # users, teams, memberships
+            await connection.execute(text(statement))
+        # An export of one team imported into another keeps its ids.
+        await connection.execute(
+            text(
+                "INSERT INTO memory (id, team_id, memory_type, content)"
+                " SELECT '00000000-0000-4000-8000-00000000000f', id, 'semantic', 'copied'"
+                " FROM team"
+            )
+        )
+    before = await content(empty_engine)
+
+    with pytest.raises(
+        MigrationRefusedError, match="1 ids are each used by rows of several"
+    ) as refused:
+        await run_alembic(lambda config: command.downgrade(config, "0004"), empty_engine)
+
+    assert "\n" not in str(refused.value)
+    assert "Give those rows new ids" in str(refused.value)
+    assert await content(empty_engine) == before
+    async with empty_engine.connect() as connection:
+        [(version,)] = await rows(connection, "SELECT version_num FROM alembic_version")
+    assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()

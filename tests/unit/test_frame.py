@@ -96,7 +96,7 @@ def test_table_rows_follow_the_model_not_the_order_values_were_set() -> None:
 
     assert list(frame.columns) == [
         *("created_at", "updated_at", "name", "slug", "owner_id", "settings"),
-        *("shared_skill_names", "webhook_url", "conversation_retention_days", "id"),
+        *("shared_skill_names", "webhook_url", "conversation_retention_days", "language", "id"),
     ]
     assert "s3cret" not in frame.to_csv()
 

@@ -459,6 +459,7 @@ EXPECTED_COLUMNS = {
     "user": {"id", "email", "password_hash", "display_name", "is_active"} | TIMESTAMPS,
     "team": {
         "id",
+        "language",
         "name",
         "slug",
         "owner_id",
@@ -523,6 +524,7 @@ EXPECTED_COLUMNS = {
     },
     "memory": {
         "id",
+        "load_batch",
         "team_id",
         "agent_id",
         "user_id",
