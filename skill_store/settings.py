@@ -98,7 +98,8 @@ class Settings(BaseSettings):
     recency_half_life: timedelta = Field(
         default=timedelta(days=30),
         gt=timedelta(0),
-        description="Retrieval's recency signal halves with every such span since last use.",
+        description="Retrieval's recency signal halves with every such span since last use:"
+        " seconds or a timedelta.",
     )
     embedded_data_dir: Path = Field(
         default_factory=lambda: platformdirs.user_data_path("skill_store") / "pgdata",
@@ -122,7 +123,7 @@ class Settings(BaseSettings):
             return timedelta(milliseconds=value)
         return value
 
-    @field_validator("connection_lost_timeout", mode="before")
+    @field_validator("connection_lost_timeout", "recency_half_life", mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:
         """A bare number from the environment is seconds, as pydantic reads a number."""
