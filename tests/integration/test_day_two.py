@@ -127,7 +127,8 @@ async def exact_top(store: Store, team_id: uuid.UUID, query: list[float]) -> lis
 
 
 async def team_index(store: Store, team_id: uuid.UUID) -> tuple[str | None, int | None]:
-    name, covers, _rows = await one(store, "SELECT * FROM memory_team_index(:t)", t=team_id)
+    """The name of the team's HNSW index, and the load batches it holds."""
+    name, covers, _rows, _lists = await one(store, "SELECT * FROM memory_team_index(:t)", t=team_id)
     return name, covers
 
 
@@ -275,7 +276,7 @@ async def test_the_catalogs_name_no_team(store: Store) -> None:
         assert team.hex not in catalog
 
 
-async def test_builds_at_once_from_two_places_make_one_index(store: Store) -> None:
+async def test_builds_at_once_from_two_places_make_one_pair_of_indexes(store: Store) -> None:
     team_id = await new_team(store)
     async with store.factory() as session:
         await session.exec(  # type: ignore[call-overload]
@@ -300,7 +301,7 @@ async def test_builds_at_once_from_two_places_make_one_index(store: Store) -> No
             ),
             params={"t": team_id},
         )
-        assert names.one() == (1,)
+        assert names.one() == (2,)  # its HNSW and IVF indexes
 
 
 async def test_an_index_left_invalid_by_a_failed_build_is_dropped(store: Store) -> None:

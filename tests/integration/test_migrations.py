@@ -52,7 +52,12 @@ FUNCTIONS = {
     "reconstruct_memory_at",
 }
 SEARCH_FUNCTIONS = {"search_memories"}
-TEAM_SEARCH_FUNCTIONS = {"memory_team_key", "memory_team_index", "memory_team_index_definition"}
+TEAM_SEARCH_FUNCTIONS = {
+    "memory_team_key",
+    "memory_team_index",
+    "memory_team_index_definitions",
+    "memory_team_lists",
+}
 TENANCY_FUNCTIONS = {"current_team_id"}
 TEAM_RULE_FUNCTIONS = {
     "check_memory_agent_team",
@@ -241,6 +246,7 @@ async def test_search_memories_runs_as_its_caller_with_settings_it_restores(
         "hnsw.ef_search=100",
         "hnsw.iterative_scan=strict_order",
         "hnsw.max_scan_tuples=20000",
+        "ivfflat.iterative_scan=relaxed_order",
         "enable_sort=off",
         "plan_cache_mode=force_custom_plan",
     ]

@@ -298,11 +298,12 @@ async def test_equal_similarities_are_ordered_by_id(
     await memory(memories, team, "other", 1)
     if not exact:
         monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
-        definition = await memories.session.exec(
-            text("SELECT memory_team_index_definition(:team, 0, false)"),
+        definitions = await memories.session.exec(
+            text("SELECT unnest(memory_team_index_definitions(:team, 0, 1, false))"),
             params={"team": team.id},
         )
-        await memories.session.exec(text(definition.one()[0]))
+        for (definition,) in definitions.all():
+            await memories.session.exec(text(definition))
 
     results = await memories.search_by_embedding(unit_vector(0), team.id, limit=6)
     assert [r.id for r in results] == same
