@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         gt=timedelta(0),
         description="Retrieval's recency signal halves with every such span since last use:"
         " seconds or a timedelta.",
+    )
+    index_builds: Literal["background", "maintain"] = Field(
+        default="background",
+        description="Who builds the teams' vector indexes: the process that wrote, in the"
+        " background after its commit; or only `skill-store maintain` and `db index`.",
     )
     embedded_data_dir: Path = Field(
         default_factory=lambda: platformdirs.user_data_path("skill_store") / "pgdata",

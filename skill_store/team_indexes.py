@@ -9,7 +9,8 @@ for the searches it can be trusted with, and an IVF index (`..._<covers>_<lists>
 `covers` is the last bulk-load batch the indexes hold.
 
 - **Growth.** After a transaction that wrote memories commits, the process that wrote checks
-  each team it wrote to, in the background on its event loop, and builds the index of a team
+  each team it wrote to, in the background on its event loop (unless the setting
+  `INDEX_BUILDS` is `maintain`), and builds the index of a team
   past the bound that has none (`CREATE INDEX CONCURRENTLY`: writes and searches go on, and
   searches are exact until the index is valid), and a new IVF index for a team that has
   grown past twice the rows its lists were made for. `skill-store maintain` does the same
@@ -40,6 +41,8 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from skill_store.settings import get_settings
 
 EXACT_SEARCH_MAX_ROWS = 500
 """Teams with at most this many candidate memories are searched exactly, without an index.
@@ -300,6 +303,8 @@ def _after_commit(session: Session) -> None:
     if noted is None:
         return
     engine, teams = noted
+    if get_settings().index_builds != "background":
+        return
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # no event loop to build on: `skill-store maintain` will

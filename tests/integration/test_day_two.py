@@ -29,6 +29,7 @@ from skill_store import (
     get_session_factory,
     index_large_teams,
 )
+from skill_store.settings import get_settings
 from skill_store.team_indexes import (
     EXACT_SEARCH_MAX_ROWS,
     INDEX_LOCK,
@@ -323,3 +324,20 @@ async def test_an_index_left_invalid_by_a_failed_build_is_dropped(store: Store) 
     assert await team_index(store, team_id) == (name, covers)
     assert await index_large_teams(store.engine) == TeamIndexes(built=[], dropped=1)
     assert await one(store, "SELECT to_regclass(:n) IS NULL", n=broken) == (True,)
+
+
+async def test_with_index_builds_left_to_maintain_a_writer_builds_none(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INDEX_BUILDS", "maintain")
+    get_settings.cache_clear()
+    try:
+        team_id = await new_team(store)
+        await add(store, team_id, vectors(EXACT_SEARCH_MAX_ROWS + 1))
+        await finish_index_builds(store.engine)
+
+        assert await team_index(store, team_id) == (None, None)
+        assert team_id in (await index_large_teams(store.engine)).built
+    finally:
+        monkeypatch.delenv("INDEX_BUILDS")
+        get_settings.cache_clear()
