@@ -20,8 +20,9 @@ Each large team now has two indexes of its embeddings as half-precision vectors 
   lists (25,000 memories, 3.8 ms) and 128 of 2,000 (250,000 memories, 32 ms); it builds in
   seconds (2.9 s for 25,000).
 
-Both passes re-rank their candidates (twice the hits asked for, at least `RERANKED_MIN`) by
-their exact single-precision distance, so the similarities returned are exact. Together the
+Both passes re-rank their candidates (the hits asked for and a quarter more, at least
+`RERANKED_EXTRA` more) by their exact single-precision distance, so the similarities
+returned are exact. Together the
 two indexes take about the room the single-precision HNSW index took (about 4 KB a memory
 each). The path `wide` names the IVF's answers; `fallback` (an exact scan) remains for a
 team whose IVF index is not built yet.
@@ -48,7 +49,9 @@ indexes = importlib.import_module("skill_store._migrations.versions.0015_team_in
 ROWS_PER_LIST = 125
 INDEX_MIN_CONTRAST = team_search.INDEX_MIN_CONTRAST
 CONTRAST_SAMPLE_ROWS = 32
-RERANKED_MIN = 40
+RERANKED_EXTRA = 10
+"""Fewest candidates beyond the hits asked for that a pass re-ranks: a halfvec distance is
+exact to about 1e-3, so only near ties change places."""
 WIDE_MIN_PROBES = 64
 """Fewest lists a crowded query reads (all of them in a team of up to 8,000 memories)."""
 INDEX_BUILD_MEMORY = indexes.INDEX_BUILD_MEMORY
@@ -169,6 +172,8 @@ FROM (
     ) AS c
     JOIN memory AS m ON m.team_id = $2 AND m.id = c.id
     WHERE {RETRIEVABLE_BY_PARAMETERS}
+    ORDER BY 2, 1
+    LIMIT $4
 ) AS r"""
 
 HNSW_ORDER = "m.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s)"
@@ -204,7 +209,7 @@ DECLARE
         WHERE attrelid = 'memory'::regclass AND attname = 'embedding'
     );
     max_distance double precision := 1 - min_similarity;
-    depth integer := greatest(2 * lim, {RERANKED_MIN});  -- candidates re-ranked
+    depth integer := lim + greatest({RERANKED_EXTRA}, lim / 4);  -- candidates re-ranked
     candidates integer;
     covers bigint;  -- the last load batch the team's indexes hold
     lists integer;  -- the lists of its IVF index; NULL: not built yet
@@ -254,7 +259,7 @@ BEGIN
         END LOOP;
         IF within = 0 AND cardinality(ids) > 0 THEN
             trusted := true;
-        ELSIF cardinality(ids) >= least(depth, 10) OR within < cardinality(ids) THEN
+        ELSIF cardinality(ids) = depth OR within < cardinality(ids) THEN
             -- Not trusted if the query is crowded: its tenth hit hardly nearer than a
             -- typical memory (the mean distance of a sample by a hash of the ids).
             SELECT avg(s.distance) INTO typical
