@@ -619,7 +619,7 @@ class Bench:
             ) -> None:
                 async with self.factory() as session:
                     hits = await MemoryRepository(session).search_by_embedding(
-                        vector, team_id, limit=LIMIT
+                        vector, team_id=team_id, limit=LIMIT
                     )
                 found[:] = [hit.id for hit in hits]
 
@@ -680,7 +680,7 @@ class Bench:
             async def search(team_id: uuid.UUID = team.id, vector: list[float] = vector) -> None:
                 async with self.factory() as session:
                     await MemoryRepository(session).search_by_embedding(
-                        vector, team_id, limit=LIMIT
+                        vector, team_id=team_id, limit=LIMIT
                     )
 
             pair = (retrieve, search) if number % 2 else (search, retrieve)

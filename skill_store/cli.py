@@ -165,7 +165,7 @@ async def _team(session: AsyncSession, slug: str) -> Team:
 
 
 async def _agent(session: AsyncSession, team: Team, slug: str) -> Agent:
-    agent = await AgentRepository(session).get_by_slug(team.id, slug)
+    agent = await AgentRepository(session).get_by_slug(slug, team_id=team.id)
     if agent is None:
         raise NotFoundError("agent", f"{slug!r} in team {team.slug!r}")
     return agent
@@ -525,7 +525,8 @@ def list_agents(team: TeamSlug, as_json: AsJson = False) -> None:
     """The team's agents."""
 
     async def work(session: AsyncSession) -> list[Agent]:
-        return list(await AgentRepository(session).list_for_team((await _team(session, team)).id))
+        team_id = (await _team(session, team)).id
+        return list(await AgentRepository(session).list_for_team(team_id=team_id))
 
     result = _in_session(work)
     if as_json:
@@ -571,7 +572,7 @@ def list_memories(
         team_id = (await _team(session, team)).id
         filters: dict[str, Any] = {} if memory_type is None else {"memory_type": memory_type}
         found = await MemoryRepository(session).list(
-            limit, team_id=team_id, newest_first=True, **filters
+            team_id=team_id, limit=limit, newest_first=True, **filters
         )
         return list(found)
 
@@ -613,7 +614,7 @@ def show_memory(team: TeamSlug, memory_id: MemoryId, as_json: AsJson = False) ->
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         repository = MemoryRepository(session)
-        memory = await repository.get(memory_id, (await _team(session, team)).id)
+        memory = await repository.get(memory_id, team_id=(await _team(session, team)).id)
         return _memory_json(memory, tags=await repository.tags(memory.id, team_id=memory.team_id))
 
     _print_document(_in_session(work), as_json)
@@ -626,7 +627,7 @@ def memory_history(team: TeamSlug, memory_id: MemoryId, as_json: AsJson = False)
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
         repository = MemoryRepository(session)
         team_id = (await _team(session, team)).id
-        await repository.get(memory_id, team_id)
+        await repository.get(memory_id, team_id=team_id)
         history = await repository.history(memory_id, team_id=team_id)
         return [log.model_dump(mode="json") for log in history]
 

@@ -441,7 +441,7 @@ class Repository(BaseRepository[ModelT, CreateT, UpdateT]):
         return await self._delete(col(self.model.id) == id)  # type: ignore[attr-defined]
 
     async def list(
-        self, limit: int = 50, offset: int = 0, *, newest_first: bool = False, **filters: Any
+        self, *, limit: int = 50, offset: int = 0, newest_first: bool = False, **filters: Any
     ) -> Sequence[ModelT]:
         """Rows whose columns equal `filters`, oldest first (or newest first).
 
@@ -509,10 +509,10 @@ class TeamRowRepository(BaseRepository[ModelT, CreateT, UpdateT]):
 
     async def list(
         self,
-        limit: int = 50,
-        offset: int = 0,
         *,
         team_id: uuid.UUID,
+        limit: int = 50,
+        offset: int = 0,
         newest_first: bool = False,
         **filters: Any,
     ) -> Sequence[ModelT]:

@@ -114,7 +114,7 @@ async def test_add_many_inserts_memories_tags_and_audit_rows(
     assert row.updated_at == row.created_at
     assert row.last_accessed_at is not None
 
-    memory = await repository.get(row.id, team.id)
+    memory = await repository.get(row.id, team_id=team.id)
     assert memory.embedding == unit_vector(7)
     assert await repository.tags(row.id, team_id=team.id) == ["ada", "drinks"]
     [plain] = await rows(session, "SELECT id FROM memory WHERE content = 'fact 3'")
@@ -130,9 +130,11 @@ async def test_add_many_inserts_memories_tags_and_audit_rows(
         ("created", "Ada prefers tea")
     ]
 
-    hits = await repository.search_by_embedding(unit_vector(7), team.id, limit=1)
+    hits = await repository.search_by_embedding(unit_vector(7), team_id=team.id, limit=1)
     assert [hit.content for hit in hits] == ["fact 7"]  # team-wide; the other is private
-    hits = await repository.search_by_embedding(unit_vector(7), team.id, agent.id, limit=1)
+    hits = await repository.search_by_embedding(
+        unit_vector(7), team_id=team.id, agent_id=agent.id, limit=1
+    )
     assert [hit.id for hit in hits] == [row.id]
 
     # The attribution ends with the call.

@@ -169,7 +169,7 @@ def test_export_then_import_round_trips(run: Any, tmp_path: Path) -> None:
     assert "imported 1 memories" in result.stdout
     hits = as_json(run("memories", "search", "--team", "demo", "Imported memory", "--json"))
     assert hits[0]["content"] == "Imported memory"
-    assert hits[0]["metadata_json"] == {"source": "file"}
+    assert hits[0]["metadata"] == {"source": "file"}
     again = tmp_path / "again.jsonl"
     assert run("memories", "export", "--team", "demo", "--output", str(again)).exit_code == 0
     [line] = [

@@ -97,7 +97,7 @@ async def test_an_edited_line_without_its_embedding_is_embedded_again(
     counts = await import_memories(session, path, team.id, embedder, on_existing="update")
 
     [expected] = await embedder.embed(["Ada likes coffee"])
-    restored = await memories.get(memory.id, team.id)
+    restored = await memories.get(memory.id, team_id=team.id)
     assert counts == ImportCounts(added=0, updated=1, embedded=1)
     assert restored.content == "Ada likes coffee"
     assert np.allclose(restored.embedding_array, expected)  # type: ignore[arg-type]
