@@ -17,6 +17,7 @@ from skill_store import (
     ConflictError,
     HashingEmbedder,
     MemoryCreate,
+    MemoryFileError,
     MemoryRepository,
     MemoryType,
     Team,
@@ -244,7 +245,7 @@ async def test_unknown_team_is_a_conflict_and_keeps_the_session(
     assert [entry.changed_by for entry in log] == ["system"] * 3
 
 
-async def test_a_file_import_failing_in_a_later_batch_writes_nothing(
+async def test_a_file_import_refused_in_a_later_batch_writes_nothing(
     session: AsyncSession, team: Team, tmp_path: Path
 ) -> None:
     lines = [{"memory_type": "semantic", "content": f"line {n}"} for n in range(3)]
@@ -253,7 +254,7 @@ async def test_a_file_import_failing_in_a_later_batch_writes_nothing(
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     embedder = HashingEmbedder(get_settings().embedding_dimensions)
 
-    with pytest.raises(ConflictError, match="agent"):
+    with pytest.raises(MemoryFileError, match="line 3: agent_id names no agent of team acme"):
         await import_memories(session, path, team.id, embedder, batch_size=1)
 
     assert await memory_count(session) == 0
