@@ -395,9 +395,8 @@ async def test_context_for_reads_its_agent_in_the_team_and_its_overrides_win(
     with pytest.raises(NotFoundError, match=f"agent {agent.id} does not exist"):
         await memories.context_for(QUERY, team_id=other.id, agent_id=agent.id, **options)
 
-    assert 30 < budgeted.tokens <= 100
-    assert 0 < smaller.tokens <= 30
-    assert smaller.memories == budgeted.memories[: len(smaller.memories)]
+    assert 30 < budgeted.tokens <= 100  # the agent's budget
+    assert 0 < smaller.tokens <= 30  # the caller's
 
 
 async def test_context_for_counts_an_access_of_the_memories_it_keeps_only(
