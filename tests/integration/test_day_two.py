@@ -5,6 +5,7 @@ after its commit. The tests commit, so they run in a database of their own, at 8
 """
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,12 +29,14 @@ from skill_store import (
     finish_index_builds,
     get_session_factory,
     index_large_teams,
+    maintain,
 )
 from skill_store.settings import get_settings
 from skill_store.team_indexes import (
     EXACT_SEARCH_MAX_ROWS,
     INDEX_LOCK,
     LOAD_BATCH_MIN_ROWS,
+    ROWS_PER_LIST,
 )
 
 from ..support import migrated_database
@@ -341,3 +344,26 @@ async def test_with_index_builds_left_to_maintain_a_writer_builds_none(
     finally:
         monkeypatch.delenv("INDEX_BUILDS")
         get_settings.cache_clear()
+
+
+async def test_a_team_grown_past_twice_its_lists_gets_a_new_ivf_index(store: Store) -> None:
+    team_id = await new_team(store)
+    await add(store, team_id, vectors(EXACT_SEARCH_MAX_ROWS + 100))
+    await finish_index_builds(store.engine)
+    [(name, lists)] = [
+        await one(store, "SELECT index_name, lists FROM memory_team_index(:t)", t=team_id)
+    ]
+    for _ in range(4):  # small loads, into the indexes row by row
+        await add(store, team_id, vectors(LOAD_BATCH_MIN_ROWS - 1))
+    await finish_index_builds(store.engine)
+    assert await one(store, "SELECT lists FROM memory_team_index(:t)", t=team_id) == (lists,)
+
+    await maintain(store.engine)  # fresh row counts, then the indexes due
+
+    grown, more_lists = await one(
+        store, "SELECT index_name, lists FROM memory_team_index(:t)", t=team_id
+    )
+    [(memories,)] = [await one(store, "SELECT count(*) FROM memory WHERE team_id = :t", t=team_id)]
+    assert grown == name  # the HNSW index needs no rebuild to grow
+    assert more_lists == math.ceil(memories / ROWS_PER_LIST) > 2 * lists
+    assert (await search(store, team_id, vectors(1)[0]))[0] == {"index"}
