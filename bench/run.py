@@ -87,6 +87,20 @@ IVF_ORDER = (
 )
 WIDE_MIN_PROBES = 64
 """As `search_memories` reads lists of a team's IVF index for a crowded query (migration 0016)."""
+# The SQL functions behind `search_by_embedding` and `retrieve`, called by raw asyncpg for
+# the same result rows: each hit's memory, and its similarity or its score and signals.
+RAW_SEARCH_CALL = (
+    "SELECT m.*, h.similarity, h.path FROM search_memories($1, $2, NULL, NULL, NULL, $3, NULL,"
+    f" {EXACT_SEARCH_MAX_ROWS}) AS h JOIN memory AS m ON m.team_id = $2 AND m.id = h.id"
+    " ORDER BY h.similarity DESC, h.id"
+)
+RAW_RETRIEVE_CALL = (
+    "SELECT m.*, r.score, r.semantic, r.recency, r.importance, r.continuity, r.relationship"
+    " FROM retrieve_memories($1, $4, $2, NULL, NULL, NULL, $3, greatest(50, 4 * $3), NULL,"
+    " ARRAY[0.35, 0.2, 0.2, 0.15, 0.1], 2592000, NULL, false,"
+    f" {EXACT_SEARCH_MAX_ROWS}) WITH ORDINALITY AS r JOIN memory AS m"
+    " ON m.team_id = $2 AND m.id = r.id ORDER BY r.ordinality"
+)
 PATHS = (
     "SELECT DISTINCT path FROM search_memories($1, $2, NULL, NULL, NULL, $3, NULL,"
     f" {EXACT_SEARCH_MAX_ROWS})"
@@ -357,6 +371,7 @@ class Bench:
                     await self.retrieval(kind, crowded)
             if kinds == ["one"]:
                 return self.rows
+            await self.small_team_overhead()
             await self.single_rows()
             await self.indexed_inserts()
             await self.maintenance()
@@ -766,6 +781,85 @@ class Bench:
             f" background ({index_seconds:.1f} s); raw: COPY of {sample:,} rows into the"
             " indexed team (into both indexes row by row), rolled back",
         )
+
+    # -- the package's own cost --------------------------------------------------------
+
+    async def small_team_overhead(self) -> None:
+        """`search_by_embedding` and `retrieve` on small teams beside raw SQL function calls.
+
+        The raw calls return the same rows (each hit's memory, and its scores): what the
+        package adds where a search costs least. In one open session, and a session a call.
+        """
+        queries = self.world.queries("small", self.options.queries, seed=QUERY_SEEDS["small"])
+        rng = np.random.default_rng(RETRIEVAL_SEED)
+        texts = [" ".join(rng.choice(WORDS, size=4)) for _ in queries]
+        asked = [
+            (team, vector, words) for (team, vector), words in zip(queries, texts, strict=True)
+        ]
+        for retrieving in (False, True):
+            for per_call in (False, True):
+                ours: list[float] = []
+                raw: list[float] = []
+                async with self.factory() as session:
+                    for number, (team, vector, words) in enumerate(asked):
+                        calls = [
+                            (
+                                ours,
+                                self.call_ours(session, per_call, retrieving, team, vector, words),
+                            ),
+                            (raw, self.call_raw(retrieving, team, vector, words)),
+                        ]
+                        for seconds, work in calls if number % 2 else calls[::-1]:
+                            seconds.append(await timed(work))
+                self.add(
+                    f"{'retrieve' if retrieving else 'search_by_embedding'} top-10, small teams"
+                    f" (100 rows), {'a session per call' if per_call else 'one open session'}",
+                    latency(ours[5:]),
+                    latency(raw[5:]),
+                    ratio(ours[5:], raw[5:]),
+                    "raw: the same SQL function called by asyncpg for the same rows (each hit's"
+                    " memory and its scores); own-topic queries",
+                )
+
+    def call_ours(
+        self,
+        session: AsyncSession,
+        per_call: bool,
+        retrieving: bool,
+        team: Team,
+        vector: list[float],
+        words: str,
+    ) -> Callable[[], Awaitable[Any]]:
+        """A search or a retrieval of ours, in `session` or in a session of its own."""
+
+        async def work() -> None:
+            if per_call:
+                async with self.factory() as own:
+                    await self.ours(own, retrieving, team, vector, words)
+            else:
+                await self.ours(session, retrieving, team, vector, words)
+
+        return work
+
+    async def ours(
+        self, session: AsyncSession, retrieving: bool, team: Team, vector: list[float], words: str
+    ) -> None:
+        """`retrieve` or `search_by_embedding` top-10 in `session`."""
+        memories = MemoryRepository(session)
+        if retrieving:
+            await memories.retrieve(words, team_id=team.id, query_embedding=vector, limit=LIMIT)
+        else:
+            await memories.search_by_embedding(vector, team.id, limit=LIMIT)
+
+    def call_raw(
+        self, retrieving: bool, team: Team, vector: list[float], words: str
+    ) -> Callable[[], Awaitable[Any]]:
+        """The raw call of the SQL function behind the search or the retrieval."""
+        if retrieving:
+            return functools.partial(
+                self.raw.fetch, RAW_RETRIEVE_CALL, vector, team.id, LIMIT, words
+            )
+        return functools.partial(self.raw.fetch, RAW_SEARCH_CALL, vector, team.id, LIMIT)
 
     # -- single rows ----------------------------------------------------------------------
 
