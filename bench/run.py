@@ -849,7 +849,7 @@ class Bench:
         if retrieving:
             await memories.retrieve(words, team_id=team.id, query_embedding=vector, limit=LIMIT)
         else:
-            await memories.search_by_embedding(vector, team.id, limit=LIMIT)
+            await memories.search_by_embedding(vector, team_id=team.id, limit=LIMIT)
 
     def call_raw(
         self, retrieving: bool, team: Team, vector: list[float], words: str
