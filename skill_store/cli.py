@@ -418,8 +418,8 @@ def _print_model(model: BaseModel, as_json: bool, **extra: Any) -> None:
 
 
 def _excerpt(content: str) -> str:
-    """The first line of a content, as a table shows it."""
-    return content.splitlines()[0] if content.strip() else content
+    """A content on one line, as a table shows it (and cuts it where it is too long)."""
+    return " ".join(content.split())
 
 
 # -- the demo ------------------------------------------------------------------------------
