@@ -3,9 +3,13 @@
 No pytest here: `bench/` imports this module too. Fixtures live in `tests/integration/conftest.py`.
 """
 
+import json
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from sqlalchemy import CursorResult, make_url, text
@@ -97,3 +101,110 @@ async def run(session: AsyncSession, sql: str, **params: Any) -> CursorResult[An
 async def scalar(session: AsyncSession, sql: str, **params: Any) -> Any:
     """The one value of a raw SQL query."""
     return (await run(session, sql, **params)).scalar_one()
+
+
+@dataclass
+class Reply:
+    """A scripted answer of `FakeEmbeddingService`."""
+
+    status: int = 200
+    body: Any = None  # None: the vectors asked for, in reversed order
+    headers: dict[str, str] = field(default_factory=dict)
+    dimensions: int | None = None  # length of the vectors sent; None: the one asked for
+
+
+@dataclass
+class Received:
+    path: str
+    authorization: str | None
+    body: Any
+
+
+def length_vector(text: str, dimensions: int) -> list[float]:
+    """The default vector of `FakeEmbeddingService`: the text's length, `dimensions` times."""
+    return [float(len(text))] * dimensions
+
+
+class FakeEmbeddingService:
+    """An OpenAI-compatible embeddings service on loopback (see `serving`).
+
+    It answers each request with the next scripted `Reply`, and with the vectors asked for
+    (made by `vector(text, dimensions)`) once the script is used up. From request number
+    `hold_from` on (1 for the first), a request waits until `release` is set, and `holding`
+    is set meanwhile.
+    """
+
+    def __init__(self, vector: Callable[[str, int], list[float]] = length_vector) -> None:
+        self.script: list[Reply] = []
+        self.received: list[Received] = []
+        self.base_url = ""
+        self.vector = vector
+        self.hold_from: int | None = None
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
+    def texts(self) -> list[str]:
+        """Every text asked for, in the order of the requests."""
+        return [text for request in self.received for text in request.body["input"]]
+
+    def answer(self, path: str, authorization: str | None, raw: bytes) -> tuple[Reply, bytes]:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        with self._lock:
+            self.received.append(Received(path, authorization, body))
+            held = self.hold_from is not None and len(self.received) >= self.hold_from
+            reply = self.script.pop(0) if self.script else Reply()
+        if held:
+            self.holding.set()
+            self.release.wait()
+        content = reply.body
+        if content is None:
+            size = reply.dimensions or body["dimensions"]
+            data = [
+                {"object": "embedding", "index": i, "embedding": self.vector(text, size)}
+                for i, text in enumerate(body["input"])
+            ]
+            content = {"object": "list", "data": data[::-1], "model": body["model"]}
+        return reply, json.dumps(content).encode()
+
+
+def _handler(service: FakeEmbeddingService) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 5  # a connection left open cannot hold the server's shutdown for longer
+
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            reply, content = service.answer(self.path, self.headers.get("Authorization"), raw)
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@contextmanager
+def serving(service: FakeEmbeddingService) -> Iterator[FakeEmbeddingService]:
+    """Serve `service` on a loopback port (its `base_url`) until the block ends."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(service))
+    server.daemon_threads = False  # so that server_close() waits for the request threads
+    service.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield service
+    finally:
+        service.release.set()  # a held request ends, so that the server can stop
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
