@@ -46,12 +46,17 @@ def unit_vector(*hot: int) -> list[float]:
     return vector
 
 
-async def create_database(server_url: str, name: str) -> str:
-    """Create (or re-create) an empty database on the server; return its URL."""
+async def create_database(server_url: str, name: str, *, template: str | None = None) -> str:
+    """Create (or re-create) a database on the server, empty or a copy of `template`.
+
+    Returns:
+        Its URL.
+    """
     admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    copy = f' TEMPLATE "{template}"' if template else ""
     async with admin.connect() as connection:
         await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+        await connection.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     await admin.dispose()
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
@@ -64,6 +69,25 @@ async def drop_database(server_url: str, name: str) -> None:
     await admin.dispose()
 
 
+@contextmanager
+def embedding_dimensions(dimensions: int | None) -> Iterator[None]:
+    """The settings' `embedding_dimensions` is `dimensions` in the block (None: unchanged)."""
+    if dimensions is None:
+        yield
+        return
+    before = os.environ.get("EMBEDDING_DIMENSIONS")
+    os.environ["EMBEDDING_DIMENSIONS"] = str(dimensions)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["EMBEDDING_DIMENSIONS"]
+        else:
+            os.environ["EMBEDDING_DIMENSIONS"] = before
+        get_settings.cache_clear()
+
+
 @asynccontextmanager
 async def migrated_database(
     server_url: str, name: str, *, dimensions: int | None = None
@@ -73,24 +97,13 @@ async def migrated_database(
     With `dimensions`, the settings' `embedding_dimensions` is that while the database lives
     (the migration sizes the vector column from it), and as it was afterwards.
     """
-    before = os.environ.get("EMBEDDING_DIMENSIONS")
-    if dimensions is not None:
-        os.environ["EMBEDDING_DIMENSIONS"] = str(dimensions)
-        get_settings.cache_clear()
-    try:
+    with embedding_dimensions(dimensions):
         engine = await get_engine(await create_database(server_url, name))
         await migrate(engine)
         yield engine
         await finish_index_builds(engine)
         await engine.dispose()
         await drop_database(server_url, name)
-    finally:
-        if dimensions is not None:
-            if before is None:
-                del os.environ["EMBEDDING_DIMENSIONS"]
-            else:
-                os.environ["EMBEDDING_DIMENSIONS"] = before
-            get_settings.cache_clear()
 
 
 async def run(session: AsyncSession, sql: str, **params: Any) -> CursorResult[Any]:

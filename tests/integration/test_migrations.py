@@ -74,6 +74,15 @@ RETRIEVAL_FUNCTIONS = {
     "memory_relevance",
     "memory_embedding_models",
 }
+EMBEDDER_MIGRATION_FUNCTIONS = {
+    "memory_embedder_change",
+    "memory_embedder_migration",
+    "trigger_clear_memory_embedding_next",
+    "begin_memory_embedder_migration",
+    "switch_memory_embedder",
+    "switch_memory_embedder_of_team",
+    "end_memory_embedder_migration",
+}
 ALL_FUNCTIONS = (
     FUNCTIONS
     | SEARCH_FUNCTIONS
@@ -81,6 +90,7 @@ ALL_FUNCTIONS = (
     | TENANCY_FUNCTIONS
     | TEAM_SEARCH_FUNCTIONS
     | RETRIEVAL_FUNCTIONS
+    | EMBEDDER_MIGRATION_FUNCTIONS
 )
 TRIGGERS = {
     ("user", "trg_user_updated_at"),
@@ -95,6 +105,8 @@ TRIGGERS = {
     ("memory_log", "trg_memory_log_no_truncate"),
 }
 RETRIEVAL_TRIGGERS = {("memory", "trg_memory_text_config")}
+EMBEDDER_MIGRATION_TRIGGERS = {("memory", "trg_memory_embedding_next")}
+"""While an embedder migration is in progress only."""
 TEAM_RULE_TRIGGERS = {
     ("memory", "fk_memory_agent_team"),
     ("memory", "fk_memory_source_conversation_team"),
@@ -403,3 +415,39 @@ async def test_0014_reads_team_wide_memories_in_their_teams_language(
     await run_alembic(lambda config: command.downgrade(config, "0013"), empty_engine)
     async with empty_engine.connect() as connection:
         assert await rows(connection, words) == [("simple", "'ada':1 'running':3 'was':2")]
+
+
+async def test_0016_downgrades_an_embedder_migration_in_progress(
+    empty_engine: AsyncEngine,
+) -> None:
+    """The downgrade abandons it; 0015's definition of a team index is back."""
+    shadow = (
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'memory'::regclass"
+        " AND attname LIKE '%\\_next' AND NOT attisdropped ORDER BY attname"
+    )
+    await migrate(empty_engine)
+    async with empty_engine.begin() as connection:
+        await connection.execute(text("SELECT begin_memory_embedder_migration(12, 'm', NULL)"))
+        assert await rows(connection, "SELECT * FROM memory_embedder_migration()") == [
+            ("m", 12, None)
+        ]
+        assert await rows(connection, shadow) == [("embedding_model_next",), ("embedding_next",)]
+        assert await our_triggers(connection) == (
+            TRIGGERS | TEAM_KEY_TRIGGERS | RETRIEVAL_TRIGGERS | EMBEDDER_MIGRATION_TRIGGERS
+        )
+
+    await run_alembic(lambda config: command.downgrade(config, "0015"), empty_engine)
+    async with empty_engine.connect() as connection:
+        assert await rows(connection, shadow) == []
+        assert await our_functions(connection) == ALL_FUNCTIONS - EMBEDDER_MIGRATION_FUNCTIONS
+        assert await our_triggers(connection) == TRIGGERS | TEAM_KEY_TRIGGERS | RETRIEVAL_TRIGGERS
+        [(definition,)] = await rows(
+            connection,
+            "SELECT memory_team_index_definition(gen_random_uuid(), 3, true)",
+        )
+    assert " CONCURRENTLY " in str(definition) and "(embedding vector_cosine_ops)" in str(
+        definition
+    )
+
+    await migrate(empty_engine)
+    await run_alembic(command.check, empty_engine)
