@@ -202,6 +202,8 @@ class EmbeddingMigrationReport:
     """Team indexes built on the new vectors before the switch, which made them the teams'."""
     indexes_rebuilt: int
     """Team indexes built after the switch: the moved team's, or ones that came due."""
+    index_seconds: float
+    """Spent building team indexes, before and after the switch."""
     switch_seconds: float
     """How long the switch kept writes to `memory` waiting."""
     seconds: float
@@ -424,12 +426,13 @@ class _Migration:
             left, self.resumed = (await connection.execute(_COUNTS, self.parameters())).one()
         self.total = left
         await self.fill()
-        built = 0
         if self.target.team_id is None:
             async with self.autocommit() as connection:
                 await lock_index_builds(connection)
                 try:
+                    building = time.perf_counter()
                     built = await self.build_indexes(connection)
+                    index_seconds = time.perf_counter() - building
                     await self.fill()
                     switched, switch_seconds = await self.switch()
                 finally:
@@ -437,10 +440,14 @@ class _Migration:
                         text("SELECT pg_advisory_unlock(:key)"), {"key": INDEX_LOCK}
                     )
                 await connection.execute(text("ANALYZE memory"))
-            rebuilt = await index_large_teams(self.engine)
+            teams = None
         else:
+            built, index_seconds = 0, 0.0
             switched, switch_seconds = await self.switch()
-            rebuilt = await index_large_teams(self.engine, teams=[self.target.team_id])
+            teams = [self.target.team_id]
+        building = time.perf_counter()
+        rebuilt = await index_large_teams(self.engine, teams=teams)
+        index_seconds += time.perf_counter() - building
         return EmbeddingMigrationReport(
             model=self.target.model,
             dimensions=self.target.dimensions,
@@ -454,6 +461,7 @@ class _Migration:
             switched=switched,
             indexes_built=built,
             indexes_rebuilt=len(rebuilt.built),
+            index_seconds=index_seconds,
             switch_seconds=switch_seconds,
             seconds=time.perf_counter() - self.started,
         )
@@ -480,32 +488,44 @@ class _Migration:
     async def fill_pass(self, reader: AsyncConnection, writer: AsyncConnection) -> None:
         """Give a new vector to each memory left, in key order, a batch at a time.
 
-        With two connections, a batch is embedded while the one before it is written.
+        With two connections, a batch is embedded while the next one is read and the one
+        before it written.
         """
-        key: tuple[uuid.UUID, uuid.UUID] | None = (self.keys["team_from"], _NIL)
+        concurrent = reader is not writer
+        rows = await self.fetch(reader, (self.keys["team_from"], _NIL))
+        reading: asyncio.Task[Sequence[Any]] | None = None
         writing: asyncio.Task[None] | None = None
         try:
-            while key is not None:
-                parameters = self.parameters(
-                    team_from=key[0], id_from=key[1], batch=self.batch_size
-                )
-                rows = (await reader.execute(_FETCH, parameters)).all()
-                if not rows:
-                    break
-                key = (
-                    _next_key(rows[-1].team_id, rows[-1].id)
-                    if len(rows) == self.batch_size
-                    else None
-                )
+            while rows:
+                after = _next_key(rows[-1].team_id, rows[-1].id)
+                if len(rows) < self.batch_size:
+                    after = None
+                if concurrent:
+                    reading = asyncio.create_task(self.fetch(reader, after))
+                    # The read and the write go out before an embedder that computes in
+                    # this thread holds the event loop.
+                    await asyncio.sleep(0)
                 vectors = await self.embed([row.content for row in rows if not row.kept])
                 if writing is not None:
                     await writing
                 writing = asyncio.create_task(self.write(writer, rows, vectors))
-                if reader is writer:
+                if not concurrent:
                     await writing
+                rows = await (reading or self.fetch(reader, after))
+                reading = None
         finally:
-            if writing is not None:
-                await writing
+            for task in (reading, writing):
+                if task is not None:
+                    await task
+
+    async def fetch(
+        self, connection: AsyncConnection, key: tuple[uuid.UUID, uuid.UUID] | None
+    ) -> Sequence[Any]:
+        """The batch of memories left from `key` on (None: none)."""
+        if key is None:
+            return []
+        parameters = self.parameters(team_from=key[0], id_from=key[1], batch=self.batch_size)
+        return (await connection.execute(_FETCH, parameters)).all()
 
     async def embed(self, texts: list[str]) -> list[NDArray[np.float32]]:
         """The texts' vectors, in one call of the embedder, each checked."""

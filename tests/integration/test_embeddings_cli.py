@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,8 @@ def stub_vector(text: str, dimensions: int) -> list[float]:
     return HashingEmbedder(dimensions).embed_one(f"stub {text}")
 
 
-@pytest.fixture
-async def store(server_url: str) -> AsyncIterator[AsyncEngine]:
+@asynccontextmanager
+async def populated(server_url: str) -> AsyncIterator[AsyncEngine]:
     """A committed store of its own: a team with its index, a small one."""
     name = f"skill_store_embeddings_cli_{uuid.uuid4().hex[:8]}"
     async with migrated_database(server_url, name, dimensions=DIMENSIONS) as engine:
@@ -77,6 +78,19 @@ async def store(server_url: str) -> AsyncIterator[AsyncEngine]:
                 )
             await session.commit()
         await finish_index_builds(engine)
+        yield engine
+
+
+@pytest.fixture
+async def store(server_url: str) -> AsyncIterator[AsyncEngine]:
+    async with populated(server_url) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+async def unchanged_store(server_url: str) -> AsyncIterator[AsyncEngine]:
+    """For the commands that must change nothing."""
+    async with populated(server_url) as engine:
         yield engine
 
 
@@ -206,11 +220,11 @@ async def test_a_killed_migration_resumes_and_finishes(
 
 
 @pytest.fixture
-def run(store: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def run(unchanged_store: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The command in this process, with these settings (the offline embedder by default)."""
 
     def invoke(*args: str, **settings: str) -> Result:
-        for name, value in environment(store, DIMENSIONS, **settings).items():
+        for name, value in environment(unchanged_store, DIMENSIONS, **settings).items():
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("EMBEDDING_API_KEY", raising=False)
         get_settings.cache_clear()
@@ -247,17 +261,17 @@ async def everything(engine: AsyncEngine) -> dict[str, tuple[int, str]]:
     ids=["nothing-to-do", "one-team-new-dimension", "unknown-team", "too-many", "batch-size"],
 )
 async def test_a_refusal_is_one_line_and_changes_nothing(
-    store: AsyncEngine, run: Any, args: list[str], settings: dict[str, str], message: str
+    unchanged_store: AsyncEngine, run: Any, args: list[str], settings: dict[str, str], message: str
 ) -> None:
-    before = await everything(store)
+    before = await everything(unchanged_store)
     result = await asyncio.to_thread(run, "migrate", *args, **settings)
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith(message), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stdout == ""
-    assert await everything(store) == before
+    assert await everything(unchanged_store) == before
 
 
-async def test_abandon_without_a_migration_says_so(store: AsyncEngine, run: Any) -> None:
+async def test_abandon_without_a_migration_says_so(run: Any) -> None:
     result = await asyncio.to_thread(run, "abandon")
     assert (result.exit_code, result.stdout) == (0, "no embedder migration to abandon\n")
