@@ -43,6 +43,7 @@ from skill_store import (
     TeamRepository,
     UserCreate,
     UserRepository,
+    finish_index_builds,
     get_engine,
     get_session_factory,
     index_large_teams,
@@ -171,7 +172,13 @@ async def load(engine: AsyncEngine, options: Options, layout: str) -> tuple[int,
                 item | {"embedding_model": OLD_MODEL} for item in chunk
             )
             await session.commit()
-    return len(world.teams), len((await index_large_teams(engine)).built)
+    await finish_index_builds(engine)  # the builds the loads' commits started
+    await index_large_teams(engine)
+    async with engine.connect() as connection:
+        indexed = await connection.execute(
+            text("SELECT count(*) FROM team AS t WHERE (memory_team_index(t.id)).covers >= 0")
+        )
+        return len(world.teams), int(indexed.scalar_one())
 
 
 async def measure(options: Options, layout: str, name: str, embedder: Embedder, url: str) -> Result:
