@@ -100,8 +100,21 @@ class World:
         if len(ids) != len(kinds):
             raise ValueError(f"{len(kinds)} team ids needed, got {len(ids)}")
         for team_id, kind in zip(ids, kinds, strict=True):
-            topics = rng.choice(TOPICS, size=min(TOPICS, 3 + kind.rows // 500), replace=False)
-            self.teams.append(Team(team_id, kind.name, kind.rows, topics))
+            self.teams.append(Team(team_id, kind.name, kind.rows, self.topics_of(kind.rows, rng)))
+
+    def topics_of(self, rows: int, rng: np.random.Generator) -> NDArray[np.int64]:
+        """Topics for a team of `rows` memories: more for a larger team, at most half of all.
+
+        So every team, however large, can be asked about topics it does not hold.
+        """
+        return rng.choice(TOPICS, size=min(TOPICS // 2, 3 + rows // 500), replace=False)
+
+    def team_memories(
+        self, team: Team, count: int, chunk: int, seed: int
+    ) -> Iterator[list[dict[str, Any]]]:
+        """`count` more memories of one team (which need not be among `teams`), in chunks."""
+        rng = np.random.default_rng(seed)
+        yield from self._rows([team] * count, chunk, rng)
 
     def memories(self, chunk: int) -> Iterator[list[dict[str, Any]]]:
         """Every memory as `MemoryCreate` data (embedding a float32 array), in chunks, shuffled.
@@ -113,29 +126,30 @@ class World:
             [np.full(team.rows, index, dtype=np.int64) for index, team in enumerate(self.teams)]
         )
         rng.shuffle(owners)
-        yield from self._rows(owners, chunk, rng)
+        yield from self._rows([self.teams[index] for index in owners], chunk, rng)
 
     def extra(self, count: int, chunk: int, seed: int) -> Iterator[list[dict[str, Any]]]:
         """`count` more memories of random teams (chosen in proportion to their size)."""
         rng = np.random.default_rng(seed)
         sizes = np.array([team.rows for team in self.teams], dtype=np.float64)
         owners = rng.choice(len(self.teams), size=count, p=sizes / sizes.sum())
-        yield from self._rows(owners, chunk, rng)
+        yield from self._rows([self.teams[index] for index in owners], chunk, rng)
 
     def _rows(
-        self, owners: NDArray[np.int64], chunk: int, rng: np.random.Generator
+        self, owners: list[Team], chunk: int, rng: np.random.Generator
     ) -> Iterator[list[dict[str, Any]]]:
+        """Memories of the `owners` (a team a memory), `chunk` at a time."""
         for start in range(0, len(owners), chunk):
             members = owners[start : start + chunk]
-            topics = np.array([rng.choice(self.teams[index].topics) for index in members])
+            topics = np.array([rng.choice(team.topics) for team in members])
             vectors = self.around(topics, rng)
             rows = []
-            for offset, (index, topic) in enumerate(zip(members, topics, strict=True)):
+            for offset, (team, topic) in enumerate(zip(members, topics, strict=True)):
                 number = start + offset
                 words = rng.choice(WORDS, size=int(rng.integers(8, 40)))
                 rows.append(
                     {
-                        "team_id": self.teams[index].id,
+                        "team_id": team.id,
                         "memory_type": MEMORY_TYPES[number % len(MEMORY_TYPES)],
                         "content": f"topic {topic} note {number}: {' '.join(words)}",
                         "subject": f"topic {topic}" if number % 3 == 0 else None,

@@ -1,9 +1,12 @@
 """The benchmark suite: `python -m bench --help`.
 
 For each size it creates a database, loads synthetic memories half through
-`MemoryRepository.add_many` and half through raw asyncpg `COPY`, builds the HNSW index,
-then measures searches, single-row latencies and inserts into the indexed table, and
-prints one table for the whole run. See BENCHMARKS.md.
+`MemoryRepository.add_many` and half through raw asyncpg `COPY`, builds the large teams'
+indexes, then measures searches and `retrieve` (own-topic and crowded queries), single-row
+latencies, small loads into indexed teams, `maintain`, and the day two of a team that grows
+and is bulk-loaded; with `--one-team`, the searches of one team of that size too. It prints
+one table for the whole run, every figure of ours beside a raw asyncpg baseline. See
+BENCHMARKS.md.
 """
 
 import argparse
@@ -11,6 +14,7 @@ import asyncio
 import collections
 import functools
 import json
+import math
 import os
 import platform
 import re
@@ -21,7 +25,8 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,16 +39,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bench.data import WORDS, Team, World, team_classes
+from bench.data import TOPICS, WORDS, Team, TeamClass, World, team_classes
 from skill_store import (
     MemoryRepository,
     TeamCreate,
     TeamRepository,
     UserCreate,
     UserRepository,
+    finish_index_builds,
     get_engine,
     get_session_factory,
     index_large_teams,
+    maintain,
     migrate,
 )
 from skill_store.database import start_embedded_server
@@ -65,19 +72,43 @@ RAW_EXACT_SEARCH = (
     f"SELECT *, 1 - (embedding <=> $1) AS similarity FROM memory WHERE {RETRIEVABLE}"
     " ORDER BY similarity DESC, id LIMIT $3"
 )
-# The team is a literal, as the planner must see it to pick the team's partial index.
+# The bare query on a team's index: its key and the load batches its indexes hold are
+# literals, as the planner must see them to pick the team's partial index, and the
+# expression names the column's dimension. HNSW_ORDER for its HNSW index, IVF_ORDER for its
+# IVF index.
 RAW_INDEX_SEARCH = (
     "SELECT *, 1 - (embedding <=> $1) AS similarity FROM memory WHERE"
-    f" {RETRIEVABLE.replace('$2', '{team}')} AND $2::uuid IS NOT NULL"
-    " ORDER BY embedding <=> $1 LIMIT $3"
+    " memory_team_key(team_id) = {key} AND coalesce(load_batch, 0) <= {covers} AND"
+    f" {RETRIEVABLE} ORDER BY {{order}} LIMIT $3"
+)
+HNSW_ORDER = "embedding::halfvec({dimensions}) <=> $1::halfvec({dimensions})"
+IVF_ORDER = (
+    "l2_normalize(embedding)::halfvec({dimensions}) <-> l2_normalize($1)::halfvec({dimensions})"
+)
+WIDE_MIN_PROBES = 64
+"""As `search_memories` reads lists of a team's IVF index for a crowded query (migration 0016)."""
+# The SQL functions behind `search_by_embedding` and `retrieve`, called by raw asyncpg for
+# the same result rows: each hit's memory, and its similarity or its score and signals.
+RAW_SEARCH_CALL = (
+    "SELECT m.*, h.similarity, h.path FROM search_memories($1, $2, NULL, NULL, NULL, $3, NULL,"
+    f" {EXACT_SEARCH_MAX_ROWS}) AS h JOIN memory AS m ON m.team_id = $2 AND m.id = h.id"
+    " ORDER BY h.similarity DESC, h.id"
+)
+RAW_RETRIEVE_CALL = (
+    "SELECT m.*, r.score, r.semantic, r.recency, r.importance, r.continuity, r.relationship"
+    " FROM retrieve_memories($1, $4, $2, NULL, NULL, NULL, $3, greatest(50, 4 * $3), NULL,"
+    " ARRAY[0.35, 0.2, 0.2, 0.15, 0.1], 2592000, NULL, false,"
+    f" {EXACT_SEARCH_MAX_ROWS}) WITH ORDINALITY AS r JOIN memory AS m"
+    " ON m.team_id = $2 AND m.id = r.id ORDER BY r.ordinality"
 )
 PATHS = (
     "SELECT DISTINCT path FROM search_memories($1, $2, NULL, NULL, NULL, $3, NULL,"
     f" {EXACT_SEARCH_MAX_ROWS})"
 )
 LIMIT = 10
-QUERY_SEEDS = {"small": 101, "medium": 102, "large": 103}
+QUERY_SEEDS = {"small": 101, "medium": 102, "large": 103, "one": 106}
 CROWDED_SEED = 104
+DAY_TWO_SEED = 17
 RETRIEVAL_SEED = 105
 
 
@@ -102,6 +133,8 @@ class Options:
     queries: int
     samples: int
     indexed_rows: int
+    day_two: int
+    one_team: int
     database_url: str | None
     shared_buffers: str
     keep: bool
@@ -141,7 +174,21 @@ def parse(argv: Sequence[str] | None) -> Options:
         "--indexed-rows",
         type=int,
         default=1000,
-        help="rows inserted (then rolled back) into the HNSW-indexed table (default: 1000)",
+        help="rows inserted (then rolled back) into indexed teams (default: 1000)",
+    )
+    parser.add_argument(
+        "--day-two",
+        type=int,
+        default=20_000,
+        help="memories a new team grows to in one commit, then loads again into its indexes:"
+        " the day-two measurements, at the end of each size (default: 20000; 0: none)",
+    )
+    parser.add_argument(
+        "--one-team",
+        type=int,
+        default=0,
+        help="also a database of a single team of this many memories, searched with own-topic"
+        " and crowded queries (e.g. 250000; default: none)",
     )
     parser.add_argument(
         "--database-url",
@@ -165,6 +212,8 @@ def parse(argv: Sequence[str] | None) -> Options:
         queries=args.queries,
         samples=args.samples,
         indexed_rows=args.indexed_rows,
+        day_two=args.day_two,
+        one_team=args.one_team,
         database_url=args.database_url,
         shared_buffers=args.shared_buffers,
         keep=args.keep,
@@ -253,22 +302,47 @@ def megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
+@contextmanager
+def index_builds(mode: str) -> Iterator[None]:
+    """The setting `INDEX_BUILDS` while the block runs (`background` or `maintain`)."""
+    before = os.environ.get("INDEX_BUILDS")
+    os.environ["INDEX_BUILDS"] = mode
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["INDEX_BUILDS"]
+        else:
+            os.environ["INDEX_BUILDS"] = before
+        get_settings.cache_clear()
+
+
 # -- the benchmark --------------------------------------------------------------------
 
 
 class Bench:
     """One size: a database of `size` memories and its measurements."""
 
-    def __init__(self, options: Options, size: int, url: str, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        options: Options,
+        size: int,
+        url: str,
+        engine: AsyncEngine,
+        classes: list[TeamClass] | None = None,
+    ) -> None:
         self.options = options
         self.size = size
         self.url = url
         self.engine = engine
         self.factory: async_sessionmaker[AsyncSession] = get_session_factory(engine)
-        self.world = World(options.dimensions, team_classes(size))
+        self.world = World(options.dimensions, classes or team_classes(size))
+        self.team_indexes: dict[uuid.UUID, tuple[int, int, int]] = {}
         self.rows: list[Row] = []
         self.raw: Any = None
         self.latency_team: uuid.UUID | None = None
+        self.owner: uuid.UUID | None = None
 
     def add(
         self, measurement: str, ours: str, raw: str = "", ratio: str = "", notes: str = ""
@@ -283,17 +357,26 @@ class Bench:
         try:
             await self.check_dimensions()
             await self.create_teams()
-            await self.load()
+            with index_builds("maintain"):  # the load is timed without builds beside it
+                await self.load()
             await self.raw.execute("VACUUM ANALYZE memory")
             await self.raw.execute("VACUUM ANALYZE memory_tag")
             await self.build()
+            kinds = [kind.name for kind in self.world.classes]
             for crowded in (False, True):
-                for kind in ("small", "medium", "large"):
+                for kind in kinds:
                     await self.search(kind, crowded)
-            for kind in ("small", "medium", "large"):
-                await self.retrieval(kind)
+            for crowded in (False, True):
+                for kind in kinds:
+                    await self.retrieval(kind, crowded)
+            if kinds == ["one"]:
+                return self.rows
+            await self.small_team_overhead()
             await self.single_rows()
             await self.indexed_inserts()
+            await self.maintenance()
+            if self.options.day_two:
+                await self.day_two(self.options.day_two)
         finally:
             await self.raw.close()
         return self.rows
@@ -330,6 +413,7 @@ class Bench:
             await session.commit()
         self.world.add_teams(ids)
         self.latency_team = latency.id
+        self.owner = owner.id
 
     # -- bulk insert ----------------------------------------------------------------------
 
@@ -405,7 +489,7 @@ class Bench:
         )
 
     async def indexed_inserts(self) -> None:
-        """Inserts into the table with its HNSW index, rolled back."""
+        """Small loads into indexed teams (into their graphs, row by row), rolled back."""
         count = self.options.indexed_rows
         if count <= 0:
             return
@@ -416,46 +500,39 @@ class Bench:
         ours = ours_rows / ours_seconds
         raw = raw_rows / raw_seconds
         self.add(
-            "bulk insert into HNSW-indexed table (rows/s)",
+            "bulk insert into indexed teams, small loads (rows/s)",
             f"{ours:,.0f} rows/s",
             f"{raw:,.0f} rows/s",
             f"{ours / raw:.0%}",
-            f"{count:,} rows in {chunk:,}-row transactions, rolled back",
+            f"{count:,} rows in {chunk:,}-row transactions (each team's share below the load"
+            " batch bound: into the HNSW and IVF indexes row by row), rolled back",
         )
 
     # -- index ----------------------------------------------------------------------------
 
     async def build(self) -> None:
-        """Build each large team's HNSW index, and a halfvec one of all rows for comparison."""
-        seconds = await timed(lambda: index_large_teams(self.engine))
+        """Build each large team's indexes, and report their sizes beside the table's."""
+        with index_builds("maintain"):
+            seconds = await timed(lambda: index_large_teams(self.engine))
         sizes = await self.raw.fetch(
-            "SELECT pg_relation_size(indexrelid) AS size, reltuples FROM pg_index"
+            "SELECT pg_relation_size(indexrelid) AS size, reltuples,"
+            " split_part(relname, '_', 5) <> '' AS ivf FROM pg_index"
             " JOIN pg_class ON pg_class.oid = indexrelid"
             " WHERE indrelid = 'memory'::regclass AND relname LIKE 'memory\\_team\\_%'"
         )
-        size = sum(row["size"] for row in sizes)
-        indexed = sum(row["reltuples"] for row in sizes)
+        hnsw = [row for row in sizes if not row["ivf"]]
+        ivf = [row for row in sizes if row["ivf"]]
+        indexed = sum(row["reltuples"] for row in hnsw)
+        hnsw_size = sum(row["size"] for row in hnsw)
+        ivf_size = sum(row["size"] for row in ivf)
         self.add(
-            f"HNSW build, vector({self.options.dimensions}), one index per large team",
+            f"index build, halfvec({self.options.dimensions}), HNSW + IVF per large team",
             f"{seconds:.1f} s",
-            notes=f"{len(sizes)} indexes, {indexed:,.0f} rows, {megabytes(size)};"
-            " index_large_teams (CONCURRENTLY), m=16, ef_construction=64",
+            notes=f"{len(hnsw)} teams, {indexed:,.0f} rows; index_large_teams (CONCURRENTLY);"
+            f" HNSW (m=16, ef_construction=64) {megabytes(hnsw_size)},"
+            f" {hnsw_size / max(indexed, 1):,.0f} B a memory; IVF (a list a 125 memories)"
+            f" {megabytes(ivf_size)}, {ivf_size / max(indexed, 1):,.0f} B a memory",
         )
-        await self.raw.execute("SET maintenance_work_mem = '2GB'")
-        half = (
-            "CREATE INDEX bench_memory_embedding_half ON memory USING hnsw"
-            f" ((embedding::halfvec({self.options.dimensions})) halfvec_cosine_ops)"
-            " WITH (m = 16, ef_construction = 64)"
-        )
-        seconds = await timed(lambda: self.raw.execute(half))
-        half_size = await relation_size(self.raw, "bench_memory_embedding_half")
-        self.add(
-            f"HNSW build, halfvec({self.options.dimensions}), all {self.world.total:,} rows",
-            f"{seconds:.1f} s",
-            notes=f"index {megabytes(half_size)}; for sizing only, not used",
-        )
-        await self.raw.execute("DROP INDEX bench_memory_embedding_half")
-        await self.raw.execute("RESET maintenance_work_mem")
         heap = await relation_size(self.raw, "memory")
         toast = await self.raw.fetchval(
             "SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE relname = 'memory'"
@@ -475,44 +552,69 @@ class Bench:
             rows = await self.raw.fetch(EXACT_TOP, vector, team_id, LIMIT)
         return [row["id"] for row in rows]
 
-    async def raw_search(self, team_id: uuid.UUID, vector: list[float], exact: bool) -> float:
-        """Seconds for the search written by hand, for the path the team takes, by raw asyncpg.
+    async def raw_search(self, team_id: uuid.UUID, vector: list[float], path: str) -> float:
+        """Seconds for the search written by hand, for the path the query takes, by raw asyncpg.
 
-        The path is known beforehand (no candidate count) and the settings are `SET LOCAL`s.
+        The path is known beforehand (no candidate count, no contrast check, no re-ranking)
+        and the settings are `SET LOCAL`s: `exact` the exact scan; `index` the bare query on
+        the team's HNSW index; `wide` the bare query on its IVF index, reading as many lists.
         """
+        if path == "exact":
+            statement, settings = RAW_EXACT_SEARCH, ""
+        else:
+            if team_id not in self.team_indexes:
+                self.team_indexes[team_id] = tuple(
+                    await self.raw.fetchrow(
+                        "SELECT memory_team_key($1), x.covers, x.lists"
+                        " FROM memory_team_index($1) AS x",
+                        team_id,
+                    )
+                )
+            key, covers, lists = self.team_indexes[team_id]
+            order = HNSW_ORDER if path == "index" else IVF_ORDER
+            statement = RAW_INDEX_SEARCH.format(
+                key=key, covers=covers, order=order.format(dimensions=self.options.dimensions)
+            )
+            probes = min(lists, max(WIDE_MIN_PROBES, math.ceil(3 * math.sqrt(lists))))
+            settings = (
+                "SET LOCAL hnsw.ef_search = 100; SET LOCAL hnsw.iterative_scan = strict_order;"
+                if path == "index"
+                else f"SET LOCAL ivfflat.probes = {probes};"
+                " SET LOCAL ivfflat.iterative_scan = relaxed_order;"
+            ) + " SET LOCAL enable_sort = off"
 
         async def work() -> None:
             async with self.raw.transaction():
-                if exact:
-                    await self.raw.fetch(RAW_EXACT_SEARCH, vector, team_id, LIMIT)
-                else:
-                    await self.raw.execute(
-                        "SET LOCAL hnsw.ef_search = 100;"
-                        " SET LOCAL hnsw.iterative_scan = strict_order;"
-                        " SET LOCAL enable_sort = off"
-                    )
-                    statement = RAW_INDEX_SEARCH.format(team=f"'{team_id}'")
-                    await self.raw.fetch(statement, vector, team_id, LIMIT)
+                if settings:
+                    await self.raw.execute(settings)
+                await self.raw.fetch(statement, vector, team_id, LIMIT)
 
         return await timed(work)
 
     def crowded_queries(self, kind: str, count: int) -> list[tuple[Team, list[float]]]:
-        """Queries to teams of the class about the topics of the first large team.
+        """Queries to teams of the class about topics they do not hold.
 
-        That team's 25,000 memories lie nearer such a query than any of the asked team's.
+        In the world of several classes, the topics of the first large team: its 25,000
+        memories lie nearer such a query than any of the asked team's. In all, the asked
+        team's memories are all about equally far from it.
         """
-        crowd = self.world.of_class("large")[0]
+        large = self.world.of_class("large")
         rng = np.random.default_rng(CROWDED_SEED)
-        teams = [team for team in self.world.of_class(kind) if team.id != crowd.id]
+        teams = [team for team in self.world.of_class(kind) if not large or team is not large[0]]
         chosen = [teams[int(rng.integers(len(teams)))] for _ in range(count)]
-        vectors = self.world.around(rng.choice(crowd.topics, size=count), rng)
+        topics = []
+        for team in chosen:
+            pool = large[0].topics if large else np.arange(TOPICS)
+            foreign = np.setdiff1d(pool, team.topics)
+            topics.append(int(rng.choice(foreign)))
+        vectors = self.world.around(np.array(topics), rng)
         return [(team, vector.tolist()) for team, vector in zip(chosen, vectors, strict=True)]
 
     async def search(self, kind: str, crowded: bool) -> None:
         """Filtered top-10 search in teams of one class: latency, recall@10 and paths."""
         teams = self.world.of_class(kind)
         rows = teams[0].rows
-        exact = rows <= EXACT_SEARCH_MAX_ROWS
+        path = "exact" if rows <= EXACT_SEARCH_MAX_ROWS else "wide" if crowded else "index"
         count = self.options.queries
         if crowded:
             queries = self.crowded_queries(kind, count)
@@ -539,11 +641,11 @@ class Bench:
             # Alternate who goes first, so that neither always finds the pages the other read.
             if number % 2:
                 ours.append(await timed(work))
-                raw.append(await self.raw_search(team.id, vector, exact))
+                raw.append(await self.raw_search(team.id, vector, path))
             else:
-                raw.append(await self.raw_search(team.id, vector, exact))
+                raw.append(await self.raw_search(team.id, vector, path))
                 ours.append(await timed(work))
-            scans.append(await self.raw_search(team.id, vector, exact=True))
+            scans.append(await self.raw_search(team.id, vector, "exact"))
             truth = await self.exact_top(team.id, vector)
             recalls.append(len(set(found) & set(truth)) / len(truth))
             if number >= len(warmup):
@@ -562,14 +664,17 @@ class Bench:
             f" {len(teams)} team(s), {len(queries)} queries",
         )
 
-    async def retrieval(self, kind: str) -> None:
-        """`retrieve` top-10 beside `search_by_embedding` top-10 on the same own-topic queries.
+    async def retrieval(self, kind: str, crowded: bool) -> None:
+        """`retrieve` top-10 beside `search_by_embedding` top-10 on the same queries.
 
         The text of each query is four of the data's thirty words, which nearly every memory
         of a team holds: lexical recall scores most of the team's memories.
         """
         teams = self.world.of_class(kind)
-        queries = self.world.queries(kind, self.options.queries, seed=QUERY_SEEDS[kind])
+        if crowded:
+            queries = self.crowded_queries(kind, self.options.queries)
+        else:
+            queries = self.world.queries(kind, self.options.queries, seed=QUERY_SEEDS[kind])
         rng = np.random.default_rng(RETRIEVAL_SEED)
         texts = [" ".join(rng.choice(WORDS, size=4)) for _ in queries]
         retrieving: list[float] = []
@@ -598,13 +703,163 @@ class Bench:
                 (retrieving if call is retrieve else searching).append(await timed(call))
         retrieving, searching = retrieving[warmup:], searching[warmup:]
         self.add(
-            f"retrieve top-10, {kind} teams ({teams[0].rows:,} rows)",
+            f"retrieve top-10, {kind} teams ({teams[0].rows:,} rows),"
+            f" {'crowded' if crowded else 'own-topic'} queries",
             latency(retrieving),
             latency(searching),
             ratio(retrieving, searching),
             "the middle column is search_by_embedding top-10 (not raw SQL) on the same"
-            f" own-topic queries; text: 4 of the data's 30 words; {len(queries)} queries",
+            f" queries; text: 4 of the data's 30 words; {len(queries)} queries",
         )
+
+    # -- day two -------------------------------------------------------------------------
+
+    async def maintenance(self) -> None:
+        """`maintain` on the loaded store: its wall time and what it did."""
+        report = await maintain(self.engine)
+        self.add(
+            "maintain wall time",
+            f"{report.seconds:.1f} s",
+            notes=f"retention {report.conversations_deleted} conversations, expiry"
+            f" {report.memories_expired} memories, {len(report.indexes_built)} team indexes"
+            f" built, {report.indexes_dropped} dropped, VACUUM ANALYZE of"
+            f" {len(report.tables_analyzed)} tables",
+        )
+
+    async def day_two(self, count: int) -> None:
+        """A new team grows to `count` memories in one commit; then `count` more are loaded.
+
+        Both times counted until its searches run through its indexes again, which the
+        writing process builds in the background; beside a raw COPY into the indexed team
+        (a sample of its rows, rolled back), which keeps the indexes row by row.
+        """
+        assert self.owner is not None
+        async with self.factory() as session:
+            created = await TeamRepository(session).create(
+                TeamCreate(name="Day two", slug="day-two", owner_id=self.owner)
+            )
+            await session.commit()
+        rng = np.random.default_rng(DAY_TWO_SEED)
+        team = Team(created.id, "day-two", count, self.world.topics_of(count, rng))
+        query = self.world.around(np.array([team.topics[0]]), rng)[0].tolist()
+
+        async def load(seed: int) -> tuple[float, float]:
+            """Seconds to commit `count` memories of the team, and until indexed speed."""
+            [items] = self.world.team_memories(team, count, count, seed=seed)
+            started = time.perf_counter()
+            async with self.factory() as session:
+                await MemoryRepository(session).add_many(items)
+                await session.commit()
+            committed = time.perf_counter()
+            await finish_index_builds(self.engine)
+            path = await self.raw.fetchval(PATHS, query, team.id, LIMIT)
+            if path != "index":
+                raise SystemExit(f"the day-two team is searched by the path {path!r}, not index")
+            return committed - started, time.perf_counter() - committed
+
+        with index_builds("background"):
+            load_seconds, index_seconds = await load(seed=DAY_TWO_SEED + 1)
+            self.add(
+                f"a team grows to {count:,} memories: commit to indexed speed",
+                f"{index_seconds:.1f} s",
+                notes=f"add_many of {count:,} in one transaction ({load_seconds:.1f} s), then the"
+                " writer's background build of the team's HNSW and IVF indexes (before: exact"
+                " searches until someone ran `skill-store db index`)",
+            )
+            sample = max(1, min(2_000, count // 10))
+            [items] = self.world.team_memories(team, sample, sample, seed=DAY_TWO_SEED + 2)
+            raw_rate = sample / await self.insert_raw(items, commit=False)
+            load_seconds, index_seconds = await load(seed=DAY_TWO_SEED + 3)
+        rate = count / (load_seconds + index_seconds)
+        self.add(
+            f"bulk insert of {count:,} into an indexed team of {count:,}, until indexed speed"
+            " (rows/s)",
+            f"{rate:,.0f} rows/s",
+            f"{raw_rate:,.0f} rows/s",
+            f"{rate / raw_rate:.2f}x",
+            f"add_many beside the indexes ({load_seconds:.1f} s), then new indexes built in the"
+            f" background ({index_seconds:.1f} s); raw: COPY of {sample:,} rows into the"
+            " indexed team (into both indexes row by row), rolled back",
+        )
+
+    # -- the package's own cost --------------------------------------------------------
+
+    async def small_team_overhead(self) -> None:
+        """`search_by_embedding` and `retrieve` on small teams beside raw SQL function calls.
+
+        The raw calls return the same rows (each hit's memory, and its scores): what the
+        package adds where a search costs least. In one open session, and a session a call.
+        """
+        queries = self.world.queries("small", self.options.queries, seed=QUERY_SEEDS["small"])
+        rng = np.random.default_rng(RETRIEVAL_SEED)
+        texts = [" ".join(rng.choice(WORDS, size=4)) for _ in queries]
+        asked = [
+            (team, vector, words) for (team, vector), words in zip(queries, texts, strict=True)
+        ]
+        for retrieving in (False, True):
+            for per_call in (False, True):
+                ours: list[float] = []
+                raw: list[float] = []
+                async with self.factory() as session:
+                    for number, (team, vector, words) in enumerate(asked):
+                        calls = [
+                            (
+                                ours,
+                                self.call_ours(session, per_call, retrieving, team, vector, words),
+                            ),
+                            (raw, self.call_raw(retrieving, team, vector, words)),
+                        ]
+                        for seconds, work in calls if number % 2 else calls[::-1]:
+                            seconds.append(await timed(work))
+                self.add(
+                    f"{'retrieve' if retrieving else 'search_by_embedding'} top-10, small teams"
+                    f" (100 rows), {'a session per call' if per_call else 'one open session'}",
+                    latency(ours[5:]),
+                    latency(raw[5:]),
+                    ratio(ours[5:], raw[5:]),
+                    "raw: the same SQL function called by asyncpg for the same rows (each hit's"
+                    " memory and its scores); own-topic queries",
+                )
+
+    def call_ours(
+        self,
+        session: AsyncSession,
+        per_call: bool,
+        retrieving: bool,
+        team: Team,
+        vector: list[float],
+        words: str,
+    ) -> Callable[[], Awaitable[Any]]:
+        """A search or a retrieval of ours, in `session` or in a session of its own."""
+
+        async def work() -> None:
+            if per_call:
+                async with self.factory() as own:
+                    await self.ours(own, retrieving, team, vector, words)
+            else:
+                await self.ours(session, retrieving, team, vector, words)
+
+        return work
+
+    async def ours(
+        self, session: AsyncSession, retrieving: bool, team: Team, vector: list[float], words: str
+    ) -> None:
+        """`retrieve` or `search_by_embedding` top-10 in `session`."""
+        memories = MemoryRepository(session)
+        if retrieving:
+            await memories.retrieve(words, team_id=team.id, query_embedding=vector, limit=LIMIT)
+        else:
+            await memories.search_by_embedding(vector, team.id, limit=LIMIT)
+
+    def call_raw(
+        self, retrieving: bool, team: Team, vector: list[float], words: str
+    ) -> Callable[[], Awaitable[Any]]:
+        """The raw call of the SQL function behind the search or the retrieval."""
+        if retrieving:
+            return functools.partial(
+                self.raw.fetch, RAW_RETRIEVE_CALL, vector, team.id, LIMIT, words
+            )
+        return functools.partial(self.raw.fetch, RAW_SEARCH_CALL, vector, team.id, LIMIT)
 
     # -- single rows ----------------------------------------------------------------------
 
@@ -744,17 +999,23 @@ async def run(options: Options) -> None:
         server_url = await start_server(temporary / "pgdata", options.shared_buffers)
     rows: list[Row] = []
     versions = ("?", "?", "?")
+    worlds: list[tuple[str, int, list[TeamClass] | None]] = [
+        (f"skill_store_bench_{size}", size, None) for size in options.sizes
+    ]
+    if options.one_team:
+        one = options.one_team
+        worlds.append((f"skill_store_bench_one_{one}", one, [TeamClass("one", 1, one)]))
     try:
-        for size in options.sizes:
-            name = f"skill_store_bench_{size}"
+        for name, size, classes in worlds:
             url = await create_database(server_url, name)
             engine = await get_engine(url)
             try:
                 await migrate(engine)
                 versions = await server_versions(url)
                 progress(f"database {name} migrated")
-                rows += await Bench(options, size, url, engine).run()
+                rows += await Bench(options, size, url, engine, classes).run()
             finally:
+                await finish_index_builds(engine)
                 await engine.dispose()
                 if not options.keep:
                     await drop_database(server_url, name)

@@ -727,7 +727,8 @@ def import_command(
     update_existing: Annotated[
         bool,
         typer.Option(
-            "--update-existing", help="Write lines over the memories with their ids (else skip)."
+            "--update-existing",
+            help="Restore the memories with the lines' ids as the lines hold them (else skip).",
         ),
     ] = False,
 ) -> None:
@@ -735,7 +736,10 @@ def import_command(
 
     Every line is checked before anything is written; a bad line is reported with its number
     and nothing is imported. A line with the id of one of the team's memories (a file
-    exported from the team) is skipped, or with --update-existing written over that memory.
+    exported from the team) is skipped, or with --update-existing restores that memory: its
+    fields and tags become the line's (a field the line leaves out, its default), and a line
+    without an embedding is embedded. A line that would change a memory's type, agent, user,
+    source or creation date is refused.
     Progress goes to stderr: a bar on a terminal, else a line a batch.
 
     A file that is large beside the team is loaded beside the team's vector index, which is
@@ -760,7 +764,10 @@ def import_command(
 
     counts = _in_session(work)
     already = f"; updated {counts.updated}" if update_existing else f"; skipped {counts.skipped}"
-    console.print(f"imported {counts.added} memories into {team}{already} already there")
+    console.print(
+        f"imported {counts.added} memories into {team}{already} already there;"
+        f" embedded {counts.embedded} lines without an embedding"
+    )
 
 
 @memories.command("export")

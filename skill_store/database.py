@@ -2,8 +2,11 @@
 
 import asyncio
 import atexit
+import gc
 import json
+import math
 import socket
+import struct
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -13,6 +16,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]
 from pgvector.asyncpg import register_vector
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -240,11 +244,115 @@ def detect_lost_server(sock: socket.socket, settings: Settings) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-def _detect_lost_server_asyncpg(
+def awaited_futures(driver: Any) -> list[asyncio.Future[Any]]:
+    """The futures an asyncpg connection waits on: those of the operation under way, if any.
+
+    asyncpg has no public way to tell: its protocol's references, which it shows the garbage
+    collector, hold them.
+    """
+    return [
+        referent
+        for referent in gc.get_referents(driver._protocol)
+        if isinstance(referent, asyncio.Future) and not referent.done()
+    ]
+
+
+def abandon_awaited(driver: Any, error: BaseException | None = None) -> None:
+    """Mark the exceptions of the futures an asyncpg connection waits on as retrieved.
+
+    For a connection about to close: asyncio would log the exception its closing sets on
+    a future nobody awaits any more as never retrieved. With `error`, the futures' waits
+    end with it first.
+    """
+    for future in awaited_futures(driver):
+        if error is not None:
+            future.set_exception(error)
+        future.add_done_callback(_retrieved)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+"""The first message of a connection that asks for TLS: a PostgreSQL server answers it with
+one byte, before any authentication (and logs nothing when the client then leaves)."""
+
+
+async def server_answers(family: int, address: Any, within: float) -> bool:
+    """Whether the PostgreSQL server at `address` answers a new connection in time.
+
+    Args:
+        family: The socket family: `socket.AF_UNIX`, or a TCP one.
+        address: A Unix socket's path, or (host, port, ...).
+        within: Seconds to wait for the answer.
+    """
+    try:
+        async with asyncio.timeout(within):
+            if family == socket.AF_UNIX:
+                reader, writer = await asyncio.open_unix_connection(address)
+            else:
+                reader, writer = await asyncio.open_connection(*address[:2])
+            try:
+                writer.write(_SSL_REQUEST)
+                return await reader.read(1) != b""
+            finally:
+                writer.close()
+    except (TimeoutError, OSError):
+        return False
+
+
+class _SilenceWatch:
+    """Ends an asyncpg connection's operation when its server no longer answers.
+
+    Every quarter of `timeout`, it looks whether the connection waits on the server with
+    the same operation as at the last look. If so, it asks the server for one byte on a new
+    connection (`server_answers`): a busy server (a long statement) answers at once, one
+    that is stopped, frozen or cut off does not, and after half of `timeout` without an
+    answer the operation fails with `ConnectionDoesNotExistError` and the connection is
+    closed. It works on TCP and Unix sockets alike; TCP keepalive notices a host that went
+    away, not a server process that stopped, since the host's kernel answers for it.
+    """
+
+    def __init__(self, driver: Any, timeout: float) -> None:
+        self.driver = driver
+        self.timeout = timeout
+        sock = driver._transport.get_extra_info("socket")  # asyncpg has no public way
+        self.family, self.address = sock.family, sock.getpeername()
+        self.loop = asyncio.get_running_loop()
+        self.awaited: list[asyncio.Future[Any]] = []
+        self.asking: asyncio.Task[None] | None = None
+        self._look_later()
+
+    def _look_later(self) -> None:
+        self.loop.call_later(self.timeout / 4, self._look)
+
+    def _look(self) -> None:
+        if self.driver.is_closed():
+            return
+        awaited = awaited_futures(self.driver)
+        if any(future in self.awaited for future in awaited):
+            self.asking = self.loop.create_task(self._ask())
+        else:
+            self._look_later()
+        self.awaited = awaited
+
+    async def _ask(self) -> None:
+        if await server_answers(self.family, self.address, self.timeout / 2):
+            self._look_later()
+            return
+        silent = f"the server did not answer for {self.timeout:g} s (CONNECTION_LOST_TIMEOUT)"
+        abandon_awaited(self.driver, asyncpg.ConnectionDoesNotExistError(silent))
+        self.driver.terminate()
+
+
+def _watch_lost_server_asyncpg(
     settings: Settings, dbapi_connection: Any, _connection_record: Any
 ) -> None:
-    transport = dbapi_connection.driver_connection._transport  # asyncpg has no public way
-    detect_lost_server(transport.get_extra_info("socket"), settings)
+    driver = dbapi_connection.driver_connection
+    detect_lost_server(driver._transport.get_extra_info("socket"), settings)
+    _SilenceWatch(driver, settings.connection_lost_timeout.total_seconds())
 
 
 def _server_settings(settings: Settings) -> dict[str, str]:
@@ -257,10 +365,13 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
     """Create an async engine on `url`, the configured database, or the embedded server.
 
     Connections register pgvector's binary codecs, so `vector` columns round-trip as
-    `list[float]`, carry the settings' `statement_timeout`, and over TCP count as lost
-    once the server has been silent for `connection_lost_timeout` (`detect_lost_server`).
-    A pooled connection is checked before use (a server restart costs the pool nothing but
-    new connections); a connection that cannot be opened raises `DatabaseUnreachableError`.
+    `list[float]`, and carry the settings' `statement_timeout`. Within about
+    `connection_lost_timeout`, an operation whose server no longer answers fails and its
+    connection closes (`_SilenceWatch`, over TCP and Unix sockets; over TCP, keepalive
+    ends idle connections to a silent host too: `detect_lost_server`), and opening a
+    connection gives up. A pooled connection is checked before use (a server restart costs
+    the pool nothing but new connections); a connection that cannot be opened raises
+    `DatabaseUnreachableError`.
 
     Args:
         url: A PostgreSQL URL; by default `DATABASE_URL`, or the embedded server when unset.
@@ -280,11 +391,14 @@ async def get_engine(url: str | None = None, *, settings: Settings | None = None
         max_overflow=settings.database_pool_overflow,
         pool_pre_ping=True,
         hide_parameters=True,
-        connect_args={"server_settings": _server_settings(settings)},
+        connect_args={
+            "server_settings": _server_settings(settings),
+            "timeout": settings.connection_lost_timeout.total_seconds(),
+        },
     )
     event.listen(engine.sync_engine, "connect", _register_vector_types)
     event.listen(engine.sync_engine, "reset", _reset_session)
-    event.listen(engine.sync_engine, "connect", partial(_detect_lost_server_asyncpg, settings))
+    event.listen(engine.sync_engine, "connect", partial(_watch_lost_server_asyncpg, settings))
     _unreachable_on_connect(engine.sync_engine, resolved)
     return engine
 
@@ -295,6 +409,7 @@ def _libpq_options(settings: Settings) -> dict[str, Any]:
     options = " ".join(f"-c {name}={value}" for name, value in _server_settings(settings).items())
     return {
         **({"options": options} if options else {}),
+        "connect_timeout": max(2, math.ceil(settings.connection_lost_timeout.total_seconds())),
         "keepalives": 1,
         "keepalives_idle": keepalive["TCP_KEEPIDLE"],
         "keepalives_interval": keepalive["TCP_KEEPINTVL"],
@@ -325,7 +440,9 @@ def get_sync_engine(url: str | None = None, *, settings: Settings | None = None)
     """Create a synchronous engine (psycopg 3), for notebooks, scripts and `pandas.read_sql`.
 
     Use it with `sqlmodel.Session`; vectors round-trip as `list[float]` and connections
-    carry the statement timeout and the lost-connection timeout, as with `get_engine`.
+    carry the statement timeout, as with `get_engine`. Of `connection_lost_timeout`, they
+    have the connect timeout and, over TCP, the keepalive: an operation waiting on a
+    stopped server is not ended.
 
     Args:
         url: A PostgreSQL URL; by default `DATABASE_URL`, or the embedded server when unset.

@@ -2,7 +2,7 @@
 
 `migrate_embeddings` (`skill-store embeddings migrate`) gives every memory that has a vector
 a new one, the embedding of its `content` by the new embedder, while the store is in use.
-Its progress is kept in the database (migration 0016), so a run that is killed resumes where
+Its progress is kept in the database (migration 0017), so a run that is killed resumes where
 it stopped when it is run again:
 
 1. **Begin.** The shadow columns `memory.embedding_next`, of the new dimension, and
@@ -13,9 +13,10 @@ it stopped when it is run again:
    content changed since it was read. A memory already of the new model and dimension is
    copied, not embedded. Passes go on until the memories left (written or changed meanwhile)
    fit in one batch.
-3. **Indexes.** Each team that has its own index gets one on the new column, built
-   concurrently, and so does `idx_memory_embedder`. Builds take turns under `INDEX_LOCK`,
-   held until the switch, so that no other index is built meanwhile.
+3. **Indexes.** Each team that has indexes of its own gets the same on the new column, built
+   concurrently (`memory_team_index_definitions`), and so does `idx_memory_embedder`. Builds
+   take turns under `INDEX_LOCK`, held until the switch, so that no other index is built
+   meanwhile.
 4. **Switch.** One transaction locks the memory table against writes (searches go on), embeds
    the memories left, writes an audit row for each memory whose vector changes (by `MIGRATOR`,
    the reason naming both embedders), and puts the new columns and their indexes in the place
@@ -138,17 +139,20 @@ _SHADOW_INDEXES = r"""
 SELECT c.relname, i.indisvalid FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
 WHERE i.indrelid = 'memory'::regclass AND c.relname LIKE 'memory\_next\_%'"""
 
-# Teams with an index of their own and none on the new column yet; their last load batch.
-_TEAMS_TO_INDEX = text(r"""
-SELECT t.id, coalesce((SELECT max(m.load_batch) FROM memory AS m WHERE m.team_id = t.id), 0)
-FROM team AS t CROSS JOIN LATERAL memory_team_index(t.id) AS x
-WHERE x.covers IS NOT NULL
-  AND NOT EXISTS (
-      SELECT FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
-      WHERE i.indrelid = 'memory'::regclass AND i.indisvalid
-        AND c.relname LIKE 'memory\_next\_' || lpad(to_hex(memory_team_key(t.id)), 16, '0')
-                           || '\_%')
-ORDER BY t.id""")
+# The statements that build, on the new column, the indexes of each team that has its own,
+# holding its load batches so far: but those built already (their name is taken).
+_TEAM_INDEX_DEFINITIONS = text("""
+SELECT d.statement
+FROM team AS t
+CROSS JOIN LATERAL memory_team_index(t.id) AS x
+CROSS JOIN LATERAL unnest(memory_team_index_definitions(
+    t.id,
+    (SELECT coalesce(max(m.load_batch), 0) FROM memory AS m WHERE m.team_id = t.id),
+    memory_team_lists(t.id),
+    true,
+    true)) WITH ORDINALITY AS d (statement, position)
+WHERE x.covers IS NOT NULL AND to_regclass(split_part(d.statement, ' ', 4)) IS NULL
+ORDER BY t.id, d.position""")
 
 _EMBEDDER_INDEX = (
     "CREATE INDEX CONCURRENTLY memory_next_embedder ON memory (team_id, embedding_model_next)"
@@ -576,16 +580,12 @@ class _Migration:
                     await connection.exec_driver_sql(f'DROP INDEX CONCURRENTLY "{name}"')
             if not indexes.get("memory_next_embedder"):
                 await connection.exec_driver_sql(_EMBEDDER_INDEX)
-            teams = (await connection.execute(_TEAMS_TO_INDEX)).all()
-            for team, covers in teams:
-                definition = await connection.execute(
-                    text("SELECT memory_team_index_definition(:team, :covers, true, true)"),
-                    {"team": team, "covers": covers},
-                )
-                await connection.exec_driver_sql(definition.scalar_one())
+            statements = (await connection.execute(_TEAM_INDEX_DEFINITIONS)).scalars().all()
+            for statement in statements:
+                await connection.exec_driver_sql(statement)
         finally:
             await connection.execute(text("RESET maintenance_work_mem"))
-        return len(teams)
+        return len(statements)
 
     async def switch(self) -> tuple[int, float]:
         """Embed the memories left and switch, in one transaction.

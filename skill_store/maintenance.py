@@ -8,10 +8,12 @@ One run:
    messages is cleared (the audit logs the change, by `MAINTAINER` for `RETENTION_REASON`).
 2. **Expiry.** Each team's active memories past their `expires_at` are archived, as
    `MemoryRepository.expire` does.
-3. **Indexes.** Every team's own vector index that is due is built (see
-   `skill_store.team_indexes`), and those no team needs are dropped.
-4. **Statistics.** `VACUUM (ANALYZE)` of the store's tables: the planner's estimates, the
-   row counts the lexical search reads, and the full-text index's pending entries.
+3. **Statistics.** `VACUUM (ANALYZE)` of the store's tables: the planner's estimates, the
+   row counts that the lexical search and the next step read, and the full-text index's
+   pending entries.
+4. **Indexes.** Every team's own vector indexes that are due are built (see
+   `skill_store.team_indexes`: a team past the bound without them, or grown past twice the
+   rows its IVF index was made for), and those no team needs are dropped.
 
 Runs take turns: a run that finds another one going (the advisory lock
 `MAINTENANCE_LOCK`) does nothing and says so. Nobody running it costs this: conversations
@@ -144,9 +146,9 @@ async def maintain(engine: AsyncEngine, *, now: datetime | None = None) -> Maint
             )
             conversations, messages, unlinked = await _apply_retention(engine, moment)
             expired = await _expire(engine, moment)
-            indexes = await index_large_teams(engine)
             tables = [table.name for table in metadata.sorted_tables]
             await _vacuum(autocommit, tables)
+            indexes = await index_large_teams(engine)
         finally:
             await autocommit.execute(
                 text("SELECT pg_advisory_unlock(:key)"), {"key": MAINTENANCE_LOCK}

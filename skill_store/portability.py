@@ -5,7 +5,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -38,6 +38,15 @@ class ImportCounts:
     """Lines whose id the team's memories have already, left as they are."""
     updated: int = 0
     """Lines whose id the team's memories have already, written over them."""
+    embedded: int = 0
+    """Lines without an `embedding`, added or updated, embedded by the import's embedder."""
+
+
+RESTORED = frozenset(MemoryUpdate.model_fields) & frozenset(MemoryLine.model_fields)
+"""What a line with the id of one of the team's memories writes over it (`on_existing="update"`)."""
+
+KEPT = frozenset(MemoryCreate.model_fields) - RESTORED - {"team_id", "tags"}
+"""What a memory keeps from its creation (type, agent, user, source, date): a line must agree."""
 
 
 def _problem(error: ValidationError) -> str:
@@ -45,6 +54,14 @@ def _problem(error: ValidationError) -> str:
         f"{'.'.join(map(str, problem['loc'])) or 'line'}: {problem['msg']}"
         for problem in error.errors()
     )
+
+
+def _team_of(value: object) -> uuid.UUID:
+    """A line's `team_id`, in any form `uuid.UUID` reads (upper case, without dashes...)."""
+    try:
+        return uuid.UUID(value) if isinstance(value, str) else uuid.UUID(int=-1)
+    except ValueError:
+        raise ValueError(f"team_id {value!r} is not a UUID") from None
 
 
 def read_memory_file(path: Path, team_id: uuid.UUID) -> list[MemoryLine]:
@@ -71,7 +88,7 @@ def read_memory_file(path: Path, team_id: uuid.UUID) -> list[MemoryLine]:
                 data = json.loads(line)
                 if not isinstance(data, dict):
                     raise ValueError("a line must hold a JSON object")
-                if data.pop("team_id", str(team_id)) != str(team_id):
+                if _team_of(data.pop("team_id", str(team_id))) != team_id:
                     raise ValueError("team_id differs from the team imported into")
                 item = MemoryLine.model_validate({**data, "team_id": team_id})
                 if item.id is not None:
@@ -104,19 +121,26 @@ async def import_memories(
 ) -> ImportCounts:
     """Add the memories of a JSON Lines file to the team, embedding those without a vector.
 
-    A line's `embedding_model` names the model of its `embedding`; a line embedded here gets
-    `embedder`'s `model`.
+    A line's `embedding_model` names the model of its `embedding`; a line without an
+    `embedding` is embedded with `embedder`, and gets its `model`.
 
     Every line is validated before anything is written, and the file is added whole or not
     at all (in one savepoint); the caller commits. A line with the id of one of the team's
-    memories (an export imported again) is skipped, or with `on_existing="update"` its fields
-    are written over that memory's, so importing a file twice adds its memories once.
+    memories (an export imported again) is skipped, or with `on_existing="update"` restores
+    that memory as the line holds it: every field of `RESTORED` is written, those the line
+    leaves out with their defaults (importance 5, not pinned, metadata `{}`...), and the
+    memory's tags become the line's. Such a line without an `embedding` is embedded too, as
+    a new one is, so that an edited content never keeps the old content's vector. What a
+    memory keeps from its creation (`KEPT`) an import does not change: a line that says
+    otherwise is refused (`created_at` is compared when the line gives one). So importing a
+    file twice adds its memories once.
 
     Returns:
-        How many memories were added, skipped and updated.
+        How many memories were added, skipped and updated, and how many lines embedded.
 
     Raises:
-        MemoryFileError: If any line is not a valid memory (nothing is written).
+        MemoryFileError: If any line is not a valid memory, or would change what a memory
+            keeps from its creation (nothing is written).
         ConflictError: If a line names an agent, user or conversation that does not exist,
             or would update a superseded memory (nothing is written).
         ValueError: If `batch_size` is less than 1 (the file is not read).
@@ -124,22 +148,16 @@ async def import_memories(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     lines = read_memory_file(path, team_id)
-    given = [line.id for line in lines if line.id is not None]
-    # One array parameter, not one parameter an id: a file may hold more than the 32,767
-    # parameters a statement can take.
-    known = select(Memory.id).where(
-        Memory.team_id == team_id, col(Memory.id) == sa.any_(sa.cast(given, UUID_ARRAY))
-    )
-    present = set((await session.exec(known)).all())
+    present = await _present(session, team_id, lines)
     existing = {line.id: line for line in lines if line.id is not None and line.id in present}
     items = [line for line in lines if line.id not in present]
-    missing = [index for index, item in enumerate(items) if item.embedding is None]
-    for start in range(0, len(missing), EMBED_BATCH):
-        batch = missing[start : start + EMBED_BATCH]
-        vectors = await embedder.embed([items[index].content for index in batch])
-        for index, vector in zip(batch, vectors, strict=True):
-            embedded = {"embedding": vector, "embedding_model": embedder.model}
-            items[index] = items[index].model_copy(update=embedded)
+    restored = existing if on_existing == "update" else {}
+    _check_kept(path, restored, present)
+    embedded = sum(line.embedding is None for line in [*items, *restored.values()])
+    items = await _embed_missing(items, embedder)
+    restored = dict(
+        zip(restored, await _embed_missing([*restored.values()], embedder), strict=True)
+    )
     repository = MemoryRepository(session)
     done = 0
     on_progress(done, len(items))
@@ -149,13 +167,68 @@ async def import_memories(
             ids = [item.id for item in chunk]
             done += await repository.add_many(chunk, batch_size=batch_size, ids=ids)
             on_progress(done, len(items))
-        if on_existing == "update":
-            for memory_id, line in existing.items():
-                fields = line.model_dump(include=set(MemoryUpdate.model_fields), exclude_unset=True)
-                await repository.update(memory_id, fields, team_id=team_id)
+        for memory_id, line in restored.items():
+            await _restore(repository, memory_id, line)
     if on_existing == "update":
-        return ImportCounts(added=done, updated=len(existing))
-    return ImportCounts(added=done, skipped=len(existing))
+        return ImportCounts(added=done, updated=len(restored), embedded=embedded)
+    return ImportCounts(added=done, skipped=len(existing), embedded=embedded)
+
+
+async def _present(
+    session: AsyncSession, team_id: uuid.UUID, lines: list[MemoryLine]
+) -> dict[uuid.UUID, Any]:
+    """The team's memories with the ids of `lines`, by id, each with its `KEPT` columns."""
+    given = [line.id for line in lines if line.id is not None]
+    columns = sa.inspect(Memory).columns
+    # One array parameter, not one parameter an id: a file may hold more than the 32,767
+    # parameters a statement can take.
+    statement = sa.select(columns["id"], *(columns[name] for name in sorted(KEPT))).where(
+        columns["team_id"] == team_id, columns["id"] == sa.any_(sa.cast(given, UUID_ARRAY))
+    )
+    rows = (await session.exec(statement)).all()  # type: ignore[call-overload]
+    return {row.id: row for row in rows}
+
+
+def _check_kept(
+    path: Path, lines: dict[uuid.UUID, MemoryLine], present: dict[uuid.UUID, Any]
+) -> None:
+    """Refuse lines that would change what their memories keep from their creation.
+
+    Raises:
+        MemoryFileError: Naming each such memory, the field and both values.
+    """
+    problems = [
+        f"memory {memory_id}: {name} is {getattr(line, name)!r} in the file but"
+        f" {getattr(present[memory_id], name)!r} in the team; an import does not change it"
+        for memory_id, line in lines.items()
+        for name in sorted(KEPT)
+        if getattr(line, name) != getattr(present[memory_id], name)
+        and not (name == "created_at" and line.created_at is None)
+    ]
+    if problems:
+        raise MemoryFileError(path, problems)
+
+
+async def _embed_missing(lines: list[MemoryLine], embedder: Embedder) -> list[MemoryLine]:
+    """`lines`, those without an `embedding` embedded by `embedder` (with its model's name)."""
+    lines = list(lines)
+    missing = [index for index, line in enumerate(lines) if line.embedding is None]
+    for start in range(0, len(missing), EMBED_BATCH):
+        batch = missing[start : start + EMBED_BATCH]
+        vectors = await embedder.embed([lines[index].content for index in batch])
+        for index, vector in zip(batch, vectors, strict=True):
+            embedded = {"embedding": vector, "embedding_model": embedder.model}
+            lines[index] = lines[index].model_copy(update=embedded)
+    return lines
+
+
+async def _restore(repository: MemoryRepository, memory_id: uuid.UUID, line: MemoryLine) -> None:
+    """Write the line's `RESTORED` fields and tags over the team's memory."""
+    team_id = line.team_id
+    await repository.update(memory_id, line.model_dump(include=set(RESTORED)), team_id=team_id)
+    tags = await repository.tags(memory_id, team_id=team_id)
+    await repository.remove_tags(memory_id, set(tags) - set(line.tags), team_id=team_id)
+    await repository.add_tags(memory_id, line.tags, team_id=team_id)
 
 
 async def export_memories(session: AsyncSession, team_id: uuid.UUID) -> AsyncIterator[str]:

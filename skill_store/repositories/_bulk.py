@@ -12,8 +12,9 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.exc import DBAPIError
 
-from skill_store.errors import ConnectionLostError
+from skill_store.database import abandon_awaited
 from skill_store.models import MemoryCreate
+from skill_store.repositories.base import OUT_OF_STEP, connection_lost
 
 COPY_COLUMNS = (
     "id",
@@ -121,7 +122,7 @@ def _while_connected(driver: Any, records: Iterable[Any]) -> Iterator[Any]:
     transport = driver._transport  # asyncpg has no public way
     for record in records:
         if transport.is_closing():
-            raise ConnectionLostError("the server closed it")
+            raise connection_lost()
         yield record
 
 
@@ -141,8 +142,6 @@ _LOST = (
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
 )
-_OUT_OF_STEP = (asyncpg.InterfaceError, asyncpg.InternalClientError)
-"""Driver errors after which the connection's protocol state is unusable."""
 
 
 async def until_lost(driver: Any, operation: Awaitable[None]) -> None:
@@ -158,7 +157,7 @@ async def until_lost(driver: Any, operation: Awaitable[None]) -> None:
         ConnectionLostError: If the connection was lost, or closed for being out of step
             (either way the server rolled back).
     """
-    task = asyncio.ensure_future(operation)
+    task = asyncio.ensure_future(_in_step(driver, operation))
 
     def lost(_connection: Any) -> None:
         task.cancel()
@@ -170,18 +169,35 @@ async def until_lost(driver: Any, operation: Awaitable[None]) -> None:
         current = asyncio.current_task()
         if not driver.is_closed() or (current is not None and current.cancelling()):
             raise  # the caller cancelled
-        raise ConnectionLostError("the server closed it") from error
-    except (*_LOST, *_OUT_OF_STEP) as error:
+        raise connection_lost() from error
+    except (*_LOST, *OUT_OF_STEP) as error:
         if isinstance(error, ValueError):
             raise  # a value the driver cannot encode: the connection is fine
-        driver.terminate()
-        raise ConnectionLostError(str(error)) from error
+        raise connection_lost(error) from error
     except asyncpg.PostgresError as error:
         if driver.is_closed():
-            raise ConnectionLostError(str(error)) from error
+            raise connection_lost(error) from error
         raise
     finally:
         driver.remove_termination_listener(lost)
+
+
+async def _in_step(driver: Any, operation: Awaitable[None]) -> None:
+    """`operation`; should it leave the connection out of step, the connection is closed.
+
+    At once, before the event loop reads the server's end of the connection: a `COPY`
+    that cannot start (asyncpg read the server's last words, a FATAL error, while the
+    connection was idle) leaves behind the waiter it made first, outside its `try`, and
+    closing the connection sets an exception on that waiter, which nobody awaits. It is
+    marked retrieved here, or asyncio would log "Future exception was never retrieved".
+    """
+    try:
+        await operation
+    except (*_LOST, *OUT_OF_STEP) as error:
+        if not isinstance(error, ValueError):
+            abandon_awaited(driver)
+            driver.terminate()
+        raise
 
 
 @asynccontextmanager

@@ -17,7 +17,7 @@ from skill_store.models import (
     Memory,
     Team,
 )
-from skill_store.models._types import check_text
+from skill_store.models._types import PgStr
 from skill_store.repositories.base import TeamRowRepository, translated_errors
 
 
@@ -28,9 +28,9 @@ class AgentRepository(TeamRowRepository[Agent, AgentCreate, AgentUpdate]):
     create_model = AgentCreate
     update_model = AgentUpdate
 
-    async def get_by_slug(self, team_id: uuid.UUID, slug: str) -> Agent | None:
+    async def get_by_slug(self, team_id: uuid.UUID, slug: PgStr) -> Agent | None:
         """The team's agent with this slug, or None."""
-        statement = select(Agent).where(Agent.team_id == team_id, Agent.slug == check_text(slug))
+        statement = select(Agent).where(Agent.team_id == team_id, Agent.slug == slug)
         async with translated_errors():
             return (await self.session.exec(statement)).first()
 

@@ -1,14 +1,16 @@
 """The generic repository: typed CRUD for one table, and the one place driver errors become ours."""
 
+import inspect
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from functools import cache
-from typing import Annotated, Any, Generic, TypeVar
+from functools import cache, wraps
+from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin, get_type_hints
 
+import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
 from pydantic_core import InitErrorDetails
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm.attributes import flag_modified
@@ -37,6 +39,8 @@ _UNDEFINED_OBJECT_STATES = {"42P01", "42883", "42704"}  # table, function, type
 _INSUFFICIENT_PRIVILEGE = "42501"
 _POLICY_TABLE = re.compile(r'row-level security policy for table "(?P<table>[^"]+)"')
 _QUERY_CANCELED = "57014"
+OUT_OF_STEP = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""asyncpg's own errors: after one, its protocol's state may be out of step with the server."""
 
 
 def _key_values(detail: str) -> dict[str, str]:
@@ -52,6 +56,18 @@ def _key_values(detail: str) -> dict[str, str]:
 def _driver_error(error: DBAPIError) -> BaseException | None:
     """The driver's own exception (asyncpg's, behind SQLAlchemy's adapter)."""
     return getattr(error.orig, "__cause__", None) or error.orig
+
+
+def connection_lost(cause: BaseException | None = None) -> ConnectionLostError:
+    """The error of a connection that broke, in the server's words when it sent some.
+
+    asyncpg's own errors (`InterfaceError`, `InternalClientError`) speak of its protocol's
+    state ("cannot switch to state 21"), in which a connection cut at the wrong moment
+    leaves it: for them, as without a cause, the reason is that the server closed it.
+    """
+    if cause is None or isinstance(cause, OUT_OF_STEP) or not str(cause):
+        return ConnectionLostError("the server closed it")
+    return ConnectionLostError(str(cause))
 
 
 def _constraint_message(name: str | None) -> str | None:
@@ -126,7 +142,7 @@ async def translated_errors() -> AsyncIterator[None]:
         yield
     except DBAPIError as error:
         if error.connection_invalidated:
-            raise ConnectionLostError(str(_driver_error(error))) from error
+            raise connection_lost(_driver_error(error)) from error
         state = getattr(error.orig, "sqlstate", None) or ""
         if state.startswith("23"):
             raise _describe_integrity_error(error) from error
@@ -220,10 +236,61 @@ def _field_adapter(model: type[SQLModel], name: str) -> TypeAdapter[Any]:
     stored = getattr(column_type, "impl", column_type)
     if isinstance(stored, sa.DateTime) and stored.timezone:
         return TypeAdapter(Moment | None)
-    field = model.model_fields[name]
-    # The field's constraints (e.g. PgStr's check of the text) are its metadata.
-    constrained: Any = Annotated[(field.annotation or Any, *field.metadata)]
-    return TypeAdapter(constrained)
+    # With its constraints (e.g. PgStr's check of the text), which are its metadata.
+    return TypeAdapter(model.model_fields[name].rebuild_annotation())
+
+
+def _checked(annotation: Any) -> bool:
+    """Whether a parameter of this type is validated on the way in: an id, or constrained text."""
+    if annotation is uuid.UUID or get_origin(annotation) is Annotated:
+        return True
+    return any(_checked(argument) for argument in get_args(annotation))
+
+
+def _eager(annotation: Any) -> Any:
+    """`Iterable[X]` as `list[X]`: read once, and checked whole before the method runs."""
+    if get_origin(annotation) is Iterable:
+        return list[get_args(annotation)]  # type: ignore[misc]
+    return annotation
+
+
+def validating_arguments(method: Callable[..., Any]) -> Callable[..., Any]:
+    """`method`, validating first its parameters typed as ids or constrained text (`PgStr`).
+
+    So a slug where an id belongs, or a NUL in a query, is a `pydantic.ValidationError` that
+    names the parameter, raised before any SQL (a driver error would abort the transaction).
+    Valid values are passed on as their type (an id given as a string, as a `uuid.UUID`).
+    The validator is built at the first call, as the models build theirs.
+    """
+
+    @cache
+    def checker() -> tuple[inspect.Signature, type[BaseModel]] | None:
+        hints = get_type_hints(method, include_extras=True)
+        signature = inspect.signature(method)
+        fields: dict[str, Any] = {
+            name: (_eager(hints[name]), parameter.default)
+            if parameter.default is not inspect.Parameter.empty
+            else (_eager(hints[name]), ...)
+            for name, parameter in signature.parameters.items()
+            if name in hints
+            and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+            and _checked(hints[name])
+        }
+        return (signature, create_model(method.__qualname__, **fields)) if fields else None
+
+    @wraps(method)
+    async def validated(*args: Any, **kwargs: Any) -> Any:
+        if (found := checker()) is None:
+            return await method(*args, **kwargs)
+        signature, arguments = found
+        bound = signature.bind(*args, **kwargs)
+        fields = arguments.model_fields
+        given = {name: value for name, value in bound.arguments.items() if name in fields}
+        checked = arguments.model_validate(given)
+        bound.arguments.update({name: getattr(checked, name) for name in given})
+        return await method(*bound.args, **bound.kwargs)
+
+    return validated
 
 
 class BaseRepository(Generic[ModelT, CreateT, UpdateT]):
@@ -232,8 +299,16 @@ class BaseRepository(Generic[ModelT, CreateT, UpdateT]):
     Subclasses set `model`, `create_model` and `update_model`.
 
     A repository never commits: the caller owns the transaction. Every write runs in a
-    savepoint, so a failed write leaves the caller's transaction as it was.
+    savepoint, so a failed write leaves the caller's transaction as it was. The ids and the
+    constrained text that public methods take are validated before any SQL
+    (`validating_arguments`, applied to every subclass's public coroutines).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, member in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.iscoroutinefunction(member):
+                setattr(cls, name, validating_arguments(member))
 
     model: type[ModelT]
     create_model: type[CreateT]

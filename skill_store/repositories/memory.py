@@ -17,12 +17,12 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import sqlalchemy as sa
 from numpy.typing import NDArray
-from pydantic import BaseModel, TypeAdapter
+from pydantic import AfterValidator, BaseModel, TypeAdapter
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm.attributes import instance_dict
 from sqlmodel import col, func, select
@@ -116,6 +116,15 @@ class _Attribution(BaseModel):
     actor: PgStr
     reason: PgStr
 
+
+def _not_blank(query: str) -> str:
+    if not query.strip():
+        raise ValueError("query must not be blank")
+    return query
+
+
+Query = Annotated[PgStr, AfterValidator(_not_blank)]
+"""A text to search for: not blank, and storable by PostgreSQL (no NUL, no lone surrogate)."""
 
 _tag = TypeAdapter(Tag)
 _moment = TypeAdapter(Moment)
@@ -345,7 +354,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """Replace an active memory by a new version of it, in one step.
 
         The new memory gets `version + 1`; the old one becomes `superseded`, pointing to it.
-        Both are of the team of `data`.
+        Both are of the team of `data`. A new version of a pinned memory is pinned, unless
+        `data` sets `is_pinned` itself (a `MemoryCreate` whose `is_pinned` was given, or a
+        mapping with the key): only then does `data`'s value decide.
 
         Raises:
             NotFoundError: If that team has no such memory.
@@ -358,8 +369,11 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             old = await self._locked(validated.team_id, memory_id)
             if old.status != MemoryStatus.ACTIVE:
                 raise ConflictError(f"memory {memory_id} is {old.status.value}, not active")
+            pinned = (
+                {} if "is_pinned" in validated.model_fields_set else {"is_pinned": old.is_pinned}
+            )
             new = Memory.model_validate(
-                validated, update={"version": old.version + 1, **_dated(validated)}
+                validated, update={"version": old.version + 1, **pinned, **_dated(validated)}
             )
             self.session.add(new)
             await self.session.flush()
@@ -682,7 +696,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
     async def recall(
         self,
-        query: str,
+        query: Query,
         *,
         team_id: uuid.UUID,
         agent_id: uuid.UUID | None = None,
@@ -696,6 +710,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         The arguments after `query` are those of `search_by_embedding`, by keyword.
 
         Raises:
+            pydantic.ValidationError: If `query` is blank or holds text PostgreSQL cannot
+                store (NUL, lone surrogates), or an id is not a UUID; before any SQL.
             EmbeddingModelError: If a memory the search may return was embedded by another
                 model (memories of unknown model are searched as they are).
             EmbeddingDimensionError: If the embedder's vectors do not fit the column.
@@ -709,7 +725,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
     async def retrieve(
         self,
-        query: str,
+        query: Query,
         *,
         team_id: uuid.UUID,
         agent_id: uuid.UUID | None = None,
@@ -773,16 +789,16 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
                 of each memory it keeps), once whatever the plan.
 
         Raises:
-            ValueError: If `query` is blank, `limit` not between 1 and `RETRIEVE_MAX_LIMIT`,
-                `token_budget` less than 1, or the embedding not finite or all zeros.
-            pydantic.ValidationError: If `weights` or `now` is invalid.
+            pydantic.ValidationError: If `query` is blank or holds text PostgreSQL cannot
+                store (NUL, lone surrogates), an id is not a UUID, or `weights` or `now` is
+                invalid; before any SQL.
+            ValueError: If `limit` is not between 1 and `RETRIEVE_MAX_LIMIT`, `token_budget`
+                less than 1, or the embedding not finite or all zeros.
             EmbeddingModelError: If `embedder` embeds the query and a memory the call may
                 return was embedded by another model (memories of unknown model are not
                 checked).
             EmbeddingDimensionError: If the query's vector does not fit the column.
         """
-        if not query.strip():
-            raise ValueError("query must not be blank")
         if not 1 <= limit <= RETRIEVE_MAX_LIMIT:
             raise ValueError(f"limit must be between 1 and {RETRIEVE_MAX_LIMIT:,}, got {limit}")
         if token_budget is not None and token_budget < 1:
@@ -825,7 +841,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
     async def context_for(
         self,
         agent: Agent | AgentDNA,
-        query: str,
+        query: Query,
         *,
         user_id: uuid.UUID | None = None,
         conversation_id: uuid.UUID | None = None,
@@ -839,7 +855,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         `system_prompt_template`.
 
         Raises:
-            ValueError: If `query` is blank.
+            pydantic.ValidationError: If `query` is blank or holds text PostgreSQL cannot
+                store (NUL, lone surrogates), or an id is not a UUID; before any SQL.
             EmbeddingModelError: If an active memory of the team was embedded by another model.
             EmbeddingDimensionError: If the query's vector does not fit the column.
         """

@@ -20,7 +20,7 @@ from skill_store.models import (
     TeamUpdate,
     UserRole,
 )
-from skill_store.models._types import check_text
+from skill_store.models._types import PgStr
 from skill_store.repositories.base import Repository, translated_errors, validate
 from skill_store.tenancy import without_password_hash
 
@@ -52,13 +52,13 @@ class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
             self.session.add(owner)
         return team
 
-    async def get_by_slug(self, slug: str) -> Team | None:
+    async def get_by_slug(self, slug: PgStr) -> Team | None:
         """The team with this slug, or None."""
         async with translated_errors():
-            statement = select(Team).where(Team.slug == check_text(slug))
+            statement = select(Team).where(Team.slug == slug)
             return (await self.session.exec(statement)).first()
 
-    async def get_by_slug_or_raise(self, slug: str) -> Team:
+    async def get_by_slug_or_raise(self, slug: PgStr) -> Team:
         """The team with this slug.
 
         Raises:

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from sqlmodel import func, select
 
 from skill_store.models import User, UserCreate, UserUpdate
-from skill_store.models._types import check_text
+from skill_store.models._types import PgStr
 from skill_store.repositories.base import Repository, cannot_be_none, translated_errors, validate
 
 _hasher = PasswordHasher()
@@ -50,16 +50,16 @@ class UserRepository(Repository[User, UserCreate, UserUpdate]):
                 user.password_hash = _hash(validated.password)
         return user
 
-    async def get_by_email(self, email: str) -> User | None:
+    async def get_by_email(self, email: PgStr) -> User | None:
         """The user with this email, compared case-insensitively.
 
         Both sides are lowered by PostgreSQL, as in the unique index: Python's `str.lower`
         differs for some letters (a final capital sigma).
 
         Raises:
-            ValueError: If the email holds characters PostgreSQL cannot store.
+            pydantic.ValidationError: If the email holds characters PostgreSQL cannot store.
         """
-        statement = select(User).where(func.lower(User.email) == func.lower(check_text(email)))
+        statement = select(User).where(func.lower(User.email) == func.lower(email))
         async with translated_errors():
             return (await self.session.exec(statement)).first()
 

@@ -1,13 +1,16 @@
 """Integration fixtures: a real PostgreSQL with pgvector, and one migrated test database.
 
 The server is `TEST_DATABASE_URL` (a server the tests may create and drop databases on)
-or, by default, a throwaway embedded server. Each test runs in a transaction that is
+or, by default, a throwaway embedded server in a folder of the session's own; should it die,
+the session ends with the last lines of its log. Each test runs in a transaction that is
 rolled back afterwards, so tests see only their own rows.
 """
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,18 +29,53 @@ from skill_store import (
     UserCreate,
     UserRole,
 )
-from skill_store.database import get_engine, migrate, start_embedded_server
+from skill_store.database import get_engine, migrate
 from skill_store.settings import normalize_database_url
 from skill_store.team_indexes import finish_index_builds
 
-from ..support import create_database, drop_database
+from ..support import (
+    create_database,
+    drop_database,
+    embedded_server,
+    private_folder,
+    why_stopped,
+)
+
+
+@dataclass(frozen=True)
+class SessionServer:
+    url: str
+    data_dir: Path | None
+    """The embedded server's data directory; None for `TEST_DATABASE_URL`."""
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def session_server() -> Iterator[SessionServer]:
     if url := os.environ.get("TEST_DATABASE_URL"):
-        return normalize_database_url(url)
-    return start_embedded_server(tmp_path_factory.mktemp("embedded") / "pgdata")
+        yield SessionServer(normalize_database_url(url), None)
+        return
+    with embedded_server("skill_store_tests_") as (url, data_dir):
+        yield SessionServer(url, data_dir)
+
+
+@pytest.fixture
+def server_folder() -> Iterator[Path]:
+    """A folder of the test's own for an embedded server's data directory (`private_folder`)."""
+    with private_folder("skill_store_test_") as folder:
+        yield folder
+
+
+@pytest.fixture(scope="session")
+def server_url(session_server: SessionServer) -> str:
+    return session_server.url
+
+
+@pytest.fixture(autouse=True)
+def _session_server_runs(session_server: SessionServer) -> None:
+    """End the session, saying why, when the embedded test server has died: every later
+    test would fail with "Connection refused"."""
+    if session_server.data_dir is not None and (why := why_stopped(session_server.data_dir)):
+        pytest.exit(why, returncode=3)
 
 
 @pytest.fixture(scope="session")

@@ -260,4 +260,4 @@ async def test_a_file_import_failing_in_a_later_batch_writes_nothing(
     lines[2].pop("agent_id")
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     counts = await import_memories(session, path, team.id, embedder, batch_size=1)
-    assert counts == ImportCounts(added=3)
+    assert counts == ImportCounts(added=3, embedded=3)

@@ -89,8 +89,10 @@ def test_url_masks_the_password(tmp_path: Path) -> None:
     assert result.stdout.strip() == "postgresql+asyncpg://bob:***@db.example/x"
 
 
-def test_url_starts_the_embedded_server_without_database_url(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data" / "pgdata"
+def test_url_starts_the_embedded_server_without_database_url(
+    tmp_path: Path, server_folder: Path
+) -> None:
+    data_dir = server_folder / "data" / "pgdata"
     result = skill_store(tmp_path, "db", "url", EMBEDDED_DATA_DIR=str(data_dir))
     assert result.returncode == 0, result.stderr
     assert f"(embedded server in {data_dir})" in result.stdout

@@ -1,5 +1,6 @@
 """Every user error of the command line is one line on stderr and a non-zero exit."""
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,58 @@ def test_a_connection_lost_before_the_commit_is_one_line(
     monkeypatch.setattr(cli, "import_memories", cut_import)
     result = run("memories", "import", str(lines(tmp_path, GOOD_LINE)), "--team", "acme")
     assert_one_line_error(result, "the connection to the database was lost")
+
+
+UNDECODABLE = "ac\udcffme"
+"""A word as Python reads it from a command line that is not UTF-8 (a lone surrogate)."""
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        pytest.param(["memories", "search", "--team", "acme", "   "], "blank", id="blank-query"),
+        pytest.param(["memories", "search", "--team", "acme", ""], "blank", id="empty-query"),
+        pytest.param(
+            ["memories", "search", "--team", "acme", f"tea {UNDECODABLE}"],
+            "lone surrogate",
+            id="search-query",
+        ),
+        pytest.param(
+            ["memories", "search", "--team", "acme", "--agent", UNDECODABLE, "tea"],
+            "lone surrogate",
+            id="search-agent",
+        ),
+        pytest.param(
+            ["memories", "search", "--team", UNDECODABLE, "tea"], "lone surrogate", id="search"
+        ),
+        pytest.param(["memories", "list", "--team", UNDECODABLE], "lone surrogate", id="list"),
+        pytest.param(
+            ["memories", "show", "--team", UNDECODABLE, str(uuid.uuid4())],
+            "lone surrogate",
+            id="show",
+        ),
+        pytest.param(
+            ["memories", "history", "--team", UNDECODABLE, str(uuid.uuid4())],
+            "lone surrogate",
+            id="history",
+        ),
+        pytest.param(["memories", "export", "--team", UNDECODABLE], "lone surrogate", id="export"),
+        pytest.param(["agents", "list", "--team", UNDECODABLE], "lone surrogate", id="agents"),
+        pytest.param(
+            ["agents", "show", "--team", "acme", UNDECODABLE], "lone surrogate", id="agent-show"
+        ),
+    ],
+)
+def test_text_the_database_cannot_take_is_one_line(
+    run: Any, command: list[str], message: str
+) -> None:
+    assert_one_line_error(run(*command), message)
+
+
+def test_import_into_a_team_named_with_text_the_database_cannot_take(
+    run: Any, tmp_path: Path
+) -> None:
+    path = lines(tmp_path, GOOD_LINE)
+    assert_one_line_error(
+        run("memories", "import", str(path), "--team", UNDECODABLE), "lone surrogate"
+    )

@@ -5,6 +5,7 @@ after its commit. The tests commit, so they run in a database of their own, at 8
 """
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,11 +29,14 @@ from skill_store import (
     finish_index_builds,
     get_session_factory,
     index_large_teams,
+    maintain,
 )
+from skill_store.settings import get_settings
 from skill_store.team_indexes import (
     EXACT_SEARCH_MAX_ROWS,
     INDEX_LOCK,
     LOAD_BATCH_MIN_ROWS,
+    ROWS_PER_LIST,
 )
 
 from ..support import migrated_database
@@ -127,7 +131,8 @@ async def exact_top(store: Store, team_id: uuid.UUID, query: list[float]) -> lis
 
 
 async def team_index(store: Store, team_id: uuid.UUID) -> tuple[str | None, int | None]:
-    name, covers, _rows = await one(store, "SELECT * FROM memory_team_index(:t)", t=team_id)
+    """The name of the team's HNSW index, and the load batches it holds."""
+    name, covers, _rows, _lists = await one(store, "SELECT * FROM memory_team_index(:t)", t=team_id)
     return name, covers
 
 
@@ -275,7 +280,7 @@ async def test_the_catalogs_name_no_team(store: Store) -> None:
         assert team.hex not in catalog
 
 
-async def test_builds_at_once_from_two_places_make_one_index(store: Store) -> None:
+async def test_builds_at_once_from_two_places_make_one_pair_of_indexes(store: Store) -> None:
     team_id = await new_team(store)
     async with store.factory() as session:
         await session.exec(  # type: ignore[call-overload]
@@ -300,7 +305,7 @@ async def test_builds_at_once_from_two_places_make_one_index(store: Store) -> No
             ),
             params={"t": team_id},
         )
-        assert names.one() == (1,)
+        assert names.one() == (2,)  # its HNSW and IVF indexes
 
 
 async def test_an_index_left_invalid_by_a_failed_build_is_dropped(store: Store) -> None:
@@ -322,3 +327,43 @@ async def test_an_index_left_invalid_by_a_failed_build_is_dropped(store: Store) 
     assert await team_index(store, team_id) == (name, covers)
     assert await index_large_teams(store.engine) == TeamIndexes(built=[], dropped=1)
     assert await one(store, "SELECT to_regclass(:n) IS NULL", n=broken) == (True,)
+
+
+async def test_with_index_builds_left_to_maintain_a_writer_builds_none(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INDEX_BUILDS", "maintain")
+    get_settings.cache_clear()
+    try:
+        team_id = await new_team(store)
+        await add(store, team_id, vectors(EXACT_SEARCH_MAX_ROWS + 1))
+        await finish_index_builds(store.engine)
+
+        assert await team_index(store, team_id) == (None, None)
+        assert team_id in (await index_large_teams(store.engine)).built
+    finally:
+        monkeypatch.delenv("INDEX_BUILDS")
+        get_settings.cache_clear()
+
+
+async def test_a_team_grown_past_twice_its_lists_gets_a_new_ivf_index(store: Store) -> None:
+    team_id = await new_team(store)
+    await add(store, team_id, vectors(EXACT_SEARCH_MAX_ROWS + 100))
+    await finish_index_builds(store.engine)
+    [(name, lists)] = [
+        await one(store, "SELECT index_name, lists FROM memory_team_index(:t)", t=team_id)
+    ]
+    for _ in range(4):  # small loads, into the indexes row by row
+        await add(store, team_id, vectors(LOAD_BATCH_MIN_ROWS - 1))
+    await finish_index_builds(store.engine)
+    assert await one(store, "SELECT lists FROM memory_team_index(:t)", t=team_id) == (lists,)
+
+    await maintain(store.engine)  # fresh row counts, then the indexes due
+
+    grown, more_lists = await one(
+        store, "SELECT index_name, lists FROM memory_team_index(:t)", t=team_id
+    )
+    [(memories,)] = [await one(store, "SELECT count(*) FROM memory WHERE team_id = :t", t=team_id)]
+    assert grown == name  # the HNSW index needs no rebuild to grow
+    assert more_lists == math.ceil(memories / ROWS_PER_LIST) > 2 * lists
+    assert (await search(store, team_id, vectors(1)[0]))[0] == {"index"}

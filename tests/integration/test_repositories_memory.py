@@ -298,11 +298,12 @@ async def test_equal_similarities_are_ordered_by_id(
     await memory(memories, team, "other", 1)
     if not exact:
         monkeypatch.setattr(memory_module, "EXACT_SEARCH_MAX_ROWS", 0)
-        definition = await memories.session.exec(
-            text("SELECT memory_team_index_definition(:team, 0, false)"),
+        definitions = await memories.session.exec(
+            text("SELECT unnest(memory_team_index_definitions(:team, 0, 1, false))"),
             params={"team": team.id},
         )
-        await memories.session.exec(text(definition.one()[0]))
+        for (definition,) in definitions.all():
+            await memories.session.exec(text(definition))
 
     results = await memories.search_by_embedding(unit_vector(0), team.id, limit=6)
     assert [r.id for r in results] == same
@@ -432,6 +433,36 @@ async def test_supersede_makes_a_new_version(
     for hot in (0, 1, 2):
         found = await memories.search_by_embedding(unit_vector(hot), team.id, min_similarity=0.5)
         assert contents(found) == (["Ada likes cocoa."] if hot == 2 else [])
+
+
+@pytest.mark.parametrize(
+    ("old_pinned", "given", "new_pinned"),
+    [
+        (True, {}, True),
+        (True, {"is_pinned": False}, False),
+        (False, {}, False),
+        (False, {"is_pinned": True}, True),
+        (True, {"is_pinned": True}, True),
+    ],
+    ids=["inherited", "unpinned-by-the-data", "unpinned", "pinned-by-the-data", "kept"],
+)
+async def test_a_new_version_of_a_pinned_memory_is_pinned_unless_its_data_says_otherwise(
+    session: AsyncSession,
+    memories: MemoryRepository,
+    team: Team,
+    old_pinned: bool,
+    given: dict[str, bool],
+    new_pinned: bool,
+) -> None:
+    old = await memory(memories, team, "Ada is allergic to peanuts", 0, is_pinned=old_pinned)
+    from_dict = await memories.supersede(
+        old.id, {"team_id": team.id, "memory_type": "semantic", "content": "v2", **given}
+    )
+    from_model = await memories.supersede(from_dict.id, data(team, "v3", **given))
+    session.expunge_all()
+
+    assert (await memories.get(from_dict.id, team.id)).is_pinned is new_pinned
+    assert (await memories.get(from_model.id, team.id)).is_pinned is new_pinned
 
 
 SUPERSEDE_FAILURES: dict[

@@ -206,9 +206,9 @@ def recall(found: list[uuid.UUID], expected: list[uuid.UUID]) -> float:
 EXPECTED_PATH = {
     ("small", "crowded"): "exact",
     ("small", "open"): "exact",
-    ("mid", "crowded"): "fallback",
+    ("mid", "crowded"): "wide",
     ("mid", "open"): "index",
-    ("large", "crowded"): "fallback",
+    ("large", "crowded"): "wide",
     ("large", "open"): "index",
 }
 
@@ -229,8 +229,31 @@ async def test_each_team_finds_its_own_nearest_beside_the_crowd(
         assert len(hits) == LIMIT
         assert {hit.team_id for hit in hits} == {team_id}
         recalls.append(recall([hit.id for hit in hits], expected))
+    if queries == "crowded":  # every list of the IVF index read: exact at up to 8,000 memories
+        assert recalls == [1.0] * len(recalls)
     assert min(recalls) >= 0.9
     assert sum(recalls) / len(recalls) >= 0.95
+
+
+@pytest.mark.parametrize("queries", QUERY_CLASSES)
+async def test_similarities_are_exact_on_every_path(world: World, queries: str) -> None:
+    """The indexes rank halfvecs; the hits are re-ranked, and scored, in single precision."""
+    for size, team_id in world.teams.items():
+        query = world.queries[queries][1]
+        async with world.factory() as session:
+            hits = await MemoryRepository(session).search_by_embedding(query, team_id)
+            exact = await session.exec(
+                text(
+                    "SELECT id, 1 - (embedding <=> CAST(:query AS vector)) FROM memory"
+                    " WHERE team_id = :team AND id = ANY (CAST(:ids AS uuid[]))"
+                ),
+                params={"query": query, "team": team_id, "ids": [hit.id for hit in hits]},
+            )
+            similarities = dict(exact.all())
+        assert [hit.similarity for hit in hits] == [similarities[hit.id] for hit in hits], size
+        assert [hit.similarity for hit in hits] == sorted(
+            (hit.similarity for hit in hits), reverse=True
+        )
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -281,10 +304,11 @@ async def test_a_large_team_without_its_index_is_searched_exactly(world: World) 
     assert [hit.id for hit in hits[:LIMIT]] == expected
 
 
-async def test_a_scan_cut_short_falls_back_to_an_exact_scan(world: World) -> None:
+async def test_a_scan_cut_short_is_answered_by_the_teams_ivf_index(world: World) -> None:
     """The crowd's 600 procedures lie behind its 24,000 other memories in its own index.
 
-    With a small `work_mem` the iterative scan stops before it reaches ten of them.
+    With a small `work_mem` the HNSW index's iterative scan stops before it reaches ten of
+    them; the IVF index reads lists until it has them.
     """
     query = world.queries["crowded"][0]
     async with world.factory() as session:
@@ -298,7 +322,8 @@ async def test_a_scan_cut_short_falls_back_to_an_exact_scan(world: World) -> Non
                 "SELECT id FROM memory WHERE team_id = :team_id AND status = 'active'"
                 " AND memory_team_key(team_id) = memory_team_key(:team_id)"
                 " AND coalesce(load_batch, 0) <= 0 AND memory_type = 'procedural'"
-                " ORDER BY embedding <=> CAST(:query AS vector) LIMIT :limit"
+                " ORDER BY embedding::halfvec(32) <=> CAST(:query AS vector)::halfvec(32)"
+                " LIMIT :limit"
             ),
             params={"team_id": world.crowd, "query": query, "limit": LIMIT},
         )
@@ -307,7 +332,7 @@ async def test_a_scan_cut_short_falls_back_to_an_exact_scan(world: World) -> Non
             query, world.crowd, memory_types=[MemoryType.PROCEDURAL]
         )
         reported = await paths(session, query, world.crowd, types=["procedural"])
-    assert reported == {"fallback"}
+    assert reported == {"wide"}
     assert [hit.id for hit in hits[:LIMIT]] == expected
 
 
@@ -400,6 +425,7 @@ async def test_search_settings_last_only_for_the_search(world: World) -> None:
         "hnsw.ef_search",
         "hnsw.iterative_scan",
         "hnsw.max_scan_tuples",
+        "ivfflat.iterative_scan",
         "enable_sort",
         "plan_cache_mode",
     )
@@ -410,7 +436,7 @@ async def test_search_settings_last_only_for_the_search(world: World) -> None:
         )
         after = [(await session.exec(text(f"SHOW {name}"))).one()[0] for name in names]
     assert len(hits) == 20
-    assert after == ["77", "off", "20000", "on", "auto"]
+    assert after == ["77", "off", "20000", "off", "on", "auto"]
 
 
 async def team_indexes(session: AsyncSession) -> set[str]:
@@ -429,16 +455,15 @@ async def test_index_large_teams_builds_each_index_once_and_drops_those_of_delet
 ) -> None:
     async with world.factory() as session:
         indexed = await team_indexes(session)
-        names = {
-            name: (
-                await session.exec(
-                    text("SELECT index_name FROM memory_team_index(:team)"),
-                    params={"team": team_id},
-                )
-            ).one()[0]
-            for name, team_id in [*world.teams.items(), ("crowd", world.crowd)]
-        }
-    assert indexed == {names["crowd"], names["mid"], names["large"]}
+        names = set()
+        for team_id in [world.teams["mid"], world.teams["large"], world.crowd]:
+            result = await session.exec(
+                text("SELECT index_name, lists FROM memory_team_index(:team)"),
+                params={"team": team_id},
+            )
+            hnsw, lists = result.one()
+            names |= {hnsw, f"{hnsw}_{lists}"}
+    assert indexed == names
 
     again = await index_large_teams(world.engine)
     assert (again.built, again.dropped) == ([], 0)
@@ -457,13 +482,13 @@ async def test_index_large_teams_builds_each_index_once_and_drops_those_of_delet
     await finish_index_builds(world.engine)  # the commit built its index
     async with world.factory() as session:
         doomed_index = (await team_indexes(session)) - indexed
-    assert len(doomed_index) == 1
+    assert len(doomed_index) == 2  # its HNSW and IVF indexes
     assert (await index_large_teams(world.engine)) == TeamIndexes(built=[], dropped=0)
     async with world.factory() as session:
         await TeamRepository(session).delete(doomed.id)
         await session.commit()
     dropped = await index_large_teams(world.engine)
-    assert (dropped.built, dropped.dropped) == ([], 1)
+    assert (dropped.built, dropped.dropped) == ([], 2)
     async with world.factory() as session:
         assert await team_indexes(session) == indexed
 

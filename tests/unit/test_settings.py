@@ -138,6 +138,32 @@ def test_statement_timeout_as_timedelta_or_number() -> None:
     assert Settings().statement_timeout is None
 
 
+@pytest.mark.parametrize(
+    ("value", "span"),
+    [
+        ("86400", timedelta(days=1)),
+        (" 90.5 ", timedelta(seconds=90.5)),
+        ("P7D", timedelta(days=7)),
+        ("PT12H", timedelta(hours=12)),
+    ],
+)
+def test_recency_half_life_from_environment_in_seconds(
+    monkeypatch: pytest.MonkeyPatch, value: str, span: timedelta
+) -> None:
+    monkeypatch.setenv("RECENCY_HALF_LIFE", value)
+    assert load_settings().recency_half_life == span
+
+
+@pytest.mark.parametrize("value", ["0", "-86400", "soon", "P-1D"])
+def test_recency_half_life_not_positive_rejected(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("RECENCY_HALF_LIFE", value)
+    with pytest.raises(ValidationError) as info:
+        load_settings()
+    assert [error["loc"] for error in info.value.errors()] == [("recency_half_life",)]
+
+
 @pytest.mark.parametrize("value", ["-1", "2147483648", "soon", "P-1D"])
 def test_statement_timeout_out_of_range_rejected(
     monkeypatch: pytest.MonkeyPatch, value: str

@@ -8,8 +8,9 @@
   trigger `trg_memory_embedding_next`, which clears them when a memory's content or vector
   changes, so that a change made meanwhile is embedded again. `memory_embedder_migration()`
   reads the migration in progress: its model, dimensions and team (NULL: every team).
-- `memory_team_index_definition(team, covers, concurrent, shadow)`: with `shadow`, the same
-  team index on `embedding_next`, named `memory_next_<key>_<covers>`, built before the switch.
+- `memory_team_index_definitions(team, covers, lists, concurrent, shadow)`: with `shadow`, the
+  same team indexes on `embedding_next`, named `memory_next_<key>_<covers>[_<lists>]`, built
+  before the switch.
 - `switch_memory_embedder(actor)`, in one transaction: an audit row per memory whose
   vector changes, then the shadow columns and their indexes take the place of the old ones
   (the old columns are dropped, with their indexes); triggers that name the columns (the
@@ -19,8 +20,8 @@
   an index, so that they are read exactly beside it until it is rebuilt; then the migration ends.
 - `end_memory_embedder_migration()` drops the shadow columns, their indexes and the trigger.
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-07
 """
 
@@ -29,33 +30,48 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0016"
-down_revision: str | None = "0015"
+revision: str = "0017"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-team_indexes = importlib.import_module("skill_store._migrations.versions.0015_team_indexes")
+crowded = importlib.import_module("skill_store._migrations.versions.0016_crowded_search")
 
-TEAM_INDEX_DEFINITION = """
-CREATE FUNCTION memory_team_index_definition(
+# 0016's, and with `shadow` the same on the new column of an embedder migration.
+TEAM_INDEX_DEFINITIONS = """
+CREATE FUNCTION memory_team_index_definitions(
     team uuid,
     covers bigint,
+    lists integer,
     concurrent boolean,
     shadow boolean DEFAULT false
-) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT format(
-        'CREATE INDEX %s %I ON memory USING hnsw (%I vector_cosine_ops)'
-        ' WITH (m = 16, ef_construction = 64) WHERE memory_team_key(team_id) = %s'
-        ' AND status = ''active'' AND coalesce(load_batch, 0) <= %s',
-        CASE WHEN concurrent THEN 'CONCURRENTLY' ELSE '' END,
+) RETURNS text[]
+LANGUAGE sql STABLE STRICT PARALLEL SAFE AS $$
+    SELECT ARRAY[
+        format('CREATE INDEX %s %I ON memory USING hnsw (%s) WITH (m = 16, ef_construction = 64)'
+               ' WHERE %s',
+               d.concurrently, d.name, d.halfvecs, d.predicate),
+        format('CREATE INDEX %s %I ON memory USING ivfflat (%s) WITH (lists = %s) WHERE %s',
+               d.concurrently, d.name || '_' || lists, d.unit_halfvecs, lists, d.predicate)]
+    FROM (SELECT
+        CASE WHEN concurrent THEN 'CONCURRENTLY' ELSE '' END AS concurrently,
         format('memory_%s_%s_%s',
                CASE WHEN shadow THEN 'next' ELSE 'team' END,
                lpad(to_hex(memory_team_key(team)), 16, '0'),
-               covers),
-        CASE WHEN shadow THEN 'embedding_next' ELSE 'embedding' END,
-        memory_team_key(team),
-        covers)
+               covers)
+            AS name,
+        format('(%I::halfvec(%s)) halfvec_cosine_ops', a.attname, a.atttypmod) AS halfvecs,
+        -- Another expression than the HNSW index's, so that a search can choose: unit
+        -- vectors, whose Euclidean order is their cosine order.
+        format('(l2_normalize(%I)::halfvec(%s)) halfvec_l2_ops', a.attname, a.atttypmod)
+            AS unit_halfvecs,
+        format('memory_team_key(team_id) = %s AND status = ''active'''
+               ' AND coalesce(load_batch, 0) <= %s', memory_team_key(team), covers)
+            AS predicate
+        FROM pg_attribute AS a
+        WHERE a.attrelid = 'memory'::regclass
+          AND a.attname = CASE WHEN shadow THEN 'embedding_next' ELSE 'embedding' END
+    ) AS d
 $$"""
 
 EMBEDDER_CHANGE = """
@@ -258,8 +274,8 @@ FUNCTIONS = (
 
 
 def upgrade() -> None:
-    op.execute("DROP FUNCTION memory_team_index_definition(uuid, bigint, boolean)")
-    op.execute(TEAM_INDEX_DEFINITION)
+    op.execute("DROP FUNCTION memory_team_index_definitions(uuid, bigint, integer, boolean)")
+    op.execute(TEAM_INDEX_DEFINITIONS)
     op.execute(EMBEDDER_CHANGE)
     op.execute(MIGRATION_IN_PROGRESS)
     op.execute(CLEAR_NEXT)
@@ -273,5 +289,7 @@ def downgrade() -> None:
     op.execute("SELECT end_memory_embedder_migration()")  # one in progress is abandoned
     for signature in reversed(FUNCTIONS):
         op.execute(f"DROP FUNCTION {signature}")
-    op.execute("DROP FUNCTION memory_team_index_definition(uuid, bigint, boolean, boolean)")
-    op.execute(team_indexes.TEAM_INDEX_DEFINITION)
+    op.execute(
+        "DROP FUNCTION memory_team_index_definitions(uuid, bigint, integer, boolean, boolean)"
+    )
+    op.execute(crowded.TEAM_INDEX_DEFINITIONS)
