@@ -49,6 +49,7 @@ from skill_store.embeddings import Embedder, embedder_from_settings
 from skill_store.errors import EmbeddingMigrationError, EmbeddingServiceError, NotFoundError
 from skill_store.models._types import as_vector
 from skill_store.repositories.base import translated_errors
+from skill_store.settings import MAX_EMBEDDING_DIMENSIONS
 from skill_store.team_indexes import (
     INDEX_BUILD_MEMORY,
     INDEX_LOCK,
@@ -63,9 +64,6 @@ MIGRATOR = "skill-store embeddings migrate"
 
 BATCH_SIZE = 256
 """Memories embedded by one `embed` call and written by one transaction."""
-
-MAX_DIMENSIONS = 2000
-"""The most dimensions of a `vector` that an HNSW index takes."""
 
 MIGRATION_LOCK = 0x736B696C6C656D62  # "skillemb"
 """Key of the session-level advisory lock a running embedder migration holds."""
@@ -252,7 +250,7 @@ async def migrate_embeddings(
 
     Raises:
         EmbeddingMigrationError: If there is nothing to do, the embedder's dimension exceeds
-            `MAX_DIMENSIONS`, `team_id` is given with another dimension, a migration to
+            `MAX_EMBEDDING_DIMENSIONS`, `team_id` is given with another dimension, a migration to
             another embedder (or of other teams) is in progress, or another call is running.
             Nothing is changed. Also if the memory table stays locked by other transactions
             through every attempt of a step: what was done stays.
@@ -263,10 +261,10 @@ async def migrate_embeddings(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     embedder = embedder or embedder_from_settings()
-    if not 1 <= embedder.dimensions <= MAX_DIMENSIONS:
+    if not 1 <= embedder.dimensions <= MAX_EMBEDDING_DIMENSIONS:
         raise EmbeddingMigrationError(
             f"the embedder's vectors have {embedder.dimensions} dimensions: the memories' vector"
-            f" index takes 1 to {MAX_DIMENSIONS}"
+            f" index takes 1 to {MAX_EMBEDDING_DIMENSIONS}"
         )
     async with _running(engine):
         migration = await _Migration.prepare(engine, embedder, team_id, batch_size, on_progress)
