@@ -3,8 +3,9 @@
 A search of a team with more than `EXACT_SEARCH_MAX_ROWS` candidates walks the team's own
 indexes of its embeddings as half-precision vectors, partial indexes on `memory` built by the
 database function `memory_team_index_definitions`: an HNSW index (`memory_team_<key>_<covers>`)
-for the searches it can be trusted with, and an IVF index (`..._<covers>_<lists>`, one list a
-`ROWS_PER_LIST` memories when built) for the crowded ones (see migration 0016). The key is
+for the searches it can be trusted with, and an IVF index (`..._<covers>_<lists>`, one list
+per 125 memories when built, as many as its build's memory allows) for the crowded ones (see
+migration 0016). The key is
 `memory_team_key(team_id)`, a hash, so the catalogs every role reads show no team's id;
 `covers` is the last bulk-load batch the indexes hold.
 
@@ -13,7 +14,7 @@ for the searches it can be trusted with, and an IVF index (`..._<covers>_<lists>
   `INDEX_BUILDS` is `maintain`), and builds the index of a team
   past the bound that has none (`CREATE INDEX CONCURRENTLY`: writes and searches go on, and
   searches are exact until the index is valid), and a new IVF index for a team that has
-  grown past twice the rows its lists were made for. `skill-store maintain` does the same
+  grown so that a new one would have twice its lists. `skill-store maintain` does the same
   for every team.
 - **Bulk loads.** `MemoryRepository.add_many` of at least `LOAD_BATCH_MIN_ROWS` memories of a
   team, and at least `LOAD_BATCH_SHARE` of its index's rows, marks them with a load batch that
@@ -51,10 +52,6 @@ An exact scan reads every candidate's embedding (about 8 µs a row at 1536 dimen
 benchmark machine, see BENCHMARKS.md), so past this size the team's own HNSW index is faster.
 """
 
-ROWS_PER_LIST = 125
-"""Memories of a team per list of its index when the index is built (migration 0016): a team
-that has grown past twice as many gets a new index."""
-
 LOAD_BATCH_MIN_ROWS = 1000
 """Fewest memories of one team that an `add_many` call loads beside the team's index."""
 
@@ -64,7 +61,8 @@ share of the index's rows: below it, adding them to the graph costs less than a 
 
 INDEX_BUILD_MEMORY = "1GB"
 """`maintenance_work_mem` of the connection that builds indexes: an HNSW graph built in
-memory is several times faster to build than one that spills to disk."""
+memory is several times faster to build than one that spills to disk, and an IVF index's
+lists are as many as its k-means fits in it (about 1,800 at 1,536 dimensions)."""
 
 INDEX_LOCK = 0x736B696C6C696478  # "skillidx"
 """Key of the session-level advisory lock that index builds and drops on `memory` hold."""
@@ -79,7 +77,7 @@ logger = logging.getLogger(__name__)
 
 # Whether the team needs indexes built: past the bound without a valid HNSW index, with rows
 # of load batches its indexes do not hold, without a valid IVF index of the same batches, or
-# grown past twice the rows its IVF lists were made for; and its last load batch.
+# grown so that a new IVF index would have twice its lists; and its last load batch.
 _DUE = text("""
 SELECT CASE
            WHEN x.covers IS NULL THEN (
@@ -88,7 +86,10 @@ SELECT CASE
                    WHERE m.team_id = :team AND m.status = 'active' AND m.embedding IS NOT NULL
                    LIMIT :min_rows + 1) AS c) > :min_rows
            ELSE b.last_batch > x.covers OR x.lists IS NULL
-                OR x.row_count > 2 * :rows_per_list * x.lists
+                OR memory_ivf_lists(x.row_count::bigint, (
+                       SELECT a.atttypmod FROM pg_attribute AS a
+                       WHERE a.attrelid = 'memory'::regclass AND a.attname = 'embedding'
+                   )) >= 2 * x.lists
        END,
        b.last_batch
 FROM memory_team_index(:team) AS x
@@ -187,11 +188,7 @@ async def index_large_teams(
                     dropped += await _drop_unneeded(autocommit, key, keep_valid=False)
                 chosen = set((await autocommit.execute(text("SELECT id FROM team"))).scalars())
             for team_id in sorted(chosen):
-                parameters = {
-                    "team": team_id,
-                    "min_rows": min_rows,
-                    "rows_per_list": ROWS_PER_LIST,
-                }
+                parameters = {"team": team_id, "min_rows": min_rows}
                 due, last_batch = (await autocommit.execute(_DUE, parameters)).one()
                 if due:
                     dropped += await _build(autocommit, team_id, last_batch)

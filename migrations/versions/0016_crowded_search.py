@@ -13,7 +13,9 @@ Each large team now has two indexes of its embeddings as half-precision vectors 
 - its HNSW index (`memory_team_<key>_<covers>`, m = 16, ef_construction = 64) answers the
   searches it can be trusted with, as before;
 - its IVF index (`memory_team_<key>_<covers>_<lists>`: `ivfflat`, one list a
-  `ROWS_PER_LIST` memories when it is built, each list stored whole in the index's pages)
+  `ROWS_PER_LIST` memories when it is built, but no more than its build's k-means fits in
+  its memory: 1,805 lists at 1,536 dimensions and 1 GB, the lists of 225,000 memories; each
+  list stored whole in the index's pages)
   answers the others: `ceil(3 * sqrt(lists))` lists read (at least `WIDE_MIN_PROBES`), more
   while the filters leave too few hits (`ivfflat.iterative_scan`), up to every list. On the
   benchmark's memories it found crowded queries' top 10 with recall 0.955 reading 32 of 200
@@ -56,11 +58,34 @@ WIDE_MIN_PROBES = 64
 """Fewest lists a crowded query reads (all of them in a team of up to 8,000 memories)."""
 INDEX_BUILD_MEMORY = indexes.INDEX_BUILD_MEMORY
 
-# How many lists a new IVF index of the team gets: one a ROWS_PER_LIST of its memories.
-TEAM_LISTS = f"""
+# How many lists an IVF index of `row_count` vectors of `dimensions` gets: one a
+# ROWS_PER_LIST of them, but no more than its build's k-means fits in nine tenths of
+# maintenance_work_mem (else pgvector refuses to build it). The sizes are pgvector's own
+# (ivfbuild.c, ivfkmeans.c): room for 50 samples a list (at least 10,000), each a halfvec, of
+# which as many as there are vectors are taken; a float per sample and list; the centers and
+# new centers, and their sums in floats; a float per pair of centers.
+IVF_LISTS = f"""
+CREATE FUNCTION memory_ivf_lists(row_count bigint, dimensions integer) RETURNS integer
+LANGUAGE sql STABLE STRICT PARALLEL SAFE AS $$
+    SELECT coalesce(max(l), 1)::integer
+    FROM generate_series(1, greatest(1, ceil(row_count::float8 / {ROWS_PER_LIST}))::integer) AS l
+    CROSS JOIN LATERAL (
+        SELECT greatest(50 * l, 10000)::float8 AS room,
+               least(greatest(50 * l, 10000), row_count)::float8 AS samples,
+               ((8 + 2 * dimensions + 7) / 8 * 8)::float8 AS item
+    ) AS s
+    WHERE s.room * s.item + 2 * l * s.item + 4.0 * l * dimensions
+          + 4 * s.samples * l + 8 * s.samples + 4.0 * l * l + 12 * l
+          <= 0.9 * pg_size_bytes(current_setting('maintenance_work_mem'))
+$$"""
+
+# How many lists a new IVF index of the team gets.
+TEAM_LISTS = """
 CREATE FUNCTION memory_team_lists(team uuid) RETURNS integer
 LANGUAGE sql STABLE STRICT PARALLEL SAFE AS $$
-    SELECT greatest(1, ceil(count(*)::float8 / {ROWS_PER_LIST}))::integer
+    SELECT memory_ivf_lists(count(*), (
+        SELECT a.atttypmod FROM pg_attribute AS a
+        WHERE a.attrelid = 'memory'::regclass AND a.attname = 'embedding'))
     FROM memory AS m
     WHERE m.team_id = team AND m.status = 'active' AND m.embedding IS NOT NULL
 $$"""
@@ -377,6 +402,7 @@ def upgrade() -> None:
     op.execute("DROP FUNCTION memory_team_index(uuid)")
     op.execute("DROP FUNCTION memory_team_index_definition(uuid, bigint, boolean)")
     op.execute(TEAM_INDEX)
+    op.execute(IVF_LISTS)
     op.execute(TEAM_LISTS)
     op.execute(TEAM_INDEX_DEFINITIONS)
     op.execute(REBUILD_TEAM_INDEXES.format(statements=NEW_STATEMENTS))
@@ -391,6 +417,7 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION memory_team_index(uuid)")
     op.execute("DROP FUNCTION memory_team_index_definitions(uuid, bigint, integer, boolean)")
     op.execute("DROP FUNCTION memory_team_lists(uuid)")
+    op.execute("DROP FUNCTION memory_ivf_lists(bigint, integer)")
     op.execute(indexes.TEAM_INDEX)
     op.execute(indexes.TEAM_INDEX_DEFINITION)
     op.execute(REBUILD_TEAM_INDEXES.format(statements=OLD_STATEMENTS))

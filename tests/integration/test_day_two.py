@@ -5,6 +5,7 @@ after its commit. The tests commit, so they run in a database of their own, at 8
 """
 
 import asyncio
+import importlib
 import math
 import uuid
 from collections.abc import AsyncIterator
@@ -30,17 +31,16 @@ from skill_store import (
     get_session_factory,
     index_large_teams,
     maintain,
+    team_indexes,
 )
 from skill_store.settings import get_settings
-from skill_store.team_indexes import (
-    EXACT_SEARCH_MAX_ROWS,
-    INDEX_LOCK,
-    LOAD_BATCH_MIN_ROWS,
-    ROWS_PER_LIST,
-)
+from skill_store.team_indexes import EXACT_SEARCH_MAX_ROWS, INDEX_LOCK, LOAD_BATCH_MIN_ROWS
 
 from ..support import migrated_database
 
+ROWS_PER_LIST = importlib.import_module(
+    "skill_store._migrations.versions.0016_crowded_search"
+).ROWS_PER_LIST
 DIMENSIONS = 8
 BOUNDED_WAIT = 120  # seconds: a build of a few thousand rows takes a few
 RNG = np.random.default_rng(19)
@@ -366,4 +366,28 @@ async def test_a_team_grown_past_twice_its_lists_gets_a_new_ivf_index(store: Sto
     [(memories,)] = [await one(store, "SELECT count(*) FROM memory WHERE team_id = :t", t=team_id)]
     assert grown == name  # the HNSW index needs no rebuild to grow
     assert more_lists == math.ceil(memories / ROWS_PER_LIST) > 2 * lists
+    assert (await search(store, team_id, vectors(1)[0]))[0] == {"index"}
+
+
+async def test_a_team_too_large_for_the_build_memory_gets_the_most_lists_it_fits(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(team_indexes, "INDEX_BUILD_MEMORY", "1MB")
+    team_id = await new_team(store)
+    wanted = 50  # lists at one a ROWS_PER_LIST of memories: more than 1 MB of k-means
+    await add(store, team_id, vectors(wanted * ROWS_PER_LIST))
+    await finish_index_builds(store.engine)
+
+    name, lists = await one(store, "SELECT index_name, lists FROM memory_team_index(:t)", t=team_id)
+    assert name is not None
+    assert wanted / 2 <= lists < wanted
+    async with store.factory() as session:  # the lists wanted do not fit: pgvector says so
+        await session.exec(text("SET LOCAL maintenance_work_mem = '1MB'"))
+        with pytest.raises(Exception, match="memory required is"):
+            await session.exec(
+                text(
+                    "CREATE INDEX ON memory USING ivfflat ((embedding::halfvec(8)) halfvec_l2_ops)"
+                    f" WITH (lists = {wanted}) WHERE team_id = '{team_id}'"
+                )
+            )
     assert (await search(store, team_id, vectors(1)[0]))[0] == {"index"}

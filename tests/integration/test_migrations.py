@@ -58,6 +58,7 @@ TEAM_SEARCH_FUNCTIONS = {
     "memory_team_index",
     "memory_team_index_definitions",
     "memory_team_lists",
+    "memory_ivf_lists",
 }
 TENANCY_FUNCTIONS = {"current_team_id"}
 TEAM_RULE_FUNCTIONS = {
