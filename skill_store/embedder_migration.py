@@ -146,7 +146,7 @@ CROSS JOIN LATERAL memory_team_index(t.id) AS x
 CROSS JOIN LATERAL unnest(memory_team_index_definitions(
     t.id,
     (SELECT coalesce(max(m.load_batch), 0) FROM memory AS m WHERE m.team_id = t.id),
-    memory_team_lists(t.id),
+    memory_team_lists(t.id, true),
     true,
     true)) WITH ORDINALITY AS d (statement, position)
 WHERE x.covers IS NOT NULL AND to_regclass(split_part(d.statement, ' ', 4)) IS NULL

@@ -10,7 +10,7 @@
   reads the migration in progress: its model, dimensions and team (NULL: every team).
 - `memory_team_index_definitions(team, covers, lists, concurrent, shadow)`: with `shadow`, the
   same team indexes on `embedding_next`, named `memory_next_<key>_<covers>[_<lists>]`, built
-  before the switch.
+  before the switch; `memory_team_lists(team, shadow)`, the lists of the IVF one.
 - `switch_memory_embedder(actor)`, in one transaction: an audit row per memory whose
   vector changes, then the shadow columns and their indexes take the place of the old ones
   (the old columns are dropped, with their indexes); triggers that name the columns (the
@@ -36,6 +36,19 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 crowded = importlib.import_module("skill_store._migrations.versions.0016_crowded_search")
+
+# 0016's, and with `shadow` the lists of an IVF index on the new column of an embedder
+# migration, whose dimension may differ.
+TEAM_LISTS = """
+CREATE FUNCTION memory_team_lists(team uuid, shadow boolean DEFAULT false) RETURNS integer
+LANGUAGE sql STABLE STRICT PARALLEL SAFE AS $$
+    SELECT memory_ivf_lists(count(*), (
+        SELECT a.atttypmod FROM pg_attribute AS a
+        WHERE a.attrelid = 'memory'::regclass
+          AND a.attname = CASE WHEN shadow THEN 'embedding_next' ELSE 'embedding' END))
+    FROM memory AS m
+    WHERE m.team_id = team AND m.status = 'active' AND m.embedding IS NOT NULL
+$$"""
 
 # 0016's, and with `shadow` the same on the new column of an embedder migration.
 TEAM_INDEX_DEFINITIONS = """
@@ -274,6 +287,8 @@ FUNCTIONS = (
 
 
 def upgrade() -> None:
+    op.execute("DROP FUNCTION memory_team_lists(uuid)")
+    op.execute(TEAM_LISTS)
     op.execute("DROP FUNCTION memory_team_index_definitions(uuid, bigint, integer, boolean)")
     op.execute(TEAM_INDEX_DEFINITIONS)
     op.execute(EMBEDDER_CHANGE)
@@ -293,3 +308,5 @@ def downgrade() -> None:
         "DROP FUNCTION memory_team_index_definitions(uuid, bigint, integer, boolean, boolean)"
     )
     op.execute(crowded.TEAM_INDEX_DEFINITIONS)
+    op.execute("DROP FUNCTION memory_team_lists(uuid, boolean)")
+    op.execute(crowded.TEAM_LISTS)

@@ -569,7 +569,7 @@ async def test_the_schema_check_ignores_a_migration_in_progress_which_can_be_aba
         )
     [(key, lists)] = await select(
         store,
-        "SELECT lpad(to_hex(memory_team_key(:t)), 16, '0'), memory_team_lists(:t)",
+        "SELECT lpad(to_hex(memory_team_key(:t)), 16, '0'), memory_team_lists(:t, true)",
         t=store.teams["big"],
     )
     assert set(await shadow_objects(store)) == {
