@@ -942,9 +942,11 @@ class Bench:
 # -- the run --------------------------------------------------------------------------
 
 
-def table(rows: list[Row]) -> str:
+HEADER = ("measurement", "memories", "skill_store", "raw asyncpg", "ratio", "notes")
+
+
+def table(rows: list[Row], header: Sequence[str] = HEADER) -> str:
     """The results as a Markdown table."""
-    header = ("measurement", "memories", "skill_store", "raw asyncpg", "ratio", "notes")
     lines = [
         (row.measurement, f"{row.memories:,}", row.ours, row.raw, row.ratio, row.notes)
         for row in rows

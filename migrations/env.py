@@ -19,7 +19,7 @@ from skill_store.database import MIGRATION_LOCK, database_url
 from skill_store.models import metadata
 from skill_store.models._types import PydanticJSONB
 from skill_store.models.memory import TEAM_INDEX_PREFIX
-from skill_store.schema import alembic_include_object, package_enums
+from skill_store.schema import alembic_include_object, in_embedder_migration, package_enums
 
 if context.config.config_file_name is not None:
     fileConfig(context.config.config_file_name, disable_existing_loggers=False)
@@ -44,6 +44,8 @@ def include_object(
     # The package's objects only: what an application's migrations leave out, so that the
     # application's tables in the same database are never drift here.
     if alembic_include_object(obj, name, type_, reflected, compare_to):
+        return False
+    if in_embedder_migration(type_, name):
         return False
     if type_ != "index" or name is None:
         return True

@@ -13,6 +13,12 @@ from skill_store.database import (
     get_sync_engine,
     migrate,
 )
+from skill_store.embedder_migration import (
+    EmbeddingMigrationProgress,
+    EmbeddingMigrationReport,
+    abandon_embedding_migration,
+    migrate_embeddings,
+)
 from skill_store.embeddings import Embedder, HashingEmbedder, OpenAIEmbedder, embedder_from_settings
 from skill_store.errors import (
     AccessDeniedError,
@@ -20,6 +26,7 @@ from skill_store.errors import (
     ConnectionLostError,
     DatabaseUnreachableError,
     EmbeddingDimensionError,
+    EmbeddingMigrationError,
     EmbeddingModelError,
     EmbeddingServiceError,
     MemoryFileError,
@@ -61,6 +68,9 @@ __all__ = [
     "DatabaseUnreachableError",
     "Embedder",
     "EmbeddingDimensionError",
+    "EmbeddingMigrationError",
+    "EmbeddingMigrationProgress",
+    "EmbeddingMigrationReport",
     "EmbeddingModelError",
     "EmbeddingServiceError",
     "Explorer",
@@ -82,6 +92,7 @@ __all__ = [
     "TeamRowRepository",
     "TokenCounter",
     "UserRepository",
+    "abandon_embedding_migration",
     "alembic_include_object",
     "approximate_tokens",
     "check_connection",
@@ -97,6 +108,7 @@ __all__ = [
     "load_settings",
     "maintain",
     "migrate",
+    "migrate_embeddings",
     "scope_to_team",
     "to_frame",
     *(name for name in _model_names if name != "metadata"),

@@ -19,7 +19,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich import box
 from rich.console import Console
-from rich.progress import MofNCompleteColumn, Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -36,6 +36,13 @@ from skill_store.database import (
     migrate,
     revisions,
     run_alembic,
+)
+from skill_store.embedder_migration import (
+    BATCH_SIZE,
+    EmbeddingMigrationProgress,
+    EmbeddingMigrationReport,
+    abandon_embedding_migration,
+    migrate_embeddings,
 )
 from skill_store.embeddings import embedder_from_settings
 from skill_store.errors import ConflictError, NotFoundError, SkillStoreError
@@ -191,9 +198,10 @@ app = typer.Typer(
     cls=_Group,
     help=(
         "Users, teams, agents with a typed identity, and their long-term memory.\n\n"
-        "It creates users, teams and agents, adds members, and lists, searches, imports and"
-        " exports memories; it does not change or delete users, teams or agents, nor write"
-        " conversations: the Python API does."
+        "It creates users, teams and agents, adds members, lists, searches, imports and"
+        " exports memories, and moves their vectors to another embedder; it does not change"
+        " or delete users, teams or agents, edit or delete memories, nor write conversations:"
+        " the Python API does."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -205,12 +213,14 @@ users = _group("Users of the store.")
 teams = _group("Teams and their members.")
 agents = _group("A team's agents and their AgentDNA.")
 memories = _group("A team's memories: list, show, search, history, import, export.")
+embeddings = _group("The memories' vectors: move them to another embedder.")
 for name, group in (
     ("db", db),
     ("users", users),
     ("teams", teams),
     ("agents", agents),
     ("memories", memories),
+    ("embeddings", embeddings),
 ):
     app.add_typer(group, name=name)
 
@@ -1386,6 +1396,129 @@ def export_command(
     with _user_errors():
         output.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     console.print(f"exported {len(lines)} memories to {output}", soft_wrap=True)
+
+
+# -- the embedder --------------------------------------------------------------------------
+
+
+def _left(progress: EmbeddingMigrationProgress) -> str:
+    if progress.eta is None:
+        return ""
+    minutes, seconds = divmod(round(progress.eta), 60)
+    return f"about {minutes} min {seconds} s left" if minutes else f"about {seconds} s left"
+
+
+@contextmanager
+def _migration_progress() -> Iterator[Callable[[EmbeddingMigrationProgress], None]]:
+    """Report an embedder migration's progress on stderr: a bar on a terminal, else lines."""
+    if not err_console.is_terminal:
+
+        def line(progress: EmbeddingMigrationProgress) -> None:
+            typer.echo(
+                f"embedded {progress.done} / {progress.total} memories,"
+                f" {progress.rate:.0f}/s, {_left(progress)}",
+                err=True,
+            )
+
+        yield line
+        return
+    columns = (
+        TextColumn("embedding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}/s {task.fields[left]}"),
+    )
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("embedding", total=None, rate="0", left="")
+        yield lambda done: progress.update(
+            task,
+            completed=done.done,
+            total=done.total,
+            rate=f"{done.rate:.0f}",
+            left=_left(done),
+        )
+
+
+@_command(embeddings, "migrate")
+def migrate_embeddings_command(
+    team: Annotated[
+        str | None,
+        typer.Option(
+            "--team", metavar="SLUG", help="Only this team (its slug), if the dimension stays."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(metavar="N", help="Memories per call of the embedder and per transaction."),
+    ] = BATCH_SIZE,
+    as_json: AsJson = False,
+) -> None:
+    """Embed every memory again with the configured embedder, then switch to the new vectors.
+
+    The embedder is the one the settings name (EMBEDDING_MODEL, EMBEDDING_DIMENSIONS, ...);
+    its dimension may differ from the store's. Searches go on meanwhile, with the old
+    vectors until the switch (one short transaction at the end), the new ones afterwards:
+    restart the store's users with the new settings then. Progress goes to stderr. Stopped
+    or killed, run it again: it resumes, keeping the batches written. --team moves one team
+    only, and only if the dimension stays.
+    """
+    if batch_size < 1:
+        raise _fail(f"--batch-size must be at least 1, got {batch_size}")
+
+    async def main() -> EmbeddingMigrationReport:
+        engine = await get_engine()
+        try:
+            await ensure_migrated(engine)
+            team_id = None
+            if team is not None:
+                async with get_session_factory(engine)() as session:
+                    team_id = (await _team(session, team)).id
+            embedder = embedder_from_settings()
+            with _migration_progress() as on_progress:
+                return await migrate_embeddings(
+                    engine,
+                    embedder,
+                    team_id=team_id,
+                    batch_size=batch_size,
+                    on_progress=on_progress,
+                )
+        finally:
+            await engine.dispose()
+
+    with _user_errors():
+        report = asyncio.run(main())
+    if as_json:
+        _print_json(dataclasses.asdict(report))
+        return
+    models = ", ".join(repr(model) if model else "unknown" for model in report.previous_models)
+    previous = f"{models} ({report.previous_dimensions} dimensions)".strip()
+    typer.echo(
+        f"moved the memories of {team or 'every team'} from {previous} to {report.model!r}"
+        f" ({report.dimensions} dimensions): {report.embedded} embedded in"
+        f" {report.embed_calls} calls, {report.copied} carried over, {report.resumed} done by"
+        f" an earlier run; {report.switched} vectors switched in one transaction (writes"
+        f" waited {report.switch_seconds:.2f} s); team indexes built before the switch:"
+        f" {report.indexes_built}, after it: {report.indexes_rebuilt}; {report.seconds:.1f} s"
+    )
+
+
+@_command(embeddings, "abandon")
+def abandon_embeddings_command() -> None:
+    """Drop the embedder migration in progress; the memories keep the vectors they have."""
+
+    async def main() -> bool:
+        engine = await get_engine()
+        try:
+            await ensure_migrated(engine)
+            return await abandon_embedding_migration(engine)
+        finally:
+            await engine.dispose()
+
+    with _user_errors():
+        dropped = asyncio.run(main())
+    typer.echo(
+        "abandoned the embedder migration" if dropped else "no embedder migration to abandon"
+    )
 
 
 class _LevelPrefix(logging.Formatter):

@@ -61,6 +61,14 @@ class EmbeddingServiceError(SkillStoreError):
         self.status = status
 
 
+class EmbeddingMigrationError(SkillStoreError):
+    """An embedder migration was refused or could not go on; the message says why.
+
+    A refusal changes nothing. A migration that stops midway keeps what it did: run it
+    again to resume it.
+    """
+
+
 class MemoryFileError(SkillStoreError, ValueError):
     """Lines of a memory file are not valid memories; nothing was imported."""
 
@@ -132,6 +140,7 @@ __all__ = [
     "ConnectionLostError",
     "DatabaseUnreachableError",
     "EmbeddingDimensionError",
+    "EmbeddingMigrationError",
     "EmbeddingModelError",
     "EmbeddingServiceError",
     "MemoryFileError",

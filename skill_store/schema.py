@@ -17,6 +17,12 @@ from skill_store import models
 VERSION_TABLE = "alembic_version"
 """The table of the package's migration history; an application's history needs its own."""
 
+EMBEDDER_MIGRATION_COLUMNS = frozenset({"embedding_next", "embedding_model_next"})
+"""`memory`'s shadow columns while an embedder migration is in progress (migration 0017)."""
+
+EMBEDDER_MIGRATION_INDEX_PREFIX = "memory_next_"
+"""Start of the names of the indexes on the shadow columns, until the switch renames them."""
+
 
 @cache
 def _package_tables() -> frozenset[sa.Table]:
@@ -42,6 +48,18 @@ def package_enums() -> frozenset[str]:
         for column in table.columns
         if isinstance(column.type, sa.Enum) and column.type.name
     )
+
+
+def in_embedder_migration(type_: str, name: str | None) -> bool:
+    """Whether a column or index of `memory` exists only while an embedder migration runs.
+
+    The models never declare them: the package's own comparison (`migrations/env.py`) leaves
+    them out, so `skill-store db check` stays clean while a migration is in progress.
+    """
+    if type_ == "column":
+        return name in EMBEDDER_MIGRATION_COLUMNS
+    prefix = EMBEDDER_MIGRATION_INDEX_PREFIX
+    return type_ == "index" and name is not None and name.startswith(prefix)
 
 
 def alembic_include_object(

@@ -20,6 +20,10 @@ _MAX_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's limit for statement_timeout
 _NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
 
 
+MAX_EMBEDDING_DIMENSIONS = 2000
+"""The longest embedding the store takes: the most an HNSW index on `vector` takes."""
+
+
 def normalize_database_url(url: str) -> str:
     """Return `url` with the asyncpg driver, the only one this package uses.
 
@@ -92,7 +96,7 @@ class Settings(BaseSettings):
     embedding_dimensions: int = Field(
         default=1536,
         ge=1,
-        le=2000,
+        le=MAX_EMBEDDING_DIMENSIONS,
         description="Length of every embedding; 2000 is the most an HNSW index on `vector` takes.",
     )
     recency_half_life: timedelta = Field(

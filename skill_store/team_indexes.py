@@ -177,7 +177,7 @@ async def index_large_teams(
     dropped = 0
     async with engine.connect() as connection:
         autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        await _lock(autocommit)
+        await lock_index_builds(autocommit)
         try:
             await autocommit.execute(
                 text("SELECT set_config('maintenance_work_mem', :memory, false)"),
@@ -199,8 +199,10 @@ async def index_large_teams(
     return TeamIndexes(built=built, dropped=dropped)
 
 
-async def _lock(connection: AsyncConnection) -> None:
-    """Take the lock of index builds, waiting for it by polling.
+async def lock_index_builds(connection: AsyncConnection) -> None:
+    """Take the lock of index builds on `memory` (`INDEX_LOCK`), waiting for it by polling.
+
+    The connection holds it until it calls `pg_advisory_unlock(INDEX_LOCK)` or closes.
 
     Not by `pg_advisory_lock`: a statement that waits holds a snapshot, which the build
     that holds the lock would wait for in turn (a deadlock).

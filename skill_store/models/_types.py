@@ -248,6 +248,16 @@ class Vector(VECTOR):
 
         return process
 
+    def column_expression(self, colexpr: Any) -> Any:
+        """Select the column as `vector`, without its dimension.
+
+        A connection's prepared statements keep the types of their results, and PostgreSQL
+        refuses to run one whose result type changed ("cached plan must not change result
+        type"): a column of a new dimension (an embedder migration's switch) would make
+        every statement that selects it fail once in every other process.
+        """
+        return sa.cast(colexpr, VECTOR())
+
 
 class Model(SQLModel):
     """The base of the package's models: each builds its validator when it is first used.

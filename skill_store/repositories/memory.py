@@ -198,18 +198,32 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             select(*(func.set_config(name, value, True) for name, value in settings.items()))
         )
 
-    async def column_dimensions(self) -> int:
-        """The dimension of the database's `memory.embedding` column, read once per engine."""
+    async def column_dimensions(self, *, fresh: bool = False) -> int:
+        """The dimension of the database's `memory.embedding` column, read once per engine.
+
+        Args:
+            fresh: Read it again.
+        """
         engine = self.session.get_bind().engine
-        if engine not in _COLUMN_DIMENSIONS:
+        if fresh or engine not in _COLUMN_DIMENSIONS:
             async with translated_errors():
                 dimensions = int((await self.session.exec(EMBEDDING_COLUMN)).one())
             _COLUMN_DIMENSIONS[engine] = dimensions
         return _COLUMN_DIMENSIONS[engine]
 
+    async def _dimensions_for(self, lengths: Iterable[int]) -> int:
+        """The column's dimension, read again if one of `lengths` differs from the one read.
+
+        An embedder migration in another process may have changed it since.
+        """
+        dimensions = await self.column_dimensions()
+        if any(length != dimensions for length in lengths):
+            dimensions = await self.column_dimensions(fresh=True)
+        return dimensions
+
     async def _vector(self, embedding: VectorLike) -> NDArray[np.float32]:
         """`embedding` checked by `as_vector` against the column's dimension."""
-        return as_vector(embedding, await self.column_dimensions())
+        return as_vector(embedding, await self._dimensions_for([len(embedding)]))
 
     async def _vector_rows(self, statement: Any, parameters: Mapping[str, Any]) -> Sequence[Any]:
         """The rows of a statement that gives the column's dimension first in each.
@@ -577,7 +591,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             if len(ids) != len(validated):
                 raise ValueError(f"{len(ids)} ids given for {len(validated)} items")
             new_ids = [given or new for given, new in zip(ids, new_ids, strict=True)]
-        expected = await self.column_dimensions()
+        expected = await self._dimensions_for(
+            len(item.embedding) for item in validated if item.embedding is not None
+        )
         for position, item in enumerate(validated):
             if item.embedding is not None:
                 try:

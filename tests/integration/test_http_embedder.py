@@ -7,12 +7,8 @@ The waits between retries are recorded instead of slept.
 """
 
 import asyncio
-import json
 import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -22,87 +18,16 @@ import skill_store.embeddings
 from skill_store.embeddings import OpenAIEmbedder
 from skill_store.errors import EmbeddingDimensionError, EmbeddingServiceError, SkillStoreError
 
+from ..support import FakeEmbeddingService, Reply, serving
+
 KEY = "sk-test-0123456789-very-secret"
 DIMENSIONS = 8
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    body: Any = None  # None: the vectors asked for, `len(text)` first, in reversed order
-    headers: dict[str, str] = field(default_factory=dict)
-    dimensions: int | None = None  # length of the vectors sent; None: the one asked for
-
-
-@dataclass
-class Received:
-    path: str
-    authorization: str | None
-    body: Any
-
-
-class FakeEmbeddingService:
-    def __init__(self) -> None:
-        self.script: list[Reply] = []
-        self.received: list[Received] = []
-        self.base_url = ""
-        self._lock = threading.Lock()
-
-    def answer(self, path: str, authorization: str | None, raw: bytes) -> tuple[Reply, bytes]:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        with self._lock:
-            self.received.append(Received(path, authorization, body))
-            reply = self.script.pop(0) if self.script else Reply()
-        content = reply.body
-        if content is None:
-            size = reply.dimensions or body["dimensions"]
-            data = [
-                {"object": "embedding", "index": i, "embedding": [float(len(text))] * size}
-                for i, text in enumerate(body["input"])
-            ]
-            content = {"object": "list", "data": data[::-1], "model": body["model"]}
-        return reply, json.dumps(content).encode()
-
-
-def make_handler(service: FakeEmbeddingService) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 5  # a connection left open cannot hold the server's shutdown for longer
-
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            reply, content = service.answer(self.path, self.headers.get("Authorization"), raw)
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            self.wfile.write(content)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
-
-
 @pytest.fixture
 def service() -> Iterator[FakeEmbeddingService]:
-    service = FakeEmbeddingService()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(service))
-    server.daemon_threads = False  # so that server_close() waits for the request threads
-    service.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(FakeEmbeddingService()) as service:
         yield service
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-    assert not thread.is_alive()
 
 
 @pytest.fixture

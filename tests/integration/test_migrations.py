@@ -2,6 +2,7 @@
 
 import importlib
 import re
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -80,6 +81,15 @@ RETRIEVAL_FUNCTIONS = {
     "memory_relevance",
     "memory_embedding_models",
 }
+EMBEDDER_MIGRATION_FUNCTIONS = {
+    "memory_embedder_change",
+    "memory_embedder_migration",
+    "trigger_clear_memory_embedding_next",
+    "begin_memory_embedder_migration",
+    "switch_memory_embedder",
+    "switch_memory_embedder_of_team",
+    "end_memory_embedder_migration",
+}
 ALL_FUNCTIONS = (
     FUNCTIONS
     | SEARCH_FUNCTIONS
@@ -87,6 +97,7 @@ ALL_FUNCTIONS = (
     | TENANCY_FUNCTIONS
     | TEAM_SEARCH_FUNCTIONS
     | RETRIEVAL_FUNCTIONS
+    | EMBEDDER_MIGRATION_FUNCTIONS
 )
 TRIGGERS = {
     ("user", "trg_user_updated_at"),
@@ -101,6 +112,8 @@ TRIGGERS = {
     ("memory_log", "trg_memory_log_no_truncate"),
 }
 RETRIEVAL_TRIGGERS = {("memory", "trg_memory_text_config")}
+EMBEDDER_MIGRATION_TRIGGERS = {("memory", "trg_memory_embedding_next")}
+"""While an embedder migration is in progress only."""
 TEAM_RULE_TRIGGERS = {
     ("memory", "fk_memory_agent_team"),
     ("memory", "fk_memory_source_conversation_team"),
@@ -410,3 +423,44 @@ async def test_0014_reads_team_wide_memories_in_their_teams_language(
     await run_alembic(lambda config: command.downgrade(config, "0013"), empty_engine)
     async with empty_engine.connect() as connection:
         assert await rows(connection, words) == [("simple", "'ada':1 'running':3 'was':2")]
+
+
+async def test_0017_downgrades_an_embedder_migration_in_progress(
+    empty_engine: AsyncEngine,
+) -> None:
+    """The downgrade abandons it; 0016's definitions of a team's indexes are back."""
+    shadow = (
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'memory'::regclass"
+        " AND attname LIKE '%\\_next' AND NOT attisdropped ORDER BY attname"
+    )
+    definitions = f"SELECT memory_team_index_definitions('{uuid.uuid4()}', 3, 2, true{{}})"
+    await migrate(empty_engine, "0016")
+    async with empty_engine.connect() as connection:
+        theirs = await rows(connection, definitions.format(""))
+    await migrate(empty_engine)
+    async with empty_engine.begin() as connection:
+        assert await rows(connection, definitions.format("")) == theirs
+        await connection.execute(text("SELECT begin_memory_embedder_migration(12, 'm', NULL)"))
+        assert await rows(connection, "SELECT * FROM memory_embedder_migration()") == [
+            ("m", 12, None)
+        ]
+        assert await rows(connection, shadow) == [("embedding_model_next",), ("embedding_next",)]
+        assert await our_triggers(connection) == (
+            TRIGGERS | TEAM_KEY_TRIGGERS | RETRIEVAL_TRIGGERS | EMBEDDER_MIGRATION_TRIGGERS
+        )
+        [(on_the_new_column,)] = await rows(connection, definitions.format(", true"))
+    for statement in on_the_new_column:
+        assert statement.startswith("CREATE INDEX CONCURRENTLY memory_next_")
+        assert "embedding_next)::halfvec(12)" in statement or "(embedding_next::halfvec(12))" in (
+            statement
+        )
+
+    await run_alembic(lambda config: command.downgrade(config, "0016"), empty_engine)
+    async with empty_engine.connect() as connection:
+        assert await rows(connection, shadow) == []
+        assert await our_functions(connection) == ALL_FUNCTIONS - EMBEDDER_MIGRATION_FUNCTIONS
+        assert await our_triggers(connection) == TRIGGERS | TEAM_KEY_TRIGGERS | RETRIEVAL_TRIGGERS
+        assert await rows(connection, definitions.format("")) == theirs
+
+    await migrate(empty_engine)
+    await run_alembic(command.check, empty_engine)

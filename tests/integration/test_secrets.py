@@ -29,6 +29,7 @@ from skill_store import (
     TeamUpdate,
     UserCreate,
     UserRepository,
+    finish_index_builds,
     get_engine,
     get_session_factory,
     get_sync_engine,
@@ -91,6 +92,7 @@ async def store(server_url: str) -> AsyncIterator[Store]:
             "Ada prefers tea", MemoryType.SEMANTIC, team_id=team.id, tags=["drinks"]
         )
         await session.commit()
+    await finish_index_builds(engine)
     await engine.dispose()
     yield Store(url, url_password, owner.password_hash, team.slug, memory.id)
     await drop_database(server_url, DATABASE)
