@@ -283,7 +283,10 @@ def validating_arguments(method: Callable[..., Any]) -> Callable[..., Any]:
         if (found := checker()) is None:
             return await method(*args, **kwargs)
         signature, arguments = found
-        bound = signature.bind(*args, **kwargs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as error:  # as Python names the method: `bind` does not
+            raise TypeError(f"{method.__qualname__}() {error}") from None
         fields = arguments.model_fields
         given = {name: value for name, value in bound.arguments.items() if name in fields}
         checked = arguments.model_validate(given)

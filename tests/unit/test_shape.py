@@ -68,6 +68,15 @@ def test_the_team_is_a_keyword_and_options_follow_the_row_by_keyword(
         assert "team_id" in keywords
 
 
+async def test_a_call_in_an_old_shape_is_a_type_error_naming_the_method() -> None:
+    memories = skill_store.MemoryRepository(None)  # type: ignore[arg-type]  (no SQL is sent)
+
+    with pytest.raises(TypeError, match=r"^MemoryRepository.with_tag\(\) too many positional"):
+        await memories.with_tag(uuid.uuid4(), "tea")  # type: ignore[arg-type, misc]
+    with pytest.raises(TypeError, match=r"^MemoryRepository.get\(\) missing a required"):
+        await memories.get(uuid.uuid4())  # type: ignore[call-arg]
+
+
 def test_context_for_takes_what_retrieve_takes() -> None:
     retrieve = inspect.signature(skill_store.MemoryRepository.retrieve).parameters
     context_for = inspect.signature(skill_store.MemoryRepository.context_for).parameters
