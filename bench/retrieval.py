@@ -225,7 +225,9 @@ async def measure(
 
     async def vector(c: Conversation, q: Question) -> list[str]:
         team, agent = c.teams["minilm"]
-        found = await memories.search_by_embedding(vectors[q.text], team, agent, limit=TOP)
+        found = await memories.search_by_embedding(
+            vectors[q.text], team_id=team, agent_id=agent, limit=TOP
+        )
         return dialog_ids(found)
 
     async def lexical(c: Conversation, q: Question) -> list[str]:
@@ -240,7 +242,7 @@ async def measure(
             "exact": EXACT_SEARCH_MAX_ROWS,
         }
         ids = [row[0] for row in (await session.exec(LEXICAL, params=parameters)).all()]  # type: ignore[call-overload]
-        found = {memory.id: memory for memory in [await memories.get(i, team) for i in ids]}
+        found = {memory.id: memory for memory in [await memories.get(i, team_id=team) for i in ids]}
         return [str(found[i].metadata_json["dia_id"]) for i in ids]
 
     async def fused(c: Conversation, q: Question) -> list[str]:

@@ -634,7 +634,7 @@ class Bench:
             ) -> None:
                 async with self.factory() as session:
                     hits = await MemoryRepository(session).search_by_embedding(
-                        vector, team_id, limit=LIMIT
+                        vector, team_id=team_id, limit=LIMIT
                     )
                 found[:] = [hit.id for hit in hits]
 
@@ -695,7 +695,7 @@ class Bench:
             async def search(team_id: uuid.UUID = team.id, vector: list[float] = vector) -> None:
                 async with self.factory() as session:
                     await MemoryRepository(session).search_by_embedding(
-                        vector, team_id, limit=LIMIT
+                        vector, team_id=team_id, limit=LIMIT
                     )
 
             pair = (retrieve, search) if number % 2 else (search, retrieve)
@@ -849,7 +849,7 @@ class Bench:
         if retrieving:
             await memories.retrieve(words, team_id=team.id, query_embedding=vector, limit=LIMIT)
         else:
-            await memories.search_by_embedding(vector, team.id, limit=LIMIT)
+            await memories.search_by_embedding(vector, team_id=team.id, limit=LIMIT)
 
     def call_raw(
         self, retrieving: bool, team: Team, vector: list[float], words: str

@@ -79,7 +79,9 @@ async def main() -> None:
             print(f"{memory.score:.3f} {memory.content}  {memory.signals}")
 
         # packed into the agent's token budget, ready for its system prompt
-        context = await memories.context_for(kyra, "Where did Ada go climbing?")
+        context = await memories.context_for(
+            "Where did Ada go climbing?", team_id=team.id, agent_id=kyra.id
+        )
         print(context.tokens, "tokens")
         print(kyra.personality.system_prompt_template.format(memory_context=context.text))
         await session.rollback()

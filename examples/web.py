@@ -91,14 +91,18 @@ async def list_memories(
     team_id: TeamId, session: TeamSession, limit: int = 50, offset: int = 0
 ) -> list[MemoryRead]:
     """The team's memories, newest first."""
-    found = await MemoryRepository(session).list(limit, offset, team_id=team_id, newest_first=True)
+    found = await MemoryRepository(session).list(
+        team_id=team_id, limit=limit, offset=offset, newest_first=True
+    )
     return [MemoryRead.model_validate(memory) for memory in found]
 
 
 @app.get("/memories/{memory_id}", response_model_exclude={"embedding"})
 async def get_memory(memory_id: uuid.UUID, team_id: TeamId, session: TeamSession) -> MemoryRead:
     """One of the team's memories (another team's is not found)."""
-    return MemoryRead.model_validate(await MemoryRepository(session).get(memory_id, team_id))
+    return MemoryRead.model_validate(
+        await MemoryRepository(session).get(memory_id, team_id=team_id)
+    )
 
 
 @app.get("/retrieve", response_model_exclude=WITHOUT_EMBEDDINGS)

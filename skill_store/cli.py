@@ -4,19 +4,28 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
+import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import sqlalchemy as sa
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from typer._click import Context, HelpFormatter
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from skill_store import demo as demo_data
 from skill_store.database import (
@@ -36,16 +45,29 @@ from skill_store.embedder_migration import (
     migrate_embeddings,
 )
 from skill_store.embeddings import embedder_from_settings
-from skill_store.errors import NotFoundError, SkillStoreError
+from skill_store.errors import ConflictError, NotFoundError, SkillStoreError
 from skill_store.maintenance import MaintenanceReport
 from skill_store.maintenance import maintain as run_maintenance
-from skill_store.models import Agent, Memory, MemoryType, Team
+from skill_store.models import (
+    Agent,
+    AgentCreate,
+    AgentDNA,
+    Memory,
+    MemoryType,
+    Team,
+    TeamMembershipRead,
+    TeamRead,
+    UserCreate,
+    UserRead,
+    UserRole,
+)
 from skill_store.portability import ImportCounts, export_memories, import_memories
 from skill_store.repositories import (
     AgentRepository,
     MemoryRepository,
     StatsRepository,
     TeamRepository,
+    UserRepository,
 )
 from skill_store.repositories.base import translated_errors
 from skill_store.settings import get_settings, mask_password
@@ -66,22 +88,135 @@ T = TypeVar("T")
 # The signals of `MemoryRepository.retrieve`, abridged for narrow terminals.
 SIGNAL_COLUMNS = ("sem", "rec", "imp", "cont", "rel")
 
+
+def _value_name(parameter: Any) -> str:
+    """What an argument or option takes, as help shows it: its metavar, or its name."""
+    return str(parameter.metavar or parameter.name.upper())
+
+
+def _format_parameters(command: Any, ctx: Context, formatter: HelpFormatter) -> None:
+    """Arguments and options, each by the value it takes (`--team SLUG`), not its type."""
+    arguments, options = [], []
+    for parameter in command.get_params(ctx):
+        record = parameter.get_help_record(ctx)
+        if record is None:
+            continue
+        if isinstance(parameter, TyperArgument):
+            arguments.append((_value_name(parameter), record[1]))
+            continue
+        names = ", ".join(parameter.opts)
+        options.append(
+            (names if parameter.is_flag else f"{names} {_value_name(parameter)}", record[1])
+        )
+    for title, rows in (("Arguments", arguments), ("Options", options)):
+        if rows:
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+class _Command(TyperCommand):
+    """A command whose usage and help name what each argument and option takes."""
+
+    def collect_usage_pieces(self, ctx: Context) -> list[str]:
+        """`[OPTIONS] ID`: the arguments by name, an optional one in brackets."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for parameter in self.get_params(ctx):
+            if isinstance(parameter, TyperArgument):
+                name = _value_name(parameter)
+                pieces.append(name if parameter.required else f"[{name}]")
+        return pieces
+
+    def format_options(self, ctx: Context, formatter: HelpFormatter) -> None:
+        """Arguments and options, by the values they take."""
+        _format_parameters(self, ctx, formatter)
+
+
+class _Group(TyperGroup):
+    """A group of commands, each listed with the whole first sentence of its help.
+
+    A usage error (a missing or unknown option, a bad value) is one line on stderr and exit
+    status 1, as the command's other errors.
+    """
+
+    def format_options(self, ctx: Context, formatter: HelpFormatter) -> None:
+        """Options, then the commands."""
+        _format_parameters(self, ctx, formatter)
+        self.format_commands(ctx, formatter)
+
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
+        """Each command and the first sentence of its help, whole."""
+        rows = [
+            (name, command.get_short_help_str(limit=sys.maxsize))
+            for name, command in self.commands.items()
+            if not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line; as a program (`standalone_mode`), exit with its status."""
+        run = dict(
+            args=args,
+            prog_name=prog_name,
+            complete_var=complete_var,
+            windows_expand_args=windows_expand_args,
+            **extra,
+        )
+        if not standalone_mode:
+            return super().main(standalone_mode=False, **run)
+        try:
+            status = super().main(standalone_mode=False, **run)
+        except NoArgsIsHelpError as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except UsageError as error:
+            where = f"; see `{error.ctx.command_path} --help`" if error.ctx else ""
+            _fail_now(f"{error.format_message().rstrip('.')}{where}")
+        except ClickException as error:
+            _fail_now(error.format_message())
+        except typer.Abort:
+            _fail_now("aborted")
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+def _group(help: str) -> typer.Typer:
+    return typer.Typer(
+        cls=_Group, help=help, no_args_is_help=True, add_completion=False, rich_markup_mode=None
+    )
+
+
 app = typer.Typer(
-    help="Users, teams, agents with a typed identity, and their long-term memory.",
+    cls=_Group,
+    help=(
+        "Users, teams, agents with a typed identity, and their long-term memory.\n\n"
+        "It creates users, teams and agents, adds members, lists, searches, imports and"
+        " exports memories, and moves their vectors to another embedder; it does not change"
+        " or delete users, teams or agents, edit or delete memories, nor write conversations:"
+        " the Python API does."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
 )
-db = typer.Typer(help="Create, upgrade and inspect the database schema.", no_args_is_help=True)
-teams = typer.Typer(help="Teams in the store.", no_args_is_help=True)
-agents = typer.Typer(help="A team's agents and their AgentDNA.", no_args_is_help=True)
-memories = typer.Typer(help="A team's memories: list, search, history, import, export.")
-memories.info.no_args_is_help = True
-embeddings = typer.Typer(
-    help="The memories' vectors: move them to another embedder.", no_args_is_help=True
-)
+db = _group("Create, upgrade and inspect the database schema.")
+users = _group("Users of the store.")
+teams = _group("Teams and their members.")
+agents = _group("A team's agents and their AgentDNA.")
+memories = _group("A team's memories: list, show, search, history, import, export.")
+embeddings = _group("The memories' vectors: move them to another embedder.")
 for name, group in (
     ("db", db),
+    ("users", users),
     ("teams", teams),
     ("agents", agents),
     ("memories", memories),
@@ -92,9 +227,12 @@ for name, group in (
 console = Console()
 err_console = Console(stderr=True)
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-TeamSlug = Annotated[str, typer.Option("--team", help="The team's slug.")]
+TeamSlug = Annotated[str, typer.Option("--team", metavar="SLUG", help="The team's slug.")]
+Yes = Annotated[bool, typer.Option("--yes", help="Do it without asking.")]
 MAX_LIMIT = 10_000
 """The most memories `memories list` and `memories search` print (`export` has no limit)."""
+SHORT_ID = 8
+"""Hexadecimal digits of the ids tables show, or more where a team's memories share them."""
 
 
 def _fail(message: str) -> typer.Exit:
@@ -102,9 +240,33 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def _fail_now(message: str) -> NoReturn:
+    """Say what went wrong in one line on stderr, and exit with status 1."""
+    _fail(message)
+    sys.exit(1)
+
+
 def _check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_LIMIT:
         raise _fail(f"--limit must be between 1 and {MAX_LIMIT}, got {limit}")
+
+
+def _command(group: typer.Typer, name: str | None = None) -> Callable[[Callable[..., T]], Any]:
+    """Register a command of `group` (named after its function, or `name`)."""
+    return group.command(name, cls=_Command)
+
+
+def _asked(question: str, refusal: str, yes: bool) -> bool:
+    """Whether to go on: `--yes`, else the answer on the terminal (no by default).
+
+    Raises:
+        typer.Exit: Saying `refusal`, without a terminal to ask on.
+    """
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise _fail(f"{refusal}: pass --yes to go on without a terminal to ask on")
+    return typer.confirm(question, default=False)
 
 
 @contextmanager
@@ -135,14 +297,6 @@ def _user_errors() -> Iterator[None]:
 
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
-
-
-def _print_document(data: dict[str, Any], as_json: bool) -> None:
-    """One JSON document: plain for scripts, highlighted for people."""
-    if as_json:
-        _print_json(data)
-    else:
-        console.print_json(data=data)
 
 
 def _on_database(action: Callable[["Config"], T]) -> T:
@@ -181,29 +335,107 @@ async def _team(session: AsyncSession, slug: str) -> Team:
 
 
 async def _agent(session: AsyncSession, team: Team, slug: str) -> Agent:
-    agent = await AgentRepository(session).get_by_slug(team.id, slug)
+    agent = await AgentRepository(session).get_by_slug(slug, team_id=team.id)
     if agent is None:
         raise NotFoundError("agent", f"{slug!r} in team {team.slug!r}")
     return agent
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    table = Table(title=title, title_justify="left")
+async def _user(session: AsyncSession, email: str) -> UserRead:
+    user = await UserRepository(session).get_by_email(email)
+    if user is None:
+        raise NotFoundError("user", f"with email {email}")
+    return UserRead.model_validate(user)
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def _table(
+    title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, fill: str | None = None
+) -> Table:
+    """A table of one line a row, no wider than the terminal.
+
+    Every column is as wide as its widest value, none wrapped: where that is too wide,
+    `fill`, the column of long text, takes the width left and cuts its values with an
+    ellipsis.
+    """
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in columns:
-        table.add_column(column)
+        if column == fill:
+            table.add_column(column, ratio=1, no_wrap=True, overflow="ellipsis")
+        else:
+            table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(*(str(value) for value in row))
+    natural = console.measure(table, options=console.options.update_width(sys.maxsize))
+    table.expand = fill is not None and natural.maximum > console.width
     return table
 
 
-def _excerpt(content: str, width: int = 70) -> str:
-    return content if len(content) <= width else content[: width - 1] + "…"
+def _print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    empty: str,
+    fill: str | None = None,
+) -> None:
+    """`_table`, or the line `empty` when there are no rows."""
+    console.print(_table(title, columns, rows, fill=fill) if rows else empty)
+
+
+def _words(value: Any) -> str:
+    """A value as people read it: a moment to the second, lists joined, yes and no."""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S %Z").rstrip()
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_words(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return str(value)
+
+
+def _fields(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(name, value in words) of each field that has a value, sub-models' as `model.name`."""
+    for name, value in data.items():
+        if isinstance(value, dict) and value and all(isinstance(key, str) for key in value):
+            yield from _fields(value, f"{prefix}{name}.")
+        elif value not in (None, "", [], {}):
+            yield f"{prefix}{name}", _words(value)
+
+
+def _print_model(model: BaseModel, as_json: bool, **extra: Any) -> None:
+    """A model (and `extra` fields) as JSON with `--json`, else a field a line for people.
+
+    Embeddings are left out of both.
+    """
+    data = model.model_dump(mode="json" if as_json else "python", exclude={"embedding"})
+    data |= extra
+    if as_json:
+        _print_json(data)
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True, style="bold")
+    grid.add_column(overflow="fold")
+    for name, value in _fields(data):
+        grid.add_row(name, value)
+    console.print(grid)
+
+
+def _excerpt(content: str) -> str:
+    """A content on one line, as a table shows it (and cuts it where it is too long)."""
+    return " ".join(content.split())
 
 
 # -- the demo ------------------------------------------------------------------------------
 
 
-@app.command()
+@_command(app)
 def demo(
     reset: Annotated[
         bool, typer.Option("--reset", help="Delete and rebuild the demo team.")
@@ -249,6 +481,7 @@ def _print_demo(report: demo_data.DemoReport) -> None:
                 ]
                 for agent in report.agents
             ],
+            fill="own skills",
         )
     )
     conversation = report.conversation
@@ -271,6 +504,7 @@ def _print_demo(report: demo_data.DemoReport) -> None:
                 ]
                 for rank, hit in enumerate(report.hits, start=1)
             ],
+            fill="memory",
         )
     )
     console.print(
@@ -281,6 +515,7 @@ def _print_demo(report: demo_data.DemoReport) -> None:
                 [log.action, log.changed_by, log.reason or "", log.new_content or ""]
                 for log in report.history
             ],
+            fill="content",
         )
     )
     console.print(
@@ -292,9 +527,9 @@ def _print_demo(report: demo_data.DemoReport) -> None:
 # -- the schema ----------------------------------------------------------------------------
 
 
-@db.command()
+@_command(db)
 def upgrade(
-    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    revision: Annotated[str, typer.Argument(metavar="REVISION", help="Target revision.")] = "head",
 ) -> None:
     """Upgrade the schema to REVISION (by default the latest)."""
     from alembic import command
@@ -307,22 +542,67 @@ def upgrade(
     typer.echo(f"schema at revision {current}")
 
 
-@db.command()
+class _DropsData(Exception):
+    """A downgrade would remove these tables and columns (it was rolled back)."""
+
+    def __init__(self, removed: str) -> None:
+        super().__init__(removed)
+        self.removed = removed
+
+
+_COLUMNS = sa.text(
+    "SELECT table_name, column_name FROM information_schema.columns"
+    " WHERE table_schema = current_schema()"
+)
+
+
+def _removed(before: set[tuple[str, str]], after: set[tuple[str, str]]) -> str:
+    """The tables and columns in `before` and not in `after`, in words; empty for none."""
+    gone = before - after
+    kept_tables = {table for table, _column in after}
+    tables = sorted({table for table, _column in gone} - kept_tables)
+    columns = sorted(f"{table}.{column}" for table, column in gone if table in kept_tables)
+    said = [f"the table{'s' * (len(tables) > 1)} {', '.join(tables)}"] if tables else []
+    said += [f"the column{'s' * (len(columns) > 1)} {', '.join(columns)}"] if columns else []
+    return " and ".join(said)
+
+
+@_command(db)
 def downgrade(
-    revision: Annotated[str, typer.Argument(help="Target revision; `base` removes the schema.")],
+    revision: Annotated[
+        str, typer.Argument(metavar="REVISION", help="Target revision; `base` removes the schema.")
+    ],
+    yes: Yes = False,
 ) -> None:
-    """Downgrade the schema to REVISION."""
+    """Downgrade the schema to REVISION.
+
+    A downgrade that removes tables or columns, and so their data (to `base`, every table),
+    asks first, on the terminal; --yes goes on without asking. Without a terminal to ask on
+    and without --yes, it is refused, and nothing is changed. A downgrade that removes no
+    table nor column runs at once.
+    """
     from alembic import command
 
-    def action(config: "Config") -> tuple[str | None, str | None]:
+    def action(config: "Config", allowed: bool) -> str | None:
+        connection = config.attributes["connection"]
+        before = set(connection.execute(_COLUMNS).tuples())
         command.downgrade(config, revision)
-        return revisions(config)
+        removed = _removed(before, set(connection.execute(_COLUMNS).tuples()))
+        if removed and not allowed:
+            raise _DropsData(removed)  # rolls the downgrade back
+        return revisions(config)[0]
 
-    current, _head = _on_database(action)
+    try:
+        current = _on_database(lambda config: action(config, yes))
+    except _DropsData as drops:
+        said = f"the downgrade to {revision} removes {drops.removed}, with their data"
+        if not _asked(f"{said[0].upper()}{said[1:]}. Downgrade?", said, yes):
+            raise _fail("not downgraded") from None
+        current = _on_database(lambda config: action(config, True))
     typer.echo(f"schema at revision {current or 'base (empty)'}")
 
 
-@db.command()
+@_command(db)
 def current() -> None:
     """Show the schema's revision and whether it is the latest."""
     current, head = _on_database(revisions)
@@ -332,7 +612,7 @@ def current() -> None:
     typer.echo(f"schema at revision {current} ({state})")
 
 
-@db.command()
+@_command(db)
 def check() -> None:
     """Compare the schema with the models; exit 1, listing the differences, if they differ.
 
@@ -402,10 +682,54 @@ def _describe_difference(diff: tuple[Any, ...] | list[tuple[Any, ...]]) -> list[
     return [f"{kind.replace('_', ' ')}: {named}"]
 
 
-@db.command()
+@_command(app)
+def stats(as_json: AsJson = False) -> None:
+    """Rows per table, memories per team, type, tier and status, and index sizes."""
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        store = StatsRepository(session)
+        return {
+            "rows": await store.rows_per_table(),
+            "memories": [
+                {
+                    "team": group.team,
+                    "type": group.memory_type,
+                    "tier": group.tier,
+                    "status": group.status,
+                    "count": group.count,
+                }
+                for group in await store.memory_groups()
+            ],
+            "index_bytes": await store.index_sizes(),
+        }
+
+    result = _in_session(work)
+    if as_json:
+        _print_json(result)
+        return
+    console.print(_table("Rows", ["table", "rows"], [[k, v] for k, v in result["rows"].items()]))
+    _print_table(
+        "Memories",
+        ["team", "type", "tier", "status", "count"],
+        [list(group.values()) for group in result["memories"]],
+        empty="no memories",
+    )
+    console.print(
+        _table(
+            "Indexes",
+            ["index", "size"],
+            [[name, f"{size / 1024:.0f} KiB"] for name, size in result["index_bytes"].items()],
+        )
+    )
+
+
+@_command(db)
 def index(
     min_rows: Annotated[
-        int, typer.Option(min=0, help="Index teams with more searchable memories than this.")
+        int,
+        typer.Option(
+            min=0, metavar="N", help="Index teams with more searchable memories than this."
+        ),
     ] = EXACT_SEARCH_MAX_ROWS,
 ) -> None:
     """Build the vector index of each large team (its searches are exact until then)."""
@@ -423,7 +747,7 @@ def index(
     typer.echo(f"built {len(done.built)} team indexes, dropped {done.dropped}")
 
 
-@app.command()
+@_command(app)
 def maintain(as_json: AsJson = False) -> None:
     """Apply retention and expiry, build due team indexes, refresh statistics (for cron).
 
@@ -457,7 +781,7 @@ def maintain(as_json: AsJson = False) -> None:
         )
 
 
-@db.command()
+@_command(db)
 def url() -> None:
     """Show the database URL (password masked), starting the embedded server if it is used."""
     with _user_errors():
@@ -467,52 +791,109 @@ def url() -> None:
     typer.echo(f"{mask_password(resolved)}{where}")
 
 
-# -- reading the store ---------------------------------------------------------------------
+# -- users, teams and agents ---------------------------------------------------------------
 
 
-@app.command()
-def stats(as_json: AsJson = False) -> None:
-    """Rows per table, memories per team, type, tier and status, and index sizes."""
+def _password(from_stdin: bool) -> str:
+    """The password: standard input's (less one final line break), or asked twice."""
+    if from_stdin:
+        return sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    if not sys.stdin.isatty():
+        raise _fail(
+            "no terminal to ask for the password on: pass it on stdin with --password-stdin"
+        )
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
 
-    async def work(session: AsyncSession) -> dict[str, Any]:
-        store = StatsRepository(session)
-        return {
-            "rows": await store.rows_per_table(),
-            "memories": [
-                {
-                    "team": group.team,
-                    "type": group.memory_type,
-                    "tier": group.tier,
-                    "status": group.status,
-                    "count": group.count,
-                }
-                for group in await store.memory_groups()
-            ],
-            "index_bytes": await store.index_sizes(),
-        }
 
-    result = _in_session(work)
+@_command(users, "create")
+def create_user(
+    email: Annotated[str, typer.Argument(metavar="EMAIL", help="What they sign in with.")],
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="The name shown for them.")],
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin",
+            help="Read the password from standard input, instead of asking on the terminal.",
+        ),
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Create a user, with a password asked twice on the terminal (or read from stdin).
+
+    The password is stored as its argon2 hash, and must be 8 characters or more.
+    """
+    password = _password(password_stdin)
+
+    async def work(session: AsyncSession) -> UserRead:
+        data = {"email": email, "display_name": name, "password": password}
+        user = await UserRepository(session).create(UserCreate.model_validate(data))
+        return UserRead.model_validate(user)
+
+    user = _in_session(work)
     if as_json:
-        _print_json(result)
-        return
-    console.print(_table("Rows", ["table", "rows"], [[k, v] for k, v in result["rows"].items()]))
-    console.print(
-        _table(
-            "Memories",
-            ["team", "type", "tier", "status", "count"],
-            [list(group.values()) for group in result["memories"]],
-        )
-    )
-    console.print(
-        _table(
-            "Indexes",
-            ["index", "size"],
-            [[name, f"{size / 1024:.0f} KiB"] for name, size in result["index_bytes"].items()],
-        )
-    )
+        _print_json(user.model_dump(mode="json"))
+    else:
+        console.print(f"created user {user.email} ({user.display_name})", soft_wrap=True)
 
 
-@teams.command("list")
+@_command(teams, "create")
+def create_team(
+    slug: Annotated[str, typer.Argument(metavar="SLUG", help="Its slug, which names it here.")],
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="Its name.")],
+    owner: Annotated[
+        str, typer.Option("--owner", metavar="EMAIL", help="The email of the user who owns it.")
+    ],
+    as_json: AsJson = False,
+) -> None:
+    """Create a team, owned by a user, who becomes its first member (role owner)."""
+
+    async def work(session: AsyncSession) -> TeamRead:
+        owner_id = (await _user(session, owner)).id
+        data = {"slug": slug, "name": name, "owner_id": owner_id}
+        return TeamRead.model_validate(await TeamRepository(session).create(data))
+
+    team = _in_session(work)
+    if as_json:
+        _print_json(team.model_dump(mode="json"))
+    else:
+        console.print(f"created team {team.slug} ({team.name}), owned by {owner}", soft_wrap=True)
+
+
+@_command(teams, "add-member")
+def add_member(
+    team: Annotated[str, typer.Argument(metavar="TEAM", help="The team's slug.")],
+    email: Annotated[str, typer.Argument(metavar="EMAIL", help="The user's email.")],
+    role: Annotated[
+        UserRole,
+        typer.Option(
+            metavar="ROLE", help="Their role: owner, admin, member or viewer.", show_default=True
+        ),
+    ] = UserRole.MEMBER,
+    as_json: AsJson = False,
+) -> None:
+    """Make a user a member of a team."""
+
+    async def work(session: AsyncSession) -> TeamMembershipRead:
+        team_id = (await _team(session, team)).id
+        user_id = (await _user(session, email)).id
+        try:
+            membership = await TeamRepository(session).add_member(
+                user_id, team_id=team_id, role=role
+            )
+        except ConflictError as error:
+            if error.constraint != "uq_team_membership":
+                raise
+            raise _fail(f"{email} is already a member of team {team}") from None
+        return TeamMembershipRead.model_validate(membership)
+
+    membership = _in_session(work)
+    if as_json:
+        _print_json(membership.model_dump(mode="json"))
+    else:
+        console.print(f"added {email} to team {team} as {membership.role.value}", soft_wrap=True)
+
+
+@_command(teams, "list")
 def list_teams(as_json: AsJson = False) -> None:
     """Every team with its number of members, agents and memories."""
 
@@ -532,179 +913,355 @@ def list_teams(as_json: AsJson = False) -> None:
     if as_json:
         _print_json(result)
         return
-    columns = ["slug", "name", "members", "agents", "memories"]
-    console.print(_table("Teams", columns, [list(team.values()) for team in result]))
+    _print_table(
+        "Teams",
+        ["slug", "name", "members", "agents", "memories"],
+        [list(team.values()) for team in result],
+        empty="no teams: `skill-store teams create` makes one",
+        fill="name",
+    )
 
 
-@agents.command("list")
+def _agent_file(path: Path | None) -> dict[str, Any]:
+    """The JSON object of an AgentDNA file, or nothing without one."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _fail(f"{path} is not a JSON file: {error}") from None
+    if not isinstance(data, dict):
+        raise _fail(f"{path} does not hold a JSON object (an AgentDNA)")
+    return data
+
+
+@_command(agents, "create")
+def create_agent(
+    slug: Annotated[str, typer.Argument(metavar="SLUG", help="Its slug, unique in its team.")],
+    team: TeamSlug,
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="Its name.")],
+    dna: Annotated[
+        Path | None,
+        typer.Option(
+            "--dna",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            help="A JSON file of its AgentDNA: personality, skills, model, memory, boundaries.",
+        ),
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Create an agent of a team, its identity from an AgentDNA file.
+
+    The file is a JSON object of the fields `AgentCreate` takes, checked as the Python API
+    checks them: an unknown key is refused, and an error names the field. The team, slug
+    and name are the command's (a file that gives other ones is refused). Without a file,
+    or without `personality` in it, the agent's system prompt template is empty; the other
+    fields have their defaults.
+    """
+    given = {"slug": slug, "name": name}
+    with _user_errors():
+        document = _agent_file(dna)
+    for key, value in given.items():
+        if key in document and document[key] != value:
+            raise _fail(f"the file's {key} {document[key]!r} is not the {key} given, {value!r}")
+    if "team_id" in document:
+        raise _fail("the file gives a team_id: its team is the one --team names")
+
+    async def work(session: AsyncSession) -> AgentDNA:
+        team_id = (await _team(session, team)).id
+        data = {"personality": {"system_prompt_template": ""}, **document, **given}
+        repository = AgentRepository(session)
+        try:
+            agent = await repository.create(
+                AgentCreate.model_validate({**data, "team_id": team_id})
+            )
+        except ConflictError as error:
+            if error.constraint != "uq_agent_team_slug":
+                raise
+            raise _fail(f"team {team} already has an agent with slug {slug!r}") from None
+        return await repository.dna(agent.id, team_id=team_id)
+
+    created = _in_session(work)
+    if as_json:
+        _print_json(created.model_dump(mode="json"))
+    else:
+        console.print(
+            f"created agent {created.slug} ({created.name}) in team {team}", soft_wrap=True
+        )
+
+
+@_command(agents, "list")
 def list_agents(team: TeamSlug, as_json: AsJson = False) -> None:
     """The team's agents."""
 
     async def work(session: AsyncSession) -> list[Agent]:
-        return list(await AgentRepository(session).list_for_team((await _team(session, team)).id))
+        team_id = (await _team(session, team)).id
+        return list(await AgentRepository(session).list_for_team(team_id=team_id))
 
     result = _in_session(work)
     if as_json:
-        _print_json([agent.model_dump(mode="json") for agent in result])
+        _print_json([AgentDNA.model_validate(agent).model_dump(mode="json") for agent in result])
         return
     rows = [
         [a.slug, a.name, a.status.value, a.personality.tone, a.model.model_name] for a in result
     ]
-    console.print(_table(f"Agents of {team}", ["slug", "name", "status", "tone", "model"], rows))
+    _print_table(
+        f"Agents of {team}",
+        ["slug", "name", "status", "tone", "model"],
+        rows,
+        empty=f"team {team} has no agents",
+        fill="name",
+    )
 
 
-@agents.command("show")
+@_command(agents, "show")
 def show_agent(
     team: TeamSlug,
-    agent: Annotated[str, typer.Argument(help="The agent's slug.")],
+    agent: Annotated[str, typer.Argument(metavar="AGENT", help="The agent's slug.")],
     as_json: AsJson = False,
 ) -> None:
     """The agent's AgentDNA: identity, personality, skills, model, memory and boundaries."""
 
-    async def work(session: AsyncSession) -> dict[str, Any]:
+    async def work(session: AsyncSession) -> AgentDNA:
         found = await _agent(session, await _team(session, team), agent)
-        dna = await AgentRepository(session).dna(found.id, team_id=found.team_id)
-        return dna.model_dump(mode="json")
+        return await AgentRepository(session).dna(found.id, team_id=found.team_id)
 
-    _print_document(_in_session(work), as_json)
+    _print_model(_in_session(work), as_json)
 
 
-@memories.command("list")
+# -- memories ------------------------------------------------------------------------------
+
+
+_ID_PREFIX = re.compile(r"[0-9a-f]{4,32}")
+
+
+async def _memory_id(session: AsyncSession, team: Team, given: str) -> uuid.UUID:
+    """The id of the team's memory that `given` names: its id, or its id's first digits.
+
+    Raises:
+        NotFoundError: If no memory of the team has such an id.
+        typer.Exit: If `given` is not hexadecimal digits (four or more), or is the start of
+            the ids of several of the team's memories.
+    """
+    digits = given.strip().lower().replace("-", "")
+    if not _ID_PREFIX.fullmatch(digits):
+        raise _fail(f"{given!r} is not a memory id, nor its first 4 or more hexadecimal digits")
+    first, last = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+    statement = (
+        select(Memory.id)
+        .where(Memory.team_id == team.id, col(Memory.id).between(first, last))
+        .order_by(col(Memory.id))
+        .limit(2)
+    )
+    async with translated_errors():
+        found = (await session.exec(statement)).all()
+    if not found:
+        raise NotFoundError("memory", f"{given} in team {team.slug!r}")
+    if len(found) > 1:
+        raise _fail(f"{given} starts the ids of several memories of team {team.slug}: give more")
+    return found[0]
+
+
+async def _short_ids(
+    session: AsyncSession, team_id: uuid.UUID, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """How tables show the ids of the team's memories: their first `SHORT_ID` digits.
+
+    Or as many more as tell one apart from the team's other memories that share them, so
+    that `memories show` takes what a table shows.
+    """
+    if not ids:
+        return {}
+    prefixes = [memory_id.hex[:SHORT_ID] for memory_id in ids]
+    near = sa.or_(
+        *(
+            col(Memory.id).between(uuid.UUID(p.ljust(32, "0")), uuid.UUID(p.ljust(32, "f")))
+            for p in prefixes
+        )
+    )
+    statement = select(Memory.id).where(Memory.team_id == team_id, near)
+    async with translated_errors():
+        neighbours = (await session.exec(statement)).all()
+    shown = {}
+    for memory_id in ids:
+        digits = max(
+            [SHORT_ID]
+            + [_shared_digits(memory_id, other) + 1 for other in neighbours if other != memory_id]
+        )
+        dashes = sum(1 for position in (8, 12, 16, 20) if position < digits)
+        shown[memory_id] = str(memory_id)[: digits + dashes]
+    return shown
+
+
+def _shared_digits(one: uuid.UUID, other: uuid.UUID) -> int:
+    """How many hexadecimal digits two ids start with alike."""
+    return next((i for i, (a, b) in enumerate(zip(one.hex, other.hex, strict=True)) if a != b), 32)
+
+
+MemoryId = Annotated[
+    str,
+    typer.Argument(
+        metavar="ID",
+        help="The memory's id, or its first digits (4 or more) as tables show them.",
+    ),
+]
+
+
+@_command(memories, "list")
 def list_memories(
     team: TeamSlug,
     memory_type: Annotated[
-        MemoryType | None, typer.Option("--type", help="Only memories of this type.")
+        MemoryType | None,
+        typer.Option(
+            "--type",
+            metavar="TYPE",
+            help=f"Only memories of this type: {', '.join(MemoryType)}.",
+        ),
     ] = None,
     limit: Annotated[
-        int, typer.Option(help=f"At most this many (1 to {MAX_LIMIT}), newest first.")
+        int,
+        typer.Option(metavar="N", help=f"At most this many (1 to {MAX_LIMIT:,}), newest first."),
     ] = 50,
     as_json: AsJson = False,
 ) -> None:
     """The team's memories, newest first."""
     _check_limit(limit)
 
-    async def work(session: AsyncSession) -> list[Memory]:
+    async def work(session: AsyncSession) -> tuple[list[Memory], dict[uuid.UUID, str]]:
         team_id = (await _team(session, team)).id
         filters: dict[str, Any] = {} if memory_type is None else {"memory_type": memory_type}
         found = await MemoryRepository(session).list(
-            limit, team_id=team_id, newest_first=True, **filters
+            team_id=team_id, limit=limit, newest_first=True, **filters
         )
-        return list(found)
+        return list(found), await _short_ids(session, team_id, [m.id for m in found])
 
-    result = _in_session(work)
+    found, ids = _in_session(work)
     if as_json:
-        _print_json([_memory_json(memory) for memory in result])
+        _print_json([_memory_json(memory) for memory in found])
         return
-    console.print(_memory_table(f"Memories of {team}", result))
-
-
-def _memory_json(memory: Memory, **extra: Any) -> dict[str, Any]:
-    return memory.model_dump(mode="json", exclude={"embedding"}) | extra
-
-
-def _memory_table(title: str, rows: list[Memory]) -> Table:
-    return _table(
-        title,
-        ["id", "type", "importance", "tier", "status", "content"],
+    kind = "" if memory_type is None else f"{memory_type.value} "
+    _print_table(
+        f"Memories of {team}",
+        ["id", "type", "imp", "tier", "status", "content"],
         [
             [
-                m.id,
+                ids[m.id],
                 m.memory_type.value,
                 m.importance,
                 m.tier.value,
                 m.status.value,
                 _excerpt(m.content),
             ]
-            for m in rows
+            for m in found
         ],
+        empty=f"team {team} has no {kind}memories",
+        fill="content",
     )
 
 
-MemoryId = Annotated[uuid.UUID, typer.Argument(help="The memory's id.")]
+def _memory_json(memory: Memory) -> dict[str, Any]:
+    return memory.model_dump(mode="json", exclude={"embedding"})
 
 
-@memories.command("show")
+@_command(memories, "show")
 def show_memory(team: TeamSlug, memory_id: MemoryId, as_json: AsJson = False) -> None:
     """One memory of the team, with its tags."""
 
-    async def work(session: AsyncSession) -> dict[str, Any]:
+    async def work(session: AsyncSession) -> tuple[Memory, list[str]]:
         repository = MemoryRepository(session)
-        memory = await repository.get(memory_id, (await _team(session, team)).id)
-        return _memory_json(memory, tags=await repository.tags(memory.id, team_id=memory.team_id))
+        found = await _team(session, team)
+        memory = await repository.get(await _memory_id(session, found, memory_id), team_id=found.id)
+        return memory, await repository.tags(memory.id, team_id=found.id)
 
-    _print_document(_in_session(work), as_json)
+    memory, tags = _in_session(work)
+    _print_model(memory, as_json, tags=tags)
 
 
-@memories.command("history")
+@_command(memories, "history")
 def memory_history(team: TeamSlug, memory_id: MemoryId, as_json: AsJson = False) -> None:
     """The audit trail of one memory of the team, oldest first."""
 
-    async def work(session: AsyncSession) -> list[dict[str, Any]]:
-        repository = MemoryRepository(session)
-        team_id = (await _team(session, team)).id
-        await repository.get(memory_id, team_id)
-        history = await repository.history(memory_id, team_id=team_id)
-        return [log.model_dump(mode="json") for log in history]
+    async def work(session: AsyncSession) -> list[Any]:
+        found = await _team(session, team)
+        full_id = await _memory_id(session, found, memory_id)
+        return list(await MemoryRepository(session).history(full_id, team_id=found.id))
 
     result = _in_session(work)
     if as_json:
-        _print_json(result)
+        _print_json([log.model_dump(mode="json") for log in result])
         return
     rows = [
         [
-            log["created_at"],
-            log["action"],
-            log["changed_by"],
-            log["reason"] or "",
-            log["new_content"] or "",
+            _words(log.created_at),
+            log.action,
+            log.changed_by,
+            log.reason or "",
+            _excerpt(log.new_content or ""),
         ]
         for log in result
     ]
-    console.print(_table("History", ["when", "action", "by", "reason", "content"], rows))
+    _print_table(
+        f"History of {memory_id}",
+        ["when", "action", "by", "reason", "content"],
+        rows,
+        empty=f"memory {memory_id} has no history",
+        fill="content",
+    )
 
 
-@memories.command("search")
+@_command(memories, "search")
 def search_memories(
     team: TeamSlug,
-    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
-    agent: Annotated[str | None, typer.Option(help="As this agent (its slug) sees them.")] = None,
-    limit: Annotated[int, typer.Option(help=f"At most this many results (1 to {MAX_LIMIT}).")] = 10,
+    query: Annotated[str, typer.Argument(metavar="QUERY", help="What to look for, in words.")],
+    agent: Annotated[
+        str | None, typer.Option(metavar="SLUG", help="As this agent sees them.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(metavar="N", help=f"At most this many results (1 to {MAX_LIMIT:,}).")
+    ] = 10,
     as_json: AsJson = False,
 ) -> None:
     """The team's memories for QUERY, ranked as `retrieve` ranks them, with each signal.
 
     Vector recall (QUERY embedded with the configured embedder) fused with full-text recall;
-    scored with the agent's retrieval weights (the defaults without --agent). The columns
+    scored with the agent's retrieval weights (the defaults without --agent). Each result
+    shows its score, the weighted sum of its signals, and under its content the signals:
     sem, rec, imp, cont and rel are the semantic, recency, importance, continuity and
-    relationship signals; score is their weighted sum. Pinned memories come first.
+    relationship signals. Pinned memories come first.
     """
     _check_limit(limit)
 
-    async def work(session: AsyncSession) -> list[dict[str, Any]]:
+    async def work(session: AsyncSession) -> tuple[list[Any], dict[uuid.UUID, str]]:
         found = await _team(session, team)
         agent_id = (await _agent(session, found, agent)).id if agent else None
         hits = await MemoryRepository(session).retrieve(
             query, team_id=found.id, agent_id=agent_id, limit=limit
         )
-        return [hit.model_dump(mode="json", exclude={"embedding"}) for hit in hits]
+        return hits, await _short_ids(session, found.id, [hit.id for hit in hits])
 
-    result = _in_session(work)
+    hits, ids = _in_session(work)
     if as_json:
-        _print_json(result)
+        _print_json([hit.model_dump(mode="json", exclude={"embedding"}) for hit in hits])
         return
-    rows = [
-        [
-            rank,
-            f"{hit['score']:.3f}",
-            *(f"{value:.2f}" for value in hit["signals"].values()),
-            "yes" if hit["is_pinned"] else "",
-            hit["id"],
-            _excerpt(hit["content"]),
-        ]
-        for rank, hit in enumerate(result, start=1)
-    ]
-    columns = ["#", "score", *SIGNAL_COLUMNS, "pinned", "id", "content"]
-    console.print(_table(f'Search "{query}"', columns, rows))
+    rows = []
+    for rank, hit in enumerate(hits, start=1):
+        signals = " ".join(
+            f"{name} {value:.2f}"
+            for name, value in zip(SIGNAL_COLUMNS, hit.signals.model_dump().values(), strict=True)
+        )
+        pinned = "pinned; " if hit.is_pinned else ""
+        rows.append(
+            [rank, f"{hit.score:.3f}", ids[hit.id], f"{_excerpt(hit.content)}\n{pinned}{signals}"]
+        )
+    _print_table(
+        f'Search "{query}"',
+        ["#", "score", "id", "content"],
+        rows,
+        empty=f"no memory of team {team} matches {query!r}",
+        fill="content",
+    )
 
 
 @contextmanager
@@ -719,11 +1276,48 @@ def _import_progress() -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
-@memories.command("import")
+def _agent_map(pairs: Sequence[str]) -> dict[str, str]:
+    """`--agent-map OLD=NEW` options as {OLD: NEW}."""
+    mapped = {}
+    for pair in pairs:
+        old, equals, new = pair.partition("=")
+        if not (equals and old.strip() and new.strip()):
+            raise _fail(f"--agent-map takes OLD=NEW, two agents' slugs, not {pair!r}")
+        mapped[old.strip()] = new.strip()
+    return mapped
+
+
+def _import_report(counts: ImportCounts, team: str, update_existing: bool) -> str:
+    already = f"updated {counts.updated}" if update_existing else f"skipped {counts.skipped}"
+    said = (
+        f"imported {counts.added} memories into {team}; {already} already there;"
+        f" embedded {counts.embedded} lines without an embedding"
+    )
+    if counts.dropped:
+        dropped = ", ".join(f"{count} to {kind}" for kind, count in counts.dropped.items())
+        said += f"; left out links to rows team {team} lacks: {dropped}"
+    return said
+
+
+@_command(memories, "import")
 def import_command(
-    file: Annotated[Path, typer.Argument(help="JSON Lines: one memory per line.", exists=True)],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE", help="JSON Lines: one memory per line.", exists=True, dir_okay=False
+        ),
+    ],
     team: TeamSlug,
-    batch_size: Annotated[int, typer.Option(help="Memories per COPY batch.")] = 1000,
+    agent_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--agent-map",
+            metavar="OLD=NEW",
+            help="Attach the memories of the file's agent OLD to the team's agent NEW"
+            " (slugs; repeat it for more agents).",
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Memories per COPY batch.")] = 1000,
     update_existing: Annotated[
         bool,
         typer.Option(
@@ -735,12 +1329,18 @@ def import_command(
     """Add memories from a JSON Lines file; lines without an embedding are embedded first.
 
     Every line is checked before anything is written; a bad line is reported with its number
-    and nothing is imported. A line with the id of one of the team's memories (a file
-    exported from the team) is skipped, or with --update-existing restores that memory: its
-    fields and tags become the line's (a field the line leaves out, its default), and a line
-    without an embedding is embedded. A line that would change a memory's type, agent, user,
-    source or creation date is refused.
-    Progress goes to stderr: a bar on a terminal, else a line a batch.
+    and nothing is imported. The file may be another team's export: a memory of an agent is
+    attached to the team's agent of the same slug (or the one --agent-map names), and a line
+    whose agent the team lacks is refused (create the agent, or map it). Links to what the
+    team lacks (the source conversation and messages, related and contradicting memories
+    that neither the team nor the file has) are left out, and counted. Memories keep their
+    ids, so importing a file twice adds its memories once.
+
+    A line with the id of one of the team's memories is skipped, or with --update-existing
+    restores that memory: its fields and tags become the line's (a field the line leaves
+    out, its default), and a line without an embedding is embedded. A line that would change
+    a memory's type, agent, user, source or creation date is refused. Progress goes to
+    stderr: a bar on a terminal, else a line a batch.
 
     A file that is large beside the team is loaded beside the team's vector index, which is
     then rebuilt to hold it before the command ends (its searches stay right meanwhile); a
@@ -748,6 +1348,7 @@ def import_command(
     """
     if batch_size < 1:
         raise _fail(f"--batch-size must be at least 1, got {batch_size}")
+    mapped = _agent_map(agent_map or [])
 
     async def work(session: AsyncSession) -> ImportCounts:
         found = await _team(session, team)
@@ -759,25 +1360,27 @@ def import_command(
                 embedder_from_settings(),
                 batch_size=batch_size,
                 on_existing="update" if update_existing else "skip",
+                agent_map=mapped,
                 on_progress=on_progress,
             )
 
     counts = _in_session(work)
-    already = f"; updated {counts.updated}" if update_existing else f"; skipped {counts.skipped}"
-    console.print(
-        f"imported {counts.added} memories into {team}{already} already there;"
-        f" embedded {counts.embedded} lines without an embedding"
-    )
+    console.print(_import_report(counts, team, update_existing), soft_wrap=True)
 
 
-@memories.command("export")
+@_command(memories, "export")
 def export_command(
     team: TeamSlug,
     output: Annotated[
-        Path | None, typer.Option(help="File to write; standard output if omitted.")
+        Path | None,
+        typer.Option(metavar="FILE", help="File to write; standard output if omitted."),
     ] = None,
 ) -> None:
-    """Write the team's memories as JSON Lines that `memories import` reads back."""
+    """Write the team's memories as JSON Lines that `memories import` reads back.
+
+    Each line is a memory's fields, its id, and the slug of its agent, by which an import
+    into another team finds that team's agent.
+    """
     if output is not None and not output.parent.is_dir():
         raise _fail(f"cannot write {output}: {output.parent} is not a folder")
 
@@ -792,7 +1395,7 @@ def export_command(
         return
     with _user_errors():
         output.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    console.print(f"exported {len(lines)} memories to {output}")
+    console.print(f"exported {len(lines)} memories to {output}", soft_wrap=True)
 
 
 # -- the embedder --------------------------------------------------------------------------
@@ -836,14 +1439,17 @@ def _migration_progress() -> Iterator[Callable[[EmbeddingMigrationProgress], Non
         )
 
 
-@embeddings.command("migrate")
+@_command(embeddings, "migrate")
 def migrate_embeddings_command(
     team: Annotated[
         str | None,
-        typer.Option("--team", help="Only this team (its slug), if the dimension stays."),
+        typer.Option(
+            "--team", metavar="SLUG", help="Only this team (its slug), if the dimension stays."
+        ),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(help="Memories per call of the embedder and per transaction.")
+        int,
+        typer.Option(metavar="N", help="Memories per call of the embedder and per transaction."),
     ] = BATCH_SIZE,
     as_json: AsJson = False,
 ) -> None:
@@ -896,7 +1502,7 @@ def migrate_embeddings_command(
     )
 
 
-@embeddings.command("abandon")
+@_command(embeddings, "abandon")
 def abandon_embeddings_command() -> None:
     """Drop the embedder migration in progress; the memories keep the vectors they have."""
 

@@ -273,21 +273,34 @@ def embedder_from_settings(settings: Settings | None = None) -> Embedder:
 
     Returns:
         An `OpenAIEmbedder` if `embedding_api_key` is set (and not empty), else a
-        `HashingEmbedder` (and the first time in the process, a logged warning); both give
-        vectors of `embedding_dimensions`.
+        `HashingEmbedder` that logs a warning the first time in the process that it embeds
+        a text; both give vectors of `embedding_dimensions`.
     """
     if settings is None:
         settings = get_settings()
     key = settings.embedding_api_key
     if key is None or not key.get_secret_value():
-        _warn_of_hashing()
-        return HashingEmbedder(settings.embedding_dimensions)
+        return _FallbackEmbedder(settings.embedding_dimensions)
     return OpenAIEmbedder(
         settings.embedding_model,
         key,
         settings.embedding_dimensions,
         base_url=settings.embedding_base_url,
     )
+
+
+class _FallbackEmbedder(HashingEmbedder):
+    """The `HashingEmbedder` the settings fall back to: says so when it first embeds a text.
+
+    Not when it is made: a program that embeds nothing (a read, an import of vectors, an
+    error first) has nothing to be warned of.
+    """
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """As `HashingEmbedder.embed`, after the warning if there is a text."""
+        if texts:
+            _warn_of_hashing()
+        return await super().embed(texts)
 
 
 @functools.cache

@@ -110,7 +110,7 @@ class Explorer:
         """The teams, oldest first."""
 
         async def work(session: AsyncSession) -> list[TeamRead]:
-            found = await TeamRepository(session).list(limit, offset)
+            found = await TeamRepository(session).list(limit=limit, offset=offset)
             return [TeamRead.model_validate(team) for team in found]
 
         return self._read(work)
@@ -127,7 +127,7 @@ class Explorer:
         async def work(session: AsyncSession) -> list[AgentDNA]:
             team_id = await _team_id(session, team)
             repository = AgentRepository(session)
-            found = await repository.list_for_team(team_id, status)
+            found = await repository.list_for_team(team_id=team_id, status=status)
             return [await repository.dna(agent.id, team_id=team_id) for agent in found]
 
         return self._read(work)
@@ -151,7 +151,9 @@ class Explorer:
 
         async def work(session: AsyncSession) -> list[MemoryRead]:
             team_id = await _team_id(session, team)
-            found = await MemoryRepository(session).list(limit, offset, team_id=team_id, **filters)
+            found = await MemoryRepository(session).list(
+                team_id=team_id, limit=limit, offset=offset, **filters
+            )
             return [MemoryRead.model_validate(memory) for memory in found]
 
         return self._read(work)
@@ -192,7 +194,13 @@ class Explorer:
                     min_similarity=min_similarity,
                 )
             return await repository.search_by_embedding(
-                query, team_id, agent_id, user_id, memory_types, limit, min_similarity
+                query,
+                team_id=team_id,
+                agent_id=agent_id,
+                user_id=user_id,
+                memory_types=memory_types,
+                limit=limit,
+                min_similarity=min_similarity,
             )
 
         return self._read(work)
@@ -259,7 +267,7 @@ async def _agent_id(
 ) -> uuid.UUID | None:
     if agent is None or isinstance(agent, uuid.UUID):
         return agent
-    found = await AgentRepository(session).get_by_slug(team_id, agent)
+    found = await AgentRepository(session).get_by_slug(agent, team_id=team_id)
     if found is None:
         raise NotFoundError("agent", f"{agent!r} in team {team_id}")
     return found.id
@@ -268,12 +276,21 @@ async def _agent_id(
 def frame_columns(model: type[BaseModel]) -> list[str]:
     """The columns `to_frame` gives a model's rows: its shown fields, in declared order.
 
-    The fields in the order the model declares them (base classes first), then its computed
-    fields (`AgentDNA.effective_skills`), less those its repr hides: embeddings and secrets.
+    The fields in the order the model declares them (`id` first), then its computed fields
+    (`AgentDNA.effective_skills`), less those its repr hides: embeddings and secrets. Each
+    is named as the model dumps it (`metadata` for `metadata_json`).
     """
-    fields = [(name, field.repr) for name, field in model.model_fields.items()]
-    computed = [(name, field.repr) for name, field in model.model_computed_fields.items()]
-    return [name for name, shown in fields + computed if shown]
+    return list(_shown(model))
+
+
+def _shown(model: type[BaseModel]) -> dict[str, str]:
+    """The attribute of each column of `frame_columns(model)`, by column."""
+    fields = [
+        (field.serialization_alias or name, name, field.repr)
+        for name, field in model.model_fields.items()
+    ]
+    computed = [(name, name, field.repr) for name, field in model.model_computed_fields.items()]
+    return {column: name for column, name, shown in fields + computed if shown}
 
 
 def to_frame(items: Iterable[BaseModel]) -> "pd.DataFrame":
@@ -301,14 +318,14 @@ def to_frame(items: Iterable[BaseModel]) -> "pd.DataFrame":
         ) from error
 
     rows = list(items)
-    names = frame_columns(type(rows[0])) if rows else []
-    return pd.DataFrame([_row(item, names) for item in rows], columns=names)
+    columns = _shown(type(rows[0])) if rows else {}
+    return pd.DataFrame([_row(item, columns) for item in rows], columns=list(columns))
 
 
-def _row(item: BaseModel, names: Sequence[str]) -> dict[str, Any]:
+def _row(item: BaseModel, columns: Mapping[str, str]) -> dict[str, Any]:
     as_json = item.model_dump(mode="json")
-    values = {name: getattr(item, name) for name in names}
+    values = {column: getattr(item, name) for column, name in columns.items()}
     return {
-        name: value if isinstance(value, datetime) else as_json[name]
-        for name, value in values.items()
+        column: value if isinstance(value, datetime) else as_json[column]
+        for column, value in values.items()
     }

@@ -194,7 +194,7 @@ async def _expire(engine: AsyncEngine, now: datetime) -> int:
     for team in teams:
         async with factory() as session:
             expired += await MemoryRepository(session).expire(
-                now, team_id=team, actor=MAINTAINER, reason=EXPIRY_REASON
+                team_id=team, now=now, actor=MAINTAINER, reason=EXPIRY_REASON
             )
             await session.commit()
     return expired

@@ -13,15 +13,18 @@ from pgvector import Vector as PgVector
 from pgvector.sqlalchemy import VECTOR
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     AwareDatetime,
     BaseModel,
     GetCoreSchemaHandler,
     GetPydanticSchema,
     JsonValue,
     SerializationInfo,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     ValidationError,
     ValidatorFunctionWrapHandler,
+    model_serializer,
 )
 from pydantic_core import InitErrorDetails, core_schema
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -260,10 +263,29 @@ class Model(SQLModel):
     """The base of the package's models: each builds its validator when it is first used.
 
     Not when the package is imported: a program uses a few of the models, and building them
-    all was most of the import's time.
+    all was most of the import's time. A model dumps its fields in the order it declares
+    them (`id` first), and a field with a serialization alias (`metadata_json`) under it,
+    by `model_dump` and in JSON alike.
     """
 
-    model_config = SQLModel.model_config | {"defer_build": True}
+    model_config = SQLModel.model_config | {"defer_build": True, "serialize_by_alias": True}
+
+    # Unannotated: a return type would replace the model's schema in serialization mode (the
+    # one FastAPI documents responses with).
+    @model_serializer(mode="wrap")
+    def _in_declared_order(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        """The fields as `handler` dumps them, in the model's order.
+
+        Pydantic dumps a model in the order of its instance's `__dict__`, which for a row
+        that SQLAlchemy loaded or refreshed is the order it set the columns in.
+        """
+        dumped = handler(self)
+        ordered = {}
+        for name, field in type(self).model_fields.items():
+            key = field.serialization_alias if field.serialization_alias in dumped else name
+            if key in dumped:
+                ordered[key] = dumped.pop(key)
+        return ordered | dumped
 
 
 INPUT = Model.model_config | {"extra": "forbid"}
@@ -273,6 +295,17 @@ TEXT_ARRAY = ARRAY(sa.Text)
 UUID_ARRAY = ARRAY(sa.Uuid)
 EMPTY_JSON = sa.text("'{}'::jsonb")
 EMPTY_TEXT_ARRAY = sa.text("'{}'::text[]")
+
+
+# A model's fields are collected from its base classes, the last base first: the key mixins
+# below are the last base of each model, so that `id` is the first field of every row, dump,
+# export line and dataframe.
+
+
+class Identified(Model):
+    """`id` as callers read it: the first field of each read model."""
+
+    id: uuid.UUID
 
 
 class UUIDPrimaryKey(Model):
@@ -333,6 +366,36 @@ class Timestamps(CreatedAt):
         default=None,
         nullable=False,
         sa_column_kwargs={"server_default": sa.func.now(), "server_onupdate": sa.FetchedValue()},
+    )
+
+
+METADATA = AliasChoices("metadata_json", "metadata")
+"""The names a `metadata` value is read by: the attribute's and the column's."""
+
+
+def metadata_field(*, column: bool) -> Any:
+    """The field `metadata_json` of a model: the JSON object of the `metadata` column.
+
+    SQLAlchemy reserves the attribute `metadata` on its classes (the tables' `MetaData`),
+    so the attribute is `metadata_json`; everywhere a value is serialized (`model_dump`,
+    JSON, dataframes, exports, web responses) it is `metadata`, as the column, and input
+    takes either name.
+
+    Args:
+        column: The table's and its shared properties' field (an empty object by default),
+            else an update's (None: unchanged).
+    """
+    names: dict[str, Any] = {
+        "serialization_alias": "metadata",
+        "schema_extra": {"validation_alias": METADATA},
+    }
+    if not column:
+        return Field(default=None, **names)
+    return Field(
+        default_factory=dict,
+        sa_type=JSONB,
+        sa_column_kwargs={"name": "metadata", "server_default": EMPTY_JSON},
+        **names,
     )
 
 

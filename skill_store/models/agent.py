@@ -21,6 +21,7 @@ from skill_store.models._types import (
     INPUT,
     SLUG_PATTERN,
     TEXT_ARRAY,
+    Identified,
     JSONObject,
     Language,
     Model,
@@ -191,7 +192,7 @@ class AgentBase(Model):
 
 
 # Database model
-class Agent(TeamRowId, AgentBase, Timestamps, table=True):
+class Agent(Timestamps, AgentBase, TeamRowId, table=True):
     """A named agent of a team; slugs are unique within the team."""
 
     __tablename__ = "agent"
@@ -226,10 +227,9 @@ class AgentCreate(AgentBase):
 
 
 # Properties to return: the agent's full identity document
-class AgentDNA(AgentBase):
+class AgentDNA(AgentBase, Identified):
     """Complete identity document of a named agent."""
 
-    id: uuid.UUID
     created_at: datetime
     updated_at: datetime
 

@@ -2,8 +2,7 @@
 
 A database trigger keeps each conversation's `message_count`, `last_message_at` and token
 totals current as messages are inserted: assistant tokens count as output, all others
-as input. The `metadata` column is the Python attribute `metadata_json` (SQLAlchemy
-reserves `metadata`).
+as input.
 """
 
 import uuid
@@ -15,16 +14,17 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, Relationship
 
 from skill_store.models._types import (
-    EMPTY_JSON,
     INPUT,
     INT4_MAX,
     CreatedAt,
+    Identified,
     JSONObject,
     JSONValue,
     Model,
     PgStr,
     TeamRowId,
     Timestamps,
+    metadata_field,
     team_foreign_key,
     team_primary_key,
     with_message,
@@ -50,15 +50,11 @@ class ConversationBase(Model):
         sa_column_kwargs={"server_default": ConversationStatus.ACTIVE.value},
     )
     summary: PgStr | None = Field(default=None, sa_type=sa.Text)
-    metadata_json: JSONObject = Field(
-        default_factory=dict,
-        sa_type=JSONB,
-        sa_column_kwargs={"name": "metadata", "server_default": EMPTY_JSON},
-    )
+    metadata_json: JSONObject = metadata_field(column=True)
 
 
 # Database model
-class Conversation(TeamRowId, ConversationBase, Timestamps, table=True):
+class Conversation(Timestamps, ConversationBase, TeamRowId, table=True):
     """A conversation of a user with an agent, inside one team."""
 
     __tablename__ = "conversation"
@@ -99,16 +95,15 @@ class ConversationCreate(ConversationBase):
     model_config = INPUT
 
 
-# Properties to return
-class ConversationRead(ConversationBase):
-    id: uuid.UUID
+# Properties to return, in the table's order
+class ConversationRead(ConversationBase, Identified):
+    created_at: datetime
+    updated_at: datetime
     message_count: int
     total_input_tokens: int
     total_output_tokens: int
     token_count: int
     last_message_at: datetime
-    created_at: datetime
-    updated_at: datetime
 
 
 # Properties to receive on update, all optional
@@ -117,7 +112,7 @@ class ConversationUpdate(Model):
     title: PgStr | None = Field(default=None, max_length=500)
     status: ConversationStatus | None = None
     summary: PgStr | None = None
-    metadata_json: JSONObject | None = None
+    metadata_json: JSONObject | None = metadata_field(column=False)
 
 
 # Shared properties
@@ -134,7 +129,7 @@ class MessageBase(Model):
 
 
 # Database model
-class Message(TeamRowId, MessageBase, CreatedAt, table=True):
+class Message(CreatedAt, MessageBase, TeamRowId, table=True):
     """One message of a conversation, in the conversation's team."""
 
     __tablename__ = "message"
@@ -173,12 +168,11 @@ class MessageCreate(MessageBase):
     model_config = INPUT
 
 
-# Properties to return
-class MessageRead(MessageBase):
-    id: uuid.UUID
+# Properties to return, in the table's order
+class MessageRead(MessageBase, Identified):
+    created_at: datetime
     team_id: uuid.UUID
     conversation_id: uuid.UUID
-    created_at: datetime
 
 
 # Properties to receive on update: feedback only, messages are otherwise immutable

@@ -2,7 +2,7 @@
 
 Every insert, update and delete of a memory writes a `memory_log` row from a database
 trigger (so raw SQL is audited too); `memory_log` itself rejects UPDATE, DELETE and
-TRUNCATE. The `metadata` column is the Python attribute `metadata_json`.
+TRUNCATE.
 """
 
 import uuid
@@ -12,16 +12,16 @@ from typing import Annotated
 import numpy as np
 import sqlalchemy as sa
 from numpy.typing import NDArray
-from pydantic import AfterValidator, AliasChoices, AwareDatetime, StringConstraints, field_validator
-from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG, TSVECTOR
+from pydantic import AfterValidator, AwareDatetime, StringConstraints, field_validator
+from sqlalchemy.dialects.postgresql import REGCONFIG, TSVECTOR
 from sqlmodel import Field, Relationship
 
 from skill_store.models._types import (
-    EMPTY_JSON,
     INPUT,
     UUID_ARRAY,
     CreatedAt,
     Embedding,
+    Identified,
     JSONObject,
     Model,
     Moment,
@@ -30,6 +30,7 @@ from skill_store.models._types import (
     Timestamps,
     Vector,
     check_text,
+    metadata_field,
     team_foreign_key,
     team_primary_key,
     with_message,
@@ -83,11 +84,7 @@ class MemoryBase(Model):
     extraction_model: PgStr | None = Field(default=None, max_length=200, sa_type=sa.Text)
     contradicts: list[uuid.UUID] | None = Field(default=None, sa_type=UUID_ARRAY)
     related_to: list[uuid.UUID] | None = Field(default=None, sa_type=UUID_ARRAY)
-    metadata_json: JSONObject = Field(
-        default_factory=dict,
-        sa_type=JSONB,
-        sa_column_kwargs={"name": "metadata", "server_default": EMPTY_JSON},
-    )
+    metadata_json: JSONObject = metadata_field(column=True)
     tier: MemoryTier = Field(
         default=MemoryTier.WARM,
         sa_type=pg_enum(MemoryTier, "memory_tier"),
@@ -105,7 +102,7 @@ class MemoryBase(Model):
 
 
 # Database model
-class Memory(TeamRowId, MemoryBase, Timestamps, table=True):
+class Memory(Timestamps, MemoryBase, TeamRowId, table=True):
     """One memory of a team, optionally owned by an agent and about a user."""
 
     __tablename__ = "memory"
@@ -156,10 +153,6 @@ class Memory(TeamRowId, MemoryBase, Timestamps, table=True):
     agent: Agent | None = Relationship(sa_relationship_kwargs={"overlaps": "team"})
 
 
-# Input name of `metadata_json`, also written by export: the column's own name.
-METADATA = AliasChoices("metadata_json", "metadata")
-
-
 # Derived by the database and not loaded with memories: the text-search configuration of
 # the memory's agent's language (else its team's), set on insert, and the `tsvector` of
 # content and subject in it; the bulk load that wrote the memory beside its team's index,
@@ -190,28 +183,23 @@ def _not_in_future(moment: datetime | None) -> datetime | None:
 # Properties to receive on creation; `created_at` (default now) dates imported memories
 class MemoryCreate(MemoryBase):
     model_config = INPUT
-    metadata_json: JSONObject = Field(
-        default_factory=dict,
-        serialization_alias="metadata",
-        schema_extra={"validation_alias": METADATA},
-    )
     tags: list[Tag] = Field(default_factory=list)
     created_at: Annotated[AwareDatetime | None, AfterValidator(_not_in_future)] = None
 
 
-# Properties to return
-class MemoryRead(MemoryBase):
-    id: uuid.UUID
+# Properties to return, in the table's order
+class MemoryRead(MemoryBase, Identified):
+    created_at: datetime
+    updated_at: datetime
     access_count: int
     version: int
     superseded_by: uuid.UUID | None
     status: MemoryStatus
-    created_at: datetime
-    updated_at: datetime
     last_accessed_at: datetime
 
 
-# A search hit: the memory and its cosine similarity to the query (1 is identical)
+# A search hit: the memory and the cosine similarity of its vector to the query (1 is
+# identical)
 class MemorySearchResult(MemoryRead):
     similarity: float
 
@@ -225,8 +213,10 @@ class MemorySignals(Model):
     relationship: float
 
 
-# A retrieved memory: its score is the sum of its signals weighted by the retrieval weights
+# A retrieved memory: `similarity` as a search hit's (None for a memory without a vector,
+# found by its words); its score is the sum of its signals weighted by the retrieval weights
 class ScoredMemory(MemoryRead):
+    similarity: float | None
     score: float
     signals: MemorySignals
 
@@ -251,9 +241,7 @@ class MemoryUpdate(Model):
     is_pinned: bool | None = None
     contradicts: list[uuid.UUID] | None = None
     related_to: list[uuid.UUID] | None = None
-    metadata_json: JSONObject | None = Field(
-        default=None, schema_extra={"validation_alias": METADATA}
-    )
+    metadata_json: JSONObject | None = metadata_field(column=False)
     tier: MemoryTier | None = None
     status: MemoryStatus | None = None
     expires_at: Moment | None = None
@@ -286,7 +274,7 @@ class MemoryLogBase(Model):
 
 
 # Database model: append-only, no foreign key so the history outlives the memory
-class MemoryLog(TeamRowId, MemoryLogBase, CreatedAt, table=True):
+class MemoryLog(CreatedAt, MemoryLogBase, TeamRowId, table=True):
     """One change of a memory, written by the database."""
 
     __tablename__ = "memory_log"
@@ -302,8 +290,7 @@ class MemoryLogCreate(MemoryLogBase):
 
 
 # Properties to return
-class MemoryLogRead(MemoryLogBase):
-    id: uuid.UUID
+class MemoryLogRead(MemoryLogBase, Identified):
     created_at: datetime
 
 
@@ -315,7 +302,7 @@ class MemoryTagBase(Model):
 
 
 # Database model
-class MemoryTag(TeamRowId, MemoryTagBase, CreatedAt, table=True):
+class MemoryTag(CreatedAt, MemoryTagBase, TeamRowId, table=True):
     """A label on a memory, in the memory's team; each tag once per memory."""
 
     __tablename__ = "memory_tag"
@@ -341,6 +328,5 @@ class MemoryTagCreate(MemoryTagBase):
 
 
 # Properties to return
-class MemoryTagRead(MemoryTagBase):
-    id: uuid.UUID
+class MemoryTagRead(MemoryTagBase, Identified):
     created_at: datetime

@@ -19,6 +19,7 @@ from skill_store.models._types import (
     SLUG_PATTERN,
     TEXT_ARRAY,
     CreatedAt,
+    Identified,
     JSONObject,
     Language,
     Model,
@@ -48,7 +49,7 @@ class UserBase(Model):
 
 
 # Database model
-class User(UUIDPrimaryKey, UserBase, Timestamps, table=True):
+class User(Timestamps, UserBase, UUIDPrimaryKey, table=True):
     """A person who signs in; emails are unique regardless of case."""
 
     __tablename__ = "user"
@@ -74,8 +75,7 @@ class UserCreate(UserBase):
 
 
 # Properties to return
-class UserRead(UserBase):
-    id: uuid.UUID
+class UserRead(UserBase, Identified):
     created_at: datetime
     updated_at: datetime
 
@@ -116,7 +116,7 @@ class TeamBase(Model):
 
 
 # Database model
-class Team(UUIDPrimaryKey, TeamBase, Timestamps, table=True):
+class Team(Timestamps, TeamBase, UUIDPrimaryKey, table=True):
     """A tenant: agents, conversations and memories all belong to one team."""
 
     __tablename__ = "team"
@@ -144,8 +144,7 @@ class TeamCreate(TeamBase):
 
 
 # Properties to return: never the webhook secret
-class TeamRead(TeamBase):
-    id: uuid.UUID
+class TeamRead(TeamBase, Identified):
     created_at: datetime
     updated_at: datetime
 
@@ -177,7 +176,7 @@ class TeamMembershipBase(Model):
 
 
 # Database model
-class TeamMembership(TeamRowId, TeamMembershipBase, CreatedAt, table=True):
+class TeamMembership(CreatedAt, TeamMembershipBase, TeamRowId, table=True):
     """A user's role in a team; one membership per user and team."""
 
     __tablename__ = "team_membership"
@@ -200,8 +199,7 @@ class TeamMembershipCreate(TeamMembershipBase):
 
 
 # Properties to return
-class TeamMembershipRead(TeamMembershipBase):
-    id: uuid.UUID
+class TeamMembershipRead(TeamMembershipBase, Identified):
     created_at: datetime
 
 

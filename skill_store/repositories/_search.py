@@ -75,19 +75,22 @@ SIGNALS = tuple(MemorySignals.model_fields)
 
 
 def retrieve_statement() -> Any:
-    """Rows of (column dimension, memory or None, score, the five signals), in rank order.
+    """Rows of (column dimension, memory or None, similarity, score, five signals) by rank.
 
-    As `search_statement`: the column's dimension comes first in every row, and is the
-    only row when nothing is found; a query of another dimension is not passed to the
-    function (nor is an access recorded): the repository raises instead.
+    The similarity is the cosine similarity of the memory's vector to the query, as
+    `search_memories` gives it (None for a memory without a vector). As `search_statement`:
+    the column's dimension comes first in every row, and is the only row when nothing is
+    found; a query of another dimension is not passed to the function nor compared (nor is
+    an access recorded): the repository raises instead.
     """
     column = EMBEDDING_COLUMN.subquery("embedding_column")
     query = sa.cast(sa.bindparam("query", type_=Vector()), Vector())
     team = sa.bindparam("team_id", type_=sa.Uuid)
     fits = func.vector_dims(query) == column.c.dimensions
+    fitting = sa.case((fits, query))
     hits = (
         func.retrieve_memories(
-            sa.case((fits, query)),
+            fitting,
             sa.bindparam("query_text", type_=sa.Text),
             team,
             sa.bindparam("agent_id", type_=sa.Uuid),
@@ -111,8 +114,15 @@ def retrieve_statement() -> Any:
         .render_derived(name="hit")
         .lateral()
     )
+    similarity = 1 - col(Memory.embedding).op("<=>", return_type=sa.Float)(fitting)
     return (
-        select(column.c.dimensions, Memory, hits.c.score, *(hits.c[name] for name in SIGNALS))
+        select(
+            column.c.dimensions,
+            Memory,
+            similarity,
+            hits.c.score,
+            *(hits.c[name] for name in SIGNALS),
+        )
         .select_from(column)
         .outerjoin(hits, sa.true())
         .outerjoin(Memory, sa.and_(col(Memory.team_id) == team, col(Memory.id) == hits.c.id))

@@ -28,14 +28,14 @@ class AgentRepository(TeamRowRepository[Agent, AgentCreate, AgentUpdate]):
     create_model = AgentCreate
     update_model = AgentUpdate
 
-    async def get_by_slug(self, team_id: uuid.UUID, slug: PgStr) -> Agent | None:
+    async def get_by_slug(self, slug: PgStr, *, team_id: uuid.UUID) -> Agent | None:
         """The team's agent with this slug, or None."""
         statement = select(Agent).where(Agent.team_id == team_id, Agent.slug == slug)
         async with translated_errors():
             return (await self.session.exec(statement)).first()
 
     async def list_for_team(
-        self, team_id: uuid.UUID, status: AgentStatus | None = None
+        self, *, team_id: uuid.UUID, status: AgentStatus | None = None
     ) -> Sequence[Agent]:
         """The team's agents, optionally only those with `status`, by name."""
         statement = select(Agent).where(Agent.team_id == team_id)

@@ -283,7 +283,10 @@ def validating_arguments(method: Callable[..., Any]) -> Callable[..., Any]:
         if (found := checker()) is None:
             return await method(*args, **kwargs)
         signature, arguments = found
-        bound = signature.bind(*args, **kwargs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as error:  # as Python names the method: `bind` does not
+            raise TypeError(f"{method.__qualname__}() {error}") from None
         fields = arguments.model_fields
         given = {name: value for name, value in bound.arguments.items() if name in fields}
         checked = arguments.model_validate(given)
@@ -441,7 +444,7 @@ class Repository(BaseRepository[ModelT, CreateT, UpdateT]):
         return await self._delete(col(self.model.id) == id)  # type: ignore[attr-defined]
 
     async def list(
-        self, limit: int = 50, offset: int = 0, *, newest_first: bool = False, **filters: Any
+        self, *, limit: int = 50, offset: int = 0, newest_first: bool = False, **filters: Any
     ) -> Sequence[ModelT]:
         """Rows whose columns equal `filters`, oldest first (or newest first).
 
@@ -509,10 +512,10 @@ class TeamRowRepository(BaseRepository[ModelT, CreateT, UpdateT]):
 
     async def list(
         self,
-        limit: int = 50,
-        offset: int = 0,
         *,
         team_id: uuid.UUID,
+        limit: int = 50,
+        offset: int = 0,
         newest_first: bool = False,
         **filters: Any,
     ) -> Sequence[ModelT]:

@@ -64,19 +64,19 @@ class ConversationRepository(
     async def messages(
         self,
         conversation_id: uuid.UUID,
-        limit: int = 50,
-        before: uuid.UUID | None = None,
         *,
         team_id: uuid.UUID,
+        limit: int = 50,
+        before: uuid.UUID | None = None,
     ) -> Sequence[Message]:
         """A page of messages, oldest to newest: the latest `limit`, or those before a message.
 
         Args:
             conversation_id: The conversation.
+            team_id: The conversation's team.
             limit: Page size.
             before: A message id; the page ends just before it (pass the first id of the
                 previous page to go back in time).
-            team_id: The conversation's team.
         """
         check_page(limit)
         statement = select(Message).where(
@@ -124,7 +124,9 @@ class ConversationRepository(
             conversation_id, {"status": ConversationStatus.CLOSED}, team_id=team_id
         )
 
-    async def list_for_user(self, team_id: uuid.UUID, user_id: uuid.UUID) -> Sequence[Conversation]:
+    async def list_for_user(
+        self, user_id: uuid.UUID, *, team_id: uuid.UUID
+    ) -> Sequence[Conversation]:
         """The user's conversations in the team, most recently active first."""
         statement = (
             select(Conversation)

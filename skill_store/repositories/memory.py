@@ -38,7 +38,6 @@ from skill_store.errors import (
 )
 from skill_store.models import (
     Agent,
-    AgentDNA,
     Memory,
     MemoryContext,
     MemoryCreate,
@@ -517,9 +516,9 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
     async def expire(
         self,
-        now: datetime | None = None,
         *,
         team_id: uuid.UUID,
+        now: datetime | None = None,
         actor: str | None = None,
         reason: str | None = None,
     ) -> int:
@@ -720,7 +719,13 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         await self._check_model(team_id, agent_id, user_id, types)
         [embedding] = await self.embedder.embed([query])
         return await self.search_by_embedding(
-            embedding, team_id, agent_id, user_id, types, limit, min_similarity
+            embedding,
+            team_id=team_id,
+            agent_id=agent_id,
+            user_id=user_id,
+            memory_types=types,
+            limit=limit,
+            min_similarity=min_similarity,
         )
 
     async def retrieve(
@@ -799,10 +804,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
                 checked).
             EmbeddingDimensionError: If the query's vector does not fit the column.
         """
-        if not 1 <= limit <= RETRIEVE_MAX_LIMIT:
-            raise ValueError(f"limit must be between 1 and {RETRIEVE_MAX_LIMIT:,}, got {limit}")
-        if token_budget is not None and token_budget < 1:
-            raise ValueError(f"token_budget must be at least 1, got {token_budget}")
+        _check_retrieval(limit, token_budget)
         chosen = None if weights is None else RetrievalWeights.model_validate(weights)
         moment = None if now is None else _moment.validate_python(now)
         if query_embedding is None:
@@ -827,8 +829,8 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         }
         rows = await self._vector_rows(RETRIEVE, parameters)
         scored = [
-            _scored(memory, score, signals)
-            for _dimensions, memory, score, *signals in rows
+            _scored(memory, similarity, score, signals)
+            for _dimensions, memory, similarity, score, *signals in rows
             if memory is not None
         ]
         if token_budget is None:
@@ -840,37 +842,70 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
     async def context_for(
         self,
-        agent: Agent | AgentDNA,
         query: Query,
         *,
+        team_id: uuid.UUID,
+        agent_id: uuid.UUID,
         user_id: uuid.UUID | None = None,
         conversation_id: uuid.UUID | None = None,
+        weights: RetrievalWeights | Mapping[str, float] | None = None,
+        limit: int = 20,
+        token_budget: int | None = None,
+        query_embedding: VectorLike | None = None,
+        now: datetime | None = None,
+        record_access: bool = False,
     ) -> MemoryContext:
         """The agent's memories for `query`, packed into its `memory.token_budget`.
 
-        `retrieve` with the agent's team, id and `retrieval_weights`; each memory is a line
-        `- <content>` of `text`, in rank order, while the lines fit in the budget by
-        `token_counter` (a memory that does not fit is skipped, later smaller ones may
-        still be kept). `text` fills the `{memory_context}` of the agent's
-        `system_prompt_template`.
+        `retrieve` with the same arguments, the agent's `retrieval_weights` by default; each
+        memory it returns is a line `- <content>` of `text`, in rank order, while the lines
+        fit in the budget by `token_counter` (a memory that does not fit is skipped, later
+        smaller ones may still be kept). `text` fills the `{memory_context}` of the agent's
+        `system_prompt_template`. The agent's memory configuration is read in one query.
+
+        Args:
+            query: What to remember, as text.
+            team_id: The team whose memories are searched.
+            agent_id: The agent asking, of the team: its budget and weights, its memories
+                and the team-wide ones.
+            user_id: As for `retrieve`.
+            conversation_id: As for `retrieve`.
+            weights: The signals' weights; default the agent's `retrieval_weights`.
+            limit: Most memories considered before packing.
+            token_budget: The budget; default the agent's `memory.token_budget`.
+            query_embedding: As for `retrieve`.
+            now: As for `retrieve`.
+            record_access: Count one access of each memory kept in `text`.
 
         Raises:
             pydantic.ValidationError: If `query` is blank or holds text PostgreSQL cannot
                 store (NUL, lone surrogates), or an id is not a UUID; before any SQL.
+            ValueError: As `retrieve`, before any SQL.
+            NotFoundError: If the team has no such agent.
             EmbeddingModelError: If an active memory of the team was embedded by another model.
             EmbeddingDimensionError: If the query's vector does not fit the column.
         """
+        _check_retrieval(limit, token_budget)
+        statement = select(col(Agent.memory)).where(Agent.team_id == team_id, Agent.id == agent_id)
+        async with translated_errors():
+            config = (await self.session.exec(statement)).first()
+        if config is None:
+            raise NotFoundError("agent", agent_id)
         scored = await self.retrieve(
             query,
-            team_id=agent.team_id,
-            agent_id=agent.id,
+            team_id=team_id,
+            agent_id=agent_id,
             user_id=user_id,
             conversation_id=conversation_id,
-            weights=agent.memory.retrieval_weights,
+            weights=config.retrieval_weights if weights is None else weights,
+            limit=limit,
+            query_embedding=query_embedding,
+            now=now,
         )
-        memories, text = self._pack(
-            scored, agent.memory.token_budget, lambda memory: f"- {memory.content}"
-        )
+        budget = config.token_budget if token_budget is None else token_budget
+        memories, text = self._pack(scored, budget, lambda memory: f"- {memory.content}")
+        if record_access and memories:
+            await self.update_access([memory.id for memory in memories], team_id=team_id)
         return MemoryContext(memories=memories, tokens=self.token_counter(text), text=text)
 
     def _pack(
@@ -944,7 +979,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         async with translated_errors():
             return list((await self.session.exec(statement)).all())
 
-    async def with_tag(self, team_id: uuid.UUID, tag: str, limit: int = 100) -> Sequence[Memory]:
+    async def with_tag(self, tag: str, *, team_id: uuid.UUID, limit: int = 100) -> Sequence[Memory]:
         """The team's memories with this tag, newest first."""
         check_page(limit)
         statement = (
@@ -969,7 +1004,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
 
     # -- reads --------------------------------------------------------------------------
 
-    async def get(self, memory_id: uuid.UUID, team_id: uuid.UUID) -> Memory:
+    async def get(self, memory_id: uuid.UUID, *, team_id: uuid.UUID) -> Memory:
         """The team's memory with this id.
 
         Raises:
@@ -985,6 +1020,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
     async def search_by_embedding(
         self,
         embedding: VectorLike,
+        *,
         team_id: uuid.UUID,
         agent_id: uuid.UUID | None = None,
         user_id: uuid.UUID | None = None,
@@ -1028,6 +1064,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
     async def find_similar(
         self,
         embedding: VectorLike,
+        *,
         team_id: uuid.UUID,
         threshold: float = 0.92,
         agent_id: uuid.UUID | None = None,
@@ -1037,7 +1074,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         """The team's memories at least `threshold` similar to `embedding`: near-duplicates."""
         return await self.search_by_embedding(
             embedding,
-            team_id,
+            team_id=team_id,
             agent_id=agent_id,
             memory_types=memory_types,
             limit=limit,
@@ -1073,6 +1110,13 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
         return None if content is None else str(content)
 
 
+def _check_retrieval(limit: int, token_budget: int | None) -> None:
+    if not 1 <= limit <= RETRIEVE_MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {RETRIEVE_MAX_LIMIT:,}, got {limit}")
+    if token_budget is not None and token_budget < 1:
+        raise ValueError(f"token_budget must be at least 1, got {token_budget}")
+
+
 def _check_length(embedding: VectorLike, expected: int) -> None:
     if len(embedding) != expected:
         raise EmbeddingDimensionError(expected=expected, got=len(embedding))
@@ -1100,10 +1144,13 @@ def _dated(item: MemoryCreate) -> dict[str, datetime]:
     return {"created_at": item.created_at, "last_accessed_at": item.created_at}
 
 
-def _scored(memory: Memory, score: float, signals: Sequence[float]) -> ScoredMemory:
+def _scored(
+    memory: Memory, similarity: float | None, score: float, signals: Sequence[float]
+) -> ScoredMemory:
     """A retrieved memory from a row as loaded."""
     return ScoredMemory.model_construct(
         **_read_fields(memory),
+        similarity=similarity,
         score=score,
         signals=MemorySignals.model_validate(dict(zip(SIGNALS, signals, strict=True))),
     )

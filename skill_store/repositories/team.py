@@ -36,7 +36,13 @@ class TeamCounts:
 
 
 class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
-    """Teams; creating one makes its owner a member with the role `owner`."""
+    """Teams; creating one makes its owner a member with the role `owner`.
+
+    A team is a row of this repository, named by its id as every `Repository` names its
+    rows (`get_by_id(id)`, `update(id, data)`). Its memberships are rows of the team, and
+    the methods on them name the team by keyword, as `TeamRowRepository` does:
+    `add_member(user_id, team_id=...)`, `members(team_id=...)`.
+    """
 
     model = Team
     create_model = TeamCreate
@@ -84,9 +90,9 @@ class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
         return [TeamCounts(*row) for row in rows]
 
     async def add_member(
-        self, team_id: uuid.UUID, user_id: uuid.UUID, role: UserRole = UserRole.MEMBER
+        self, user_id: uuid.UUID, *, team_id: uuid.UUID, role: UserRole = UserRole.MEMBER
     ) -> TeamMembership:
-        """Make the user a member of the team.
+        """Make the user a member of the team, with `role`.
 
         Raises:
             ConflictError: If they already are, or the team or user does not exist.
@@ -109,7 +115,7 @@ class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
         return membership
 
     async def set_role(
-        self, team_id: uuid.UUID, user_id: uuid.UUID, role: UserRole
+        self, user_id: uuid.UUID, role: UserRole, *, team_id: uuid.UUID
     ) -> TeamMembership:
         """Change a member's role.
 
@@ -121,7 +127,7 @@ class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
             membership.role = UserRole(role)
         return membership
 
-    async def remove_member(self, team_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    async def remove_member(self, user_id: uuid.UUID, *, team_id: uuid.UUID) -> bool:
         """Remove the user from the team.
 
         Returns:
@@ -141,7 +147,7 @@ class TeamRepository(Repository[Team, TeamCreate, TeamUpdate]):
             await self.session.delete(membership)
         return True
 
-    async def members(self, team_id: uuid.UUID) -> Sequence[TeamMembership]:
+    async def members(self, *, team_id: uuid.UUID) -> Sequence[TeamMembership]:
         """The team's memberships, oldest first, each with its `user` (no password hash)."""
         users = selectinload(TeamMembership.user)  # type: ignore[arg-type]
         statement = (

@@ -17,6 +17,7 @@ from skill_store import (
     ConflictError,
     HashingEmbedder,
     MemoryCreate,
+    MemoryFileError,
     MemoryRepository,
     MemoryType,
     Team,
@@ -114,7 +115,7 @@ async def test_add_many_inserts_memories_tags_and_audit_rows(
     assert row.updated_at == row.created_at
     assert row.last_accessed_at is not None
 
-    memory = await repository.get(row.id, team.id)
+    memory = await repository.get(row.id, team_id=team.id)
     assert memory.embedding == unit_vector(7)
     assert await repository.tags(row.id, team_id=team.id) == ["ada", "drinks"]
     [plain] = await rows(session, "SELECT id FROM memory WHERE content = 'fact 3'")
@@ -130,9 +131,11 @@ async def test_add_many_inserts_memories_tags_and_audit_rows(
         ("created", "Ada prefers tea")
     ]
 
-    hits = await repository.search_by_embedding(unit_vector(7), team.id, limit=1)
+    hits = await repository.search_by_embedding(unit_vector(7), team_id=team.id, limit=1)
     assert [hit.content for hit in hits] == ["fact 7"]  # team-wide; the other is private
-    hits = await repository.search_by_embedding(unit_vector(7), team.id, agent.id, limit=1)
+    hits = await repository.search_by_embedding(
+        unit_vector(7), team_id=team.id, agent_id=agent.id, limit=1
+    )
     assert [hit.id for hit in hits] == [row.id]
 
     # The attribution ends with the call.
@@ -242,7 +245,7 @@ async def test_unknown_team_is_a_conflict_and_keeps_the_session(
     assert [entry.changed_by for entry in log] == ["system"] * 3
 
 
-async def test_a_file_import_failing_in_a_later_batch_writes_nothing(
+async def test_a_file_import_refused_in_a_later_batch_writes_nothing(
     session: AsyncSession, team: Team, tmp_path: Path
 ) -> None:
     lines = [{"memory_type": "semantic", "content": f"line {n}"} for n in range(3)]
@@ -251,7 +254,7 @@ async def test_a_file_import_failing_in_a_later_batch_writes_nothing(
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     embedder = HashingEmbedder(get_settings().embedding_dimensions)
 
-    with pytest.raises(ConflictError, match="agent"):
+    with pytest.raises(MemoryFileError, match="line 3: agent_id names no agent of team acme"):
         await import_memories(session, path, team.id, embedder, batch_size=1)
 
     assert await memory_count(session) == 0

@@ -131,7 +131,9 @@ async def test_a_query_postgresql_cannot_take_names_the_parameter(
     calls: dict[str, Callable[[], Awaitable[Any]]] = {
         "retrieve": lambda: memories.retrieve(query, team_id=team.id),
         "recall": lambda: memories.recall(query, team_id=team.id),
-        "context_for": lambda: memories.context_for(agent, query),
+        "context_for": lambda: memories.context_for(
+            query, team_id=agent.team_id, agent_id=agent.id
+        ),
     }
 
     await assert_refused_before_sql(session, calls[method], "query")
@@ -148,7 +150,9 @@ async def test_a_slug_or_email_postgresql_cannot_take_names_the_parameter(
         session, lambda: skill_store.TeamRepository(session).get_by_slug(slug), "slug"
     )
     await assert_refused_before_sql(
-        session, lambda: skill_store.AgentRepository(session).get_by_slug(team.id, slug), "slug"
+        session,
+        lambda: skill_store.AgentRepository(session).get_by_slug(slug, team_id=team.id),
+        "slug",
     )
     await assert_refused_before_sql(
         session, lambda: skill_store.UserRepository(session).get_by_email(slug), "email"
@@ -159,6 +163,6 @@ async def test_an_id_given_as_a_string_is_taken(session: AsyncSession, team: Tea
     memories = MemoryRepository(session)
     memory = await memories.remember("Ada likes tea", MemoryType.SEMANTIC, team_id=team.id)
 
-    found = await memories.get(str(memory.id), str(team.id))  # type: ignore[arg-type]
+    found = await memories.get(str(memory.id), team_id=str(team.id))  # type: ignore[arg-type]
 
     assert found.id == memory.id

@@ -160,7 +160,9 @@ VALIDATION_CASES: dict[str, tuple[Action, tuple[str | int, ...]]] = {
         ("conversation_retention_days",),
     ),
     "membership-role-unknown": (
-        lambda w: TeamRepository(w.session).add_member(w.acme.id, w.grace.id, "superuser"),  # type: ignore[arg-type]
+        lambda w: TeamRepository(w.session).add_member(
+            w.grace.id, role="superuser", team_id=w.acme.id
+        ),  # type: ignore[arg-type]
         ("role",),
     ),
     "agent-slug-with-space": (
@@ -317,7 +319,7 @@ VALIDATION_CASES: dict[str, tuple[Action, tuple[str | int, ...]]] = {
     ),
     "search-limit-beyond-integer": (
         lambda w: MemoryRepository(w.session).search_by_embedding(
-            unit_vector(0), w.acme.id, limit=2**31
+            unit_vector(0), team_id=w.acme.id, limit=2**31
         ),
         ("limit",),
     ),
@@ -414,11 +416,11 @@ CONFLICT_CASES: dict[str, tuple[Action, Callable[[World], str]]] = {
         lambda w: f"user {w.missing} does not exist (referenced by team.owner_id)",
     ),
     "membership-duplicate": (
-        lambda w: TeamRepository(w.session).add_member(w.acme.id, w.ada.id),
+        lambda w: TeamRepository(w.session).add_member(w.ada.id, team_id=w.acme.id),
         lambda w: f"user {w.ada.id} is already a member of team {w.acme.id}",
     ),
     "membership-user-missing": (
-        lambda w: TeamRepository(w.session).add_member(w.acme.id, w.missing),
+        lambda w: TeamRepository(w.session).add_member(w.missing, team_id=w.acme.id),
         lambda w: f"user {w.missing} does not exist (referenced by team_membership.user_id)",
     ),
     "agent-slug-duplicate-in-team": (
@@ -535,7 +537,7 @@ async def test_an_embedding_longer_or_shorter_than_the_column_is_a_dimension_err
     memories = MemoryRepository(world.session)
     error = await assert_unchanged_after(
         world.session,
-        lambda: memories.search_by_embedding([1.0, 0.0], world.acme.id),
+        lambda: memories.search_by_embedding([1.0, 0.0], team_id=world.acme.id),
         EmbeddingDimensionError,
     )
     assert (error.expected, error.got) == (column, 2)  # type: ignore[attr-defined]
@@ -582,7 +584,9 @@ async def test_writes_to_rows_that_do_not_exist_are_not_found(world: World) -> N
         ),
         lambda: ConversationRepository(world.session).close(world.missing, team_id=acme),
         lambda: ConversationRepository(world.session).close(world.globex_chat.id, team_id=acme),
-        lambda: TeamRepository(world.session).set_role(world.acme.id, world.grace.id, "admin"),  # type: ignore[arg-type]
+        lambda: TeamRepository(world.session).set_role(
+            world.grace.id, "admin", team_id=world.acme.id
+        ),  # type: ignore[arg-type]
     ):
         await assert_unchanged_after(world.session, action, NotFoundError)
 
@@ -889,10 +893,10 @@ async def test_an_email_is_looked_up_with_the_same_lower_case_as_its_unique_inde
     [
         lambda w: MemoryRepository(w.session).list(team_id=w.acme.id, content="a\x00"),
         lambda w: MemoryRepository(w.session).search_by_embedding(
-            [1e39] + [0.0] * (get_settings().embedding_dimensions - 1), w.acme.id
+            [1e39] + [0.0] * (get_settings().embedding_dimensions - 1), team_id=w.acme.id
         ),
         lambda w: UserRepository(w.session).get_by_email("a\x00@example.com"),
-        lambda w: MemoryRepository(w.session).with_tag(w.acme.id, "\ud800"),
+        lambda w: MemoryRepository(w.session).with_tag("\ud800", team_id=w.acme.id),
     ],
     ids=["list-nul", "search-beyond-float32", "email-nul", "tag-surrogate"],
 )

@@ -2,6 +2,8 @@
 
 import asyncio
 import os
+import pty
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +32,36 @@ def skill_store(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProces
     )
 
 
+def on_a_terminal(cwd: Path, args: list[str], answers: list[str], **env: str) -> tuple[int, str]:
+    """Run `skill-store args` with a terminal of its own as its controlling terminal, typing
+    each answer once what it showed since the last answer ends with a question; its exit
+    status and what the terminal showed."""
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | env
+    pid, leader = pty.fork()
+    if pid == 0:  # the child: the terminal's session leader
+        os.chdir(cwd)
+        os.execve(SKILL_STORE, [str(SKILL_STORE), *args], environment)
+    shown, pending, answered = b"", list(answers), 0
+    while True:
+        ready, _, _ = select.select([leader], [], [], 120)
+        assert ready, f"the command said nothing for 2 minutes: {shown!r}"
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the command ended and closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+        # A question ends with a space, which comes once the answer can be typed: after
+        # the terminal stops echoing, for a password.
+        if pending and shown[answered:].endswith((b"? ", b": ", b"] ")):
+            os.write(leader, pending.pop(0).encode() + b"\n")
+            answered = len(shown)
+    os.close(leader)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace").replace("\r\n", "\n")
+
+
 def test_upgrade_current_check_downgrade(tmp_path: Path, empty_database_url: str) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return skill_store(tmp_path, "db", *args, DATABASE_URL=empty_database_url)
@@ -49,10 +81,49 @@ def test_upgrade_current_check_downgrade(tmp_path: Path, empty_database_url: str
     assert checked.returncode == 0, checked.stderr
     assert "no drift" in checked.stdout
 
-    downgraded = run("downgrade", "base")
+    refused = run("downgrade", "base")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: the downgrade to base removes the tables agent,")
+    assert "pass --yes" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert f"schema at revision {head} (latest)" in run("current").stdout  # nothing changed
+
+    downgraded = run("downgrade", "base", "--yes")
     assert downgraded.returncode == 0, downgraded.stderr
     assert "base (empty)" in downgraded.stdout
     assert run("current").returncode == 1
+
+
+def test_a_downgrade_that_removes_no_column_does_not_ask(
+    tmp_path: Path, empty_database_url: str
+) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return skill_store(tmp_path, "db", *args, DATABASE_URL=empty_database_url)
+
+    assert run("upgrade", "0016").returncode == 0  # 0016 adds functions and indexes only
+    downgraded = run("downgrade", "0015")
+
+    assert downgraded.returncode == 0, downgraded.stderr
+    assert "schema at revision 0015" in downgraded.stdout
+
+
+def test_a_downgrade_that_removes_data_asks_on_a_terminal(
+    tmp_path: Path, empty_database_url: str
+) -> None:
+    assert skill_store(tmp_path, "db", "upgrade", DATABASE_URL=empty_database_url).returncode == 0
+    arguments = ["db", "downgrade", "0013"]  # 0014 added team.language
+
+    declined, said = on_a_terminal(tmp_path, arguments, ["n"], DATABASE_URL=empty_database_url)
+    assert declined == 1, said
+    question = said[said.index("The downgrade to 0013 removes the columns ") :]
+    assert "team.language" in question.split("with their data")[0]
+    assert "error: not downgraded" in said
+    current = skill_store(tmp_path, "db", "current", DATABASE_URL=empty_database_url)
+    assert "(latest)" in current.stdout
+
+    accepted, said = on_a_terminal(tmp_path, arguments, ["y"], DATABASE_URL=empty_database_url)
+    assert accepted == 0, said
+    assert "schema at revision 0013" in said
 
 
 def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> None:

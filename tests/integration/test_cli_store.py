@@ -2,11 +2,13 @@
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
@@ -39,7 +41,7 @@ def run(demo_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     get_settings.cache_clear()
 
     def invoke(*args: str) -> Result:
-        return CliRunner().invoke(app, list(args))
+        return CliRunner().invoke(app, list(args), prog_name="skill-store")
 
     yield invoke
     get_settings.cache_clear()
@@ -50,26 +52,43 @@ def as_json(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
-def test_every_command_has_help(run: Any) -> None:
-    commands = [
-        ["demo"],
-        ["stats"],
-        ["teams", "list"],
-        ["agents", "list"],
-        ["agents", "show"],
-        ["memories", "list"],
-        ["memories", "show"],
-        ["memories", "history"],
-        ["memories", "search"],
-        ["memories", "import"],
-        ["memories", "export"],
-        ["db", "upgrade"],
-        ["db", "index"],
-    ]
-    for command in commands:
-        result = run(*command, "--help")
-        assert result.exit_code == 0, command
-        assert "Usage" in result.stdout
+def command_paths(command: Any = None, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and group of the command line, as the words that run it."""
+    command = command or typer.main.get_command(app)
+    found = [path]
+    for name, sub in getattr(command, "commands", {}).items():
+        found += command_paths(sub, (*path, name))
+    return found
+
+
+COMMANDS = command_paths()
+
+
+def first_sentence(text: str) -> str:
+    words = " ".join(text.split("\n\n")[0].split())
+    return words[: words.index(".") + 1] if "." in words else words
+
+
+@pytest.mark.parametrize(
+    "path", COMMANDS, ids=[" ".join(path) or "skill-store" for path in COMMANDS]
+)
+def test_every_command_has_help_without_types_and_with_whole_sentences(
+    run: Any, path: tuple[str, ...]
+) -> None:
+    result = run(*path, "--help")
+
+    assert result.exit_code == 0, result.output
+    usage = result.stdout.splitlines()[0]
+    assert usage.startswith(f"Usage: skill-store {' '.join(path)}".rstrip())
+    assert not re.search(r"[<>{}]", usage), usage
+    assert not re.search(r"<(bool|str|int|path|uuid|UUID)", result.stdout), result.stdout
+    words = " ".join(result.stdout.split())
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    assert " ".join((command.help or "").split("\n\n")[0].split()) in words  # one paragraph
+    for name, sub in getattr(command, "commands", {}).items():
+        assert f"{name} {first_sentence(sub.help or '')}" in words  # whole, not cut with "..."
 
 
 def test_demo_reset_rebuilds_without_duplicates(run: Any) -> None:
@@ -169,7 +188,7 @@ def test_export_then_import_round_trips(run: Any, tmp_path: Path) -> None:
     assert "imported 1 memories" in result.stdout
     hits = as_json(run("memories", "search", "--team", "demo", "Imported memory", "--json"))
     assert hits[0]["content"] == "Imported memory"
-    assert hits[0]["metadata_json"] == {"source": "file"}
+    assert hits[0]["metadata"] == {"source": "file"}
     again = tmp_path / "again.jsonl"
     assert run("memories", "export", "--team", "demo", "--output", str(again)).exit_code == 0
     [line] = [
@@ -236,9 +255,10 @@ def test_db_index_builds_each_large_team_index_once(run: Any) -> None:
 
 def test_db_index_refuses_a_negative_bound(run: Any) -> None:
     result = run("db", "index", "--min-rows", "-1")
-    assert result.exit_code == 2
-    assert "--min-rows" in result.output
-    assert "greater than or equal to 0" in result.output
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: Invalid value for '--min-rows'")
+    assert "greater than or equal to 0" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_importing_an_export_again_adds_nothing(run: Any, tmp_path: Path) -> None:
@@ -309,3 +329,227 @@ def test_import_help_says_how_a_large_file_meets_the_teams_index(run: Any) -> No
     assert result.exit_code == 0
     words = " ".join(result.stdout.split())
     assert "loaded beside the team's vector index, which is then rebuilt" in words
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["memories", "list"], "Missing option '--team'; see `skill-store memories list --help`"),
+        (["memories", "list", "--team", "demo", "--bogus"], "No such option: --bogus"),
+        (["memories", "list", "--team", "demo", "--limit", "many"], "Invalid value for '--limit'"),
+        (["memories", "show", "--team", "demo"], "Missing argument 'ID'"),
+        (["memories", "lst"], "No such command 'lst'"),
+        (["teams", "add-member", "demo", "a@b.co", "--role", "boss"], "'boss' is not one of"),
+    ],
+    ids=[
+        "missing-option",
+        "unknown-option",
+        "bad-value",
+        "missing-argument",
+        "unknown-command",
+        "bad-role",
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_status_1(run: Any, args: list[str], said: str) -> None:
+    result = run(*args)
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: "), result.stderr
+    assert said in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stdout == ""
+
+
+OTHER_OWNER = "ada@demo.example.com"
+
+
+@pytest.fixture(scope="module")
+def quiet(demo_url: str) -> str:
+    """A team of the demo's owner with two memories whose ids share their first 12 digits."""
+    made = skill_store(
+        Path.cwd(),
+        "teams",
+        "create",
+        "quiet",
+        "--name",
+        "Quiet",
+        "--owner",
+        OTHER_OWNER,
+        DATABASE_URL=demo_url,
+    )
+    assert made.returncode == 0, made.stderr
+    return "quiet"
+
+
+TWINS = ["ab12cd34-ef56-4000-8000-000000000001", "ab12cd34-ef56-4000-8000-000000000002"]
+
+
+def test_the_ids_tables_show_are_taken_by_show_and_history(
+    run: Any, quiet: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "twins.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"id": twin, "memory_type": "semantic", "content": f"Twin {n}"}) + "\n"
+            for n, twin in enumerate(TWINS)
+        )
+    )
+    assert run("memories", "import", str(path), "--team", quiet).exit_code == 0
+    demo_ids = [
+        memory["id"] for memory in as_json(run("memories", "list", "--team", "demo", "--json"))
+    ]
+
+    listed = run("memories", "list", "--team", quiet).stdout
+    shown = [line.split()[0] for line in listed.splitlines() if line.startswith(" ab12")]
+    short = run("memories", "list", "--team", "demo", "--limit", "3").stdout
+
+    assert sorted(shown) == TWINS  # as many digits as tell them apart: here, all
+    assert f" {demo_ids[0][:8]} " in short  # 8 digits where no other memory shares them
+    for full in [*TWINS, demo_ids[0][:8]]:
+        team = "demo" if full == demo_ids[0][:8] else quiet
+        shows = run("memories", "show", "--team", team, full, "--json")
+        assert as_json(shows)["id"].startswith(full)
+        assert run("memories", "history", "--team", team, full).exit_code == 0
+    for prefix, said in [
+        ("ab12cd34", "ab12cd34 starts the ids of several memories of team quiet: give more"),
+        ("ffff0000", "memory ffff0000 in team 'quiet' does not exist"),
+        ("ab1", "'ab1' is not a memory id, nor its first 4 or more hexadecimal digits"),
+        ("kyra", "'kyra' is not a memory id, nor its first 4 or more hexadecimal digits"),
+    ]:
+        refused = run("memories", "show", "--team", quiet, prefix)
+        assert refused.exit_code == 1
+        assert refused.stderr == f"error: {said}\n"
+
+
+def table_rows(output: str) -> list[str]:
+    """The lines of a table's rows: after its header's rule, up to the blank line after."""
+    lines = output.splitlines()
+    start = next(n for n, line in enumerate(lines) if set(line.strip()) == {"─"}) + 1
+    return [line for line in lines[start:] if line.strip()]
+
+
+def test_tables_fit_80_columns_a_memory_a_line_whole_ids_first(demo_url: str) -> None:
+    memories = json.loads(
+        skill_store(
+            Path.cwd(),
+            "memories",
+            "list",
+            "--team",
+            "demo",
+            "--limit",
+            "100",
+            "--json",
+            DATABASE_URL=demo_url,
+        ).stdout
+    )
+    listed = skill_store(
+        Path.cwd(),
+        "memories",
+        "list",
+        "--team",
+        "demo",
+        "--limit",
+        "100",
+        DATABASE_URL=demo_url,
+        COLUMNS="80",
+    )
+    searched = skill_store(
+        Path.cwd(),
+        "memories",
+        "search",
+        "--team",
+        "demo",
+        "what does Ada like to drink",
+        DATABASE_URL=demo_url,
+        COLUMNS="80",
+    )
+
+    assert listed.returncode == 0 and searched.returncode == 0, listed.stderr + searched.stderr
+    for output in (listed.stdout, searched.stdout):
+        assert max(len(line.rstrip()) for line in output.splitlines()) <= 80, output
+    rows = table_rows(listed.stdout)
+    assert len(rows) == len(memories)  # one line each: nothing wrapped
+    assert [row.split()[0] for row in rows] == [memory["id"][:8] for memory in memories]
+    assert any(row.rstrip().endswith("…") for row in rows)  # long contents cut, not wrapped
+    hits = table_rows(searched.stdout)
+    assert len(hits) == 2 * 10  # each hit: its content, then its signals
+    assert all(re.fullmatch(r"\d+ +\d\.\d{3} +[0-9a-f]{8} .*", hit.strip()) for hit in hits[::2])
+    assert all(
+        re.fullmatch(r"(pinned; )?sem \S+ rec \S+ imp \S+ cont \S+ rel \S+", hit.strip())
+        for hit in hits[1::2]
+    )
+
+
+def test_an_empty_result_is_a_line(run: Any, quiet: str) -> None:
+    empty = run("teams", "create", "empty", "--name", "Empty", "--owner", OTHER_OWNER)
+    assert empty.exit_code == 0, empty.output
+
+    for args, said in [
+        (["memories", "list", "--team", "empty"], "team empty has no memories"),
+        (
+            ["memories", "list", "--team", "empty", "--type", "procedural"],
+            "team empty has no procedural memories",
+        ),
+        (["memories", "search", "--team", "empty", "tea"], "no memory of team empty matches 'tea'"),
+        (["agents", "list", "--team", "empty"], "team empty has no agents"),
+    ]:
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip() == said
+
+
+def test_show_is_for_people_unless_json(run: Any) -> None:
+    [memory] = as_json(run("memories", "list", "--team", "demo", "--limit", "1", "--json"))
+
+    shown = run("memories", "show", "--team", "demo", memory["id"]).stdout
+    agent = run("agents", "show", "--team", "demo", "kyra").stdout
+
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(shown)
+    lines = {line.split()[0]: line.split(maxsplit=1)[1:] for line in shown.splitlines()}
+    lines = {name: [value.strip() for value in values] for name, values in lines.items()}
+    assert lines["id"] == [memory["id"]]
+    assert lines["content"] == [memory["content"]]
+    assert "embedding" not in lines and "metadata_json" not in lines
+    assert list(as_json(run("memories", "show", "--team", "demo", memory["id"], "--json")))[:2] == [
+        "id",
+        "team_id",
+    ]
+    assert re.search(r"^personality\.tone +friendly *$", agent, re.MULTILINE), agent
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(agent)
+
+
+def test_the_offline_warning_comes_once_and_only_with_something_embedded(
+    demo_url: str, quiet: str, tmp_path: Path
+) -> None:
+    def stderr(*args: str) -> list[str]:
+        result = skill_store(Path.cwd(), *args, DATABASE_URL=demo_url, EMBEDDING_API_KEY="")
+        return [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+
+    exported = tmp_path / "demo.jsonl"
+    assert (
+        skill_store(
+            Path.cwd(),
+            "memories",
+            "export",
+            "--team",
+            "demo",
+            "--output",
+            str(exported),
+            DATABASE_URL=demo_url,
+        ).returncode
+        == 0
+    )
+    unembedded = memory_lines(tmp_path / "one.jsonl", "Offline one", "Offline two")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"memory_type": "semantic"}\n')
+    warning = "warning: EMBEDDING_API_KEY is not set: texts are embedded with the offline"
+
+    assert stderr("memories", "list", "--team", "demo") == []
+    assert stderr("memories", "import", str(exported), "--team", "demo") == []  # vectors given
+    assert stderr("memories", "import", str(bad), "--team", quiet) == []  # refused
+    assert stderr("memories", "show", "--team", "demo", "nothing") == []  # an error
+    [embedded] = stderr("memories", "import", str(unembedded), "--team", quiet)
+    [searched] = stderr("memories", "search", "--team", "demo", "tea")
+    assert embedded.startswith(warning) and searched.startswith(warning)

@@ -49,7 +49,7 @@ def run(acme_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     get_settings.cache_clear()
 
     def invoke(*args: str) -> Result:
-        return CliRunner().invoke(app, list(args))
+        return CliRunner().invoke(app, list(args), prog_name="skill-store")
 
     yield invoke
     get_settings.cache_clear()

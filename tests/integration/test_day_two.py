@@ -104,7 +104,9 @@ async def one(store: Store, sql: str, **params: Any) -> Any:
 async def search(store: Store, team_id: uuid.UUID, query: list[float]) -> tuple[set[str], list]:
     """The paths of a top-10 search, and its ids."""
     async with store.factory() as session:
-        found = await MemoryRepository(session).search_by_embedding(query, team_id, limit=10)
+        found = await MemoryRepository(session).search_by_embedding(
+            query, team_id=team_id, limit=10
+        )
         rows = await session.exec(  # type: ignore[call-overload]
             text(
                 "SELECT DISTINCT path FROM search_memories(CAST(:query AS vector), :team, NULL,"

@@ -621,7 +621,7 @@ async def test_processes_that_searched_before_the_switch_get_no_raw_error(store:
             async with get_session_factory(engine)() as session:
                 repository = MemoryRepository(session, embedder=OLD)
                 assert await repository.recall("tea", team_id=store.teams["small"])
-                assert await repository.list(5, team_id=store.teams["small"])
+                assert await repository.list(team_id=store.teams["small"], limit=5)
         new = Embedder("new-model")
 
         await migrate_embeddings(store.engine, new)
@@ -630,8 +630,10 @@ async def test_processes_that_searched_before_the_switch_get_no_raw_error(store:
         async with searching() as session:
             repository = MemoryRepository(session, embedder=OLD)
             with pytest.raises(EmbeddingDimensionError, match="has 8 dimensions; expected 12"):
-                await repository.search_by_embedding(OLD.embed_one("tea"), store.teams["small"])
-            listed = await repository.list(5, team_id=store.teams["small"])
+                await repository.search_by_embedding(
+                    OLD.embed_one("tea"), team_id=store.teams["small"]
+                )
+            listed = await repository.list(team_id=store.teams["small"], limit=5)
             assert {len(memory.embedding or []) for memory in listed} == {NEW_DIMENSIONS}
         async with remembering() as session:
             repository = MemoryRepository(session, embedder=new)

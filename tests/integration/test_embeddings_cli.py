@@ -212,7 +212,7 @@ async def test_a_killed_migration_resumes_and_finishes(
         [best, *_] = await memories.recall("big note 7 about tea", team_id=teams["big"])
         assert best.content == "big note 7 about tea"
         with pytest.raises(EmbeddingDimensionError, match="has 8 dimensions; expected 12"):
-            await memories.search_by_embedding(OLD.embed_one("tea"), teams["big"])
+            await memories.search_by_embedding(OLD.embed_one("tea"), team_id=teams["big"])
     [(index,)] = await select(store, "SELECT index_name FROM memory_team_index(:t)", t=teams["big"])
     assert index is not None
     checked = skill_store("db", "check", env=environment(store, NEW_DIMENSIONS))

@@ -176,11 +176,11 @@ async def test_list_and_count_by_every_column(session: AsyncSession, repository:
         value = getattr(full, name)
         assert value is not None, f"the row to filter on needs a value in {name}"
 
-        found = await scoped.list(1000, **team_of(repository, full), **{name: value})
+        found = await scoped.list(limit=1000, **team_of(repository, full), **{name: value})
 
         assert full.id in [row.id for row in found], name  # type: ignore[attr-defined]
         assert all(getattr(row, name) == value for row in found), name
         assert await scoped.count(**team_of(repository, full), **{name: value}) == len(found)
         if column.nullable:
-            unset = await scoped.list(1000, **team_of(repository, full), **{name: None})
+            unset = await scoped.list(limit=1000, **team_of(repository, full), **{name: None})
             assert all(getattr(row, name) is None for row in unset), name

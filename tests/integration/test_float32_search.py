@@ -39,7 +39,7 @@ async def test_vector_unusable_in_float32_is_refused_by_search_and_writes(
     repository = MemoryRepository(session)
     before = await fingerprint(session)
     with pytest.raises(ValueError, match="embedding"):
-        await repository.search_by_embedding(embedding, team.id)
+        await repository.search_by_embedding(embedding, team_id=team.id)
     with pytest.raises(ValidationError, match="embedding"):
         await repository.create(
             {
@@ -69,7 +69,7 @@ async def test_search_between_extreme_usable_vectors_never_returns_nan(
     repository = MemoryRepository(session)
     await repository.add_many([memory(team, embedding) for embedding in USABLE])
     for query in USABLE:
-        hits = await repository.search_by_embedding(query, team.id)
+        hits = await repository.search_by_embedding(query, team_id=team.id)
         assert len(hits) == len(USABLE)
         assert all(math.isfinite(hit.similarity) for hit in hits)
         assert hits[0].similarity == pytest.approx(1.0)

@@ -97,7 +97,7 @@ async def test_an_edited_line_without_its_embedding_is_embedded_again(
     counts = await import_memories(session, path, team.id, embedder, on_existing="update")
 
     [expected] = await embedder.embed(["Ada likes coffee"])
-    restored = await memories.get(memory.id, team.id)
+    restored = await memories.get(memory.id, team_id=team.id)
     assert counts == ImportCounts(added=0, updated=1, embedded=1)
     assert restored.content == "Ada likes coffee"
     assert np.allclose(restored.embedding_array, expected)  # type: ignore[arg-type]
@@ -107,12 +107,16 @@ async def test_an_edited_line_without_its_embedding_is_embedded_again(
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("field", "value", "said"),
     [
-        ("memory_type", "episodic"),
-        ("agent_id", "agent"),
-        ("source_type", "explicit"),
-        ("created_at", "2020-01-01T00:00:00Z"),
+        ("memory_type", "episodic", "memory_type is 'episodic' in the file but 'semantic'"),
+        ("agent_id", "agent", "its agent is 'kyra' in the file but none (team-wide)"),
+        ("source_type", "explicit", "source_type is 'explicit' in the file but 'extraction'"),
+        (
+            "created_at",
+            "2020-01-01T00:00:00Z",
+            "created_at is '2020-01-01T00:00:00+00:00' in the file but '",
+        ),
     ],
 )
 async def test_a_line_that_would_change_what_a_memory_keeps_is_refused(
@@ -124,6 +128,7 @@ async def test_a_line_that_would_change_what_a_memory_keeps_is_refused(
     tmp_path: Path,
     field: str,
     value: str,
+    said: str,
 ) -> None:
     await memories.remember("Ada likes tea", MemoryType.SEMANTIC, team_id=team.id)
     [line] = await exported(session, team)
@@ -135,8 +140,12 @@ async def test_a_line_that_would_change_what_a_memory_keeps_is_refused(
     path = written(tmp_path / "memories.jsonl", changed)
     before = await fingerprint(session)
 
-    with pytest.raises(MemoryFileError, match=f"memory {line['id']}: {field} is"):
+    with pytest.raises(MemoryFileError) as refused:
         await import_memories(session, path, team.id, embedder, on_existing="update")
+
+    [problem] = refused.value.problems
+    assert problem.startswith(f"line 1: {said}"), problem
+    assert problem.endswith("in team acme; an import does not change it"), problem
 
     assert await fingerprint(session) == before
 

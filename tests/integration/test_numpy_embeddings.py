@@ -87,7 +87,7 @@ async def test_add_many_copies_arrays_of_dicts_and_of_models(
     assert await memories.add_many(data, ids=ids) == 4
 
     for memory_id, vector in zip(ids, vectors, strict=True):
-        stored = (await memories.get(memory_id, team.id)).embedding_array
+        stored = (await memories.get(memory_id, team_id=team.id)).embedding_array
         assert np.array_equal(stored, vector.astype(np.float32))  # type: ignore[arg-type]
 
 
@@ -99,7 +99,7 @@ async def test_search_and_retrieve_take_an_array_and_hits_give_one_back(
     await memories.add_many([memory(team, vector) for vector in vectors], ids=ids)
     query = vectors[1].astype(np.float32)
 
-    hits = await memories.search_by_embedding(query, team.id, limit=1)
+    hits = await memories.search_by_embedding(query, team_id=team.id, limit=1)
     [found] = await memories.retrieve("a fact", team_id=team.id, query_embedding=query, limit=1)
 
     assert [hit.id for hit in hits] == [found.id] == [ids[1]]
@@ -127,7 +127,7 @@ BAD_ARRAYS = [
 def entry_points(memories: MemoryRepository, team: Team) -> list[Callable[[Any], Awaitable[Any]]]:
     good = random_vectors(1)[0]
     return [
-        lambda query: memories.search_by_embedding(query, team.id),
+        lambda query: memories.search_by_embedding(query, team_id=team.id),
         lambda query: memories.retrieve("a fact", team_id=team.id, query_embedding=query),
         lambda embedding: memories.create(memory(team, embedding)),
         lambda embedding: memories.add_many([memory(team, good), memory(team, embedding)]),
@@ -149,7 +149,7 @@ async def test_a_short_query_array_is_a_dimension_error(
     memories: MemoryRepository, team: Team
 ) -> None:
     with pytest.raises(EmbeddingDimensionError) as caught:
-        await memories.search_by_embedding(np.ones(3, np.float32), team.id)
+        await memories.search_by_embedding(np.ones(3, np.float32), team_id=team.id)
     assert (caught.value.expected, caught.value.got) == (DIMENSIONS, 3)
 
 
@@ -158,7 +158,7 @@ async def test_a_non_finite_value_is_located_in_the_array_and_among_the_items(
 ) -> None:
     bad = with_value(7, np.inf)
     with pytest.raises(ValidationError) as searched:
-        await memories.search_by_embedding(bad, team.id)
+        await memories.search_by_embedding(bad, team_id=team.id)
     with pytest.raises(ValidationError) as added:
         await memories.add_many([memory(team, random_vectors(1)[0]), memory(team, bad)])
 

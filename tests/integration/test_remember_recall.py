@@ -71,7 +71,7 @@ async def test_remember_embeds_the_content_and_stores_every_field(
     )
 
     assert embedder.texts == ["Ada climbs on Saturdays"]
-    stored = await memories.get(memory.id, team.id)
+    stored = await memories.get(memory.id, team_id=team.id)
     assert stored.embedding == (await embedder.inner.embed(["Ada climbs on Saturdays"]))[0]
     assert (stored.memory_type, stored.agent_id, stored.user_id, stored.importance) == (
         MemoryType.EPISODIC,

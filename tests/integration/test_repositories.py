@@ -428,7 +428,7 @@ async def test_duplicate_membership(session: AsyncSession, team: Team, user: Use
     await assert_conflict(
         session,
         "team_membership",
-        lambda: teams.add_member(team.id, user.id, UserRole.ADMIN),
+        lambda: teams.add_member(user.id, role=UserRole.ADMIN, team_id=team.id),
         f"user {user.id} is already a member of team {team.id}",
     )
 
@@ -445,7 +445,7 @@ MISSING_PARENTS: dict[
     ),
     "team_membership.user_id": (
         "team_membership",
-        lambda s, c, missing: TeamRepository(s).add_member(c.team_id, missing),
+        lambda s, c, missing: TeamRepository(s).add_member(missing, team_id=c.team_id),
         "user {missing} does not exist (referenced by team_membership.user_id)",
     ),
     "agent.team_id": (

@@ -145,7 +145,7 @@ async def test_update_with_a_password_rehashes_it(session: AsyncSession) -> None
 async def test_creating_a_team_makes_its_owner_a_member(session: AsyncSession, user: User) -> None:
     teams = TeamRepository(session)
     team = await new_team(session, user, "globex")
-    members = await teams.members(team.id)
+    members = await teams.members(team_id=team.id)
     assert [(m.user_id, m.role) for m in members] == [(user.id, UserRole.OWNER)]
     assert await teams.get_by_slug("globex") is team
     assert await teams.get_by_slug("initech") is None
@@ -167,27 +167,27 @@ async def test_membership_lifecycle(session: AsyncSession, user: User) -> None:
     team = await new_team(session, user, "globex")
     grace = await new_user(session, "grace@example.com")
 
-    membership = await teams.add_member(team.id, grace.id)
+    membership = await teams.add_member(grace.id, team_id=team.id)
     assert membership.role == UserRole.MEMBER
-    await teams.set_role(team.id, grace.id, UserRole.ADMIN)
+    await teams.set_role(grace.id, UserRole.ADMIN, team_id=team.id)
     session.expunge_all()
-    roles = {m.user_id: m.role for m in await teams.members(team.id)}
+    roles = {m.user_id: m.role for m in await teams.members(team_id=team.id)}
     assert roles == {user.id: UserRole.OWNER, grace.id: UserRole.ADMIN}
 
-    assert await teams.remove_member(team.id, grace.id) is True
-    assert await teams.remove_member(team.id, grace.id) is False
-    assert [m.user_id for m in await teams.members(team.id)] == [user.id]
+    assert await teams.remove_member(grace.id, team_id=team.id) is True
+    assert await teams.remove_member(grace.id, team_id=team.id) is False
+    assert [m.user_id for m in await teams.members(team_id=team.id)] == [user.id]
     with pytest.raises(NotFoundError):
-        await teams.set_role(team.id, grace.id, UserRole.VIEWER)
+        await teams.set_role(grace.id, UserRole.VIEWER, team_id=team.id)
 
 
 async def test_members_come_with_their_user(session: AsyncSession, user: User) -> None:
     teams = TeamRepository(session)
     team = await new_team(session, user, "globex")
     grace = await new_user(session, "grace@example.com")
-    await teams.add_member(team.id, grace.id, UserRole.VIEWER)
+    await teams.add_member(grace.id, role=UserRole.VIEWER, team_id=team.id)
     session.expunge_all()
-    members = await teams.members(team.id)
+    members = await teams.members(team_id=team.id)
     # A lazy load here would fail: the async session cannot load on attribute access.
     assert {(m.user.email, m.role) for m in members} == {
         ("ada@example.com", UserRole.OWNER),
@@ -199,8 +199,8 @@ async def test_the_owner_cannot_be_removed(session: AsyncSession, user: User) ->
     teams = TeamRepository(session)
     team = await new_team(session, user, "globex")
     with pytest.raises(ConflictError, match=str(user.id)):
-        await teams.remove_member(team.id, user.id)
-    assert [m.user_id for m in await teams.members(team.id)] == [user.id]
+        await teams.remove_member(user.id, team_id=team.id)
+    assert [m.user_id for m in await teams.members(team_id=team.id)] == [user.id]
 
 
 async def test_teams_for_user(session: AsyncSession, user: User) -> None:
@@ -208,7 +208,7 @@ async def test_teams_for_user(session: AsyncSession, user: User) -> None:
     initech = await new_team(session, user, "initech")
     globex = await new_team(session, user, "globex")
     grace = await new_user(session, "grace@example.com")
-    await teams.add_member(initech.id, grace.id)
+    await teams.add_member(grace.id, team_id=initech.id)
     assert await teams.teams_for_user(user.id) == [globex, initech]
     assert await teams.teams_for_user(grace.id) == [initech]
     assert await teams.teams_for_user(uuid.uuid4()) == []
@@ -223,9 +223,9 @@ async def test_get_agent_by_slug_within_its_team(
     agents = AgentRepository(session)
     other_team = await new_team(session, user, "globex")
     twin = await new_agent(session, other_team, "kyra")
-    assert await agents.get_by_slug(agent.team_id, "kyra") is agent
-    assert await agents.get_by_slug(other_team.id, "kyra") is twin
-    assert await agents.get_by_slug(agent.team_id, "zed") is None
+    assert await agents.get_by_slug("kyra", team_id=agent.team_id) is agent
+    assert await agents.get_by_slug("kyra", team_id=other_team.id) is twin
+    assert await agents.get_by_slug("zed", team_id=agent.team_id) is None
 
 
 async def test_list_for_team_by_name_and_status(
@@ -235,9 +235,9 @@ async def test_list_for_team_by_name_and_status(
     bravo = await new_agent(session, team, "bravo", status=AgentStatus.ACTIVE)
     alpha = await new_agent(session, team, "alpha")
     await new_agent(session, await new_team(session, user, "globex"), "charlie")
-    assert await agents.list_for_team(team.id) == [alpha, bravo]
-    assert await agents.list_for_team(team.id, status=AgentStatus.ACTIVE) == [bravo]
-    assert await agents.list_for_team(team.id, status=AgentStatus.PAUSED) == []
+    assert await agents.list_for_team(team_id=team.id) == [alpha, bravo]
+    assert await agents.list_for_team(team_id=team.id, status=AgentStatus.ACTIVE) == [bravo]
+    assert await agents.list_for_team(team_id=team.id, status=AgentStatus.PAUSED) == []
 
 
 async def test_set_status(session: AsyncSession, agent: Agent) -> None:
@@ -346,7 +346,7 @@ async def test_messages_page_backwards_in_time(
     pages = [await conversations.messages(conversation.id, limit=3, **team)]
     while pages[-1]:
         pages.append(
-            await conversations.messages(conversation.id, 3, before=pages[-1][0].id, **team)
+            await conversations.messages(conversation.id, limit=3, before=pages[-1][0].id, **team)
         )
     assert [len(page) for page in pages] == [3, 3, 1, 0]
     assert [m.id for page in reversed(pages) for m in page] == written
@@ -381,7 +381,7 @@ async def test_list_for_user_most_recent_first(
     older = await new_conversation(session, team, agent, user)
     newer = await new_conversation(session, team, agent, user)
     grace = await new_user(session, "g@example.com")
-    await TeamRepository(session).add_member(team.id, grace.id)
+    await TeamRepository(session).add_member(grace.id, team_id=team.id)
     graces = await new_conversation(session, team, agent, grace)
     globex = await new_team(session, user, "globex")
     elsewhere = await new_conversation(
@@ -390,10 +390,10 @@ async def test_list_for_user_most_recent_first(
     for c in (older, newer):
         await conversations.add_message(c.id, {"role": "user", "content": "ping"}, team_id=team.id)
 
-    listed = await conversations.list_for_user(team.id, user.id)
+    listed = await conversations.list_for_user(user.id, team_id=team.id)
     assert [c.id for c in listed] == [newer.id, older.id, conversation.id]
-    assert await conversations.list_for_user(team.id, graces.user_id) == [graces]
-    assert await conversations.list_for_user(globex.id, user.id) == [elsewhere]
+    assert await conversations.list_for_user(graces.user_id, team_id=team.id) == [graces]
+    assert await conversations.list_for_user(user.id, team_id=globex.id) == [elsewhere]
 
 
 async def test_deleting_an_agent_keeps_its_data_unless_asked(

@@ -130,7 +130,7 @@ async def test_create_stores_each_tag_once(
     tags = "SELECT count(*) FROM memory_tag WHERE memory_id = :id"
     assert await scalar(session, tags, id=created.id) == 2
     session.expunge_all()
-    loaded = await memories.get(created.id, team.id)
+    loaded = await memories.get(created.id, team_id=team.id)
     assert (loaded.content, loaded.version) == ("Ada likes tea.", 1)
     assert loaded.status == MemoryStatus.ACTIVE
     assert loaded.embedding is not None and list(loaded.embedding) == unit_vector(0)
@@ -195,7 +195,7 @@ async def test_embedding_length_is_checked_against_the_column(
                 await memories.create(new)
             assert (caught.value.expected, caught.value.got) == (3, 1536)
             with pytest.raises(EmbeddingDimensionError) as caught:
-                await memories.search_by_embedding(unit_vector(0), team_id)
+                await memories.search_by_embedding(unit_vector(0), team_id=team_id)
             assert (caught.value.expected, caught.value.got) == (3, 1536)
             assert await count(session, "memory") == 0
     finally:
@@ -211,18 +211,20 @@ async def test_search_ranks_by_cosine_similarity(memories: MemoryRepository, tea
     await memory(memories, team, "far", 0, 1, 2)
     await memory(memories, team, "close", 0, 1)
 
-    results = await memories.search_by_embedding(unit_vector(0), team.id)
+    results = await memories.search_by_embedding(unit_vector(0), team_id=team.id)
     assert contents(results) == ["same", "close", "far", "orthogonal"]
     assert [r.similarity for r in results] == pytest.approx([1, 2**-0.5, 3**-0.5, 0], abs=1e-6)
     assert isinstance(results[0], MemorySearchResult)
     assert (results[0].id, results[0].team_id) == (same.id, team.id)
-    stored = await memories.get(same.id, team.id)
+    stored = await memories.get(same.id, team_id=team.id)
     assert results[0] == MemorySearchResult.model_validate(
         stored, update={"similarity": results[0].similarity}
     )
 
     async def search(**options: Any) -> list[str]:
-        return contents(await memories.search_by_embedding(unit_vector(0), team.id, **options))
+        return contents(
+            await memories.search_by_embedding(unit_vector(0), team_id=team.id, **options)
+        )
 
     assert await search(limit=2) == ["same", "close"]
     assert await search(min_similarity=0.6) == ["same", "close"]
@@ -239,7 +241,7 @@ async def test_search_returns_only_active_unexpired_embedded_memories(
     for value in (MemoryStatus.ARCHIVED, MemoryStatus.DISPUTED, MemoryStatus.SUPERSEDED):
         await set_status(session, (await memory(memories, team, value, 0)).id, value)
 
-    results = await memories.search_by_embedding(unit_vector(0), team.id)
+    results = await memories.search_by_embedding(unit_vector(0), team_id=team.id)
     assert sorted(contents(results)) == ["active", "expires later"]
 
 
@@ -255,7 +257,9 @@ async def test_search_for_an_agent(
     await memory(memories, team, "no one's secret", 0, memory_type=private)  # reaches no agent
 
     async def search(agent_id: uuid.UUID | None, **options: Any) -> list[str]:
-        results = await memories.search_by_embedding(unit_vector(0), team.id, agent_id, **options)
+        results = await memories.search_by_embedding(
+            unit_vector(0), team_id=team.id, agent_id=agent_id, **options
+        )
         return sorted(contents(results))
 
     assert await search(agent.id) == ["Kyra's", "Kyra's secret", "team-wide"]
@@ -274,7 +278,9 @@ async def test_search_about_a_user(
     await memory(memories, team, "about no one", 0)
 
     async def search(user_id: uuid.UUID | None) -> list[str]:
-        results = await memories.search_by_embedding(unit_vector(0), team.id, user_id=user_id)
+        results = await memories.search_by_embedding(
+            unit_vector(0), team_id=team.id, user_id=user_id
+        )
         return sorted(contents(results))
 
     assert await search(grace.id) == ["about Grace", "about no one"]
@@ -286,7 +292,9 @@ async def test_search_by_memory_type(memories: MemoryRepository, team: Team) -> 
     for memory_type in (MemoryType.SEMANTIC, MemoryType.EPISODIC, MemoryType.PROCEDURAL):
         await memory(memories, team, memory_type, 0, memory_type=memory_type)
     wanted = [MemoryType.EPISODIC, MemoryType.PROCEDURAL]
-    results = await memories.search_by_embedding(unit_vector(0), team.id, memory_types=wanted)
+    results = await memories.search_by_embedding(
+        unit_vector(0), team_id=team.id, memory_types=wanted
+    )
     assert sorted(contents(results)) == ["episodic", "procedural"]
 
 
@@ -305,10 +313,10 @@ async def test_equal_similarities_are_ordered_by_id(
         for (definition,) in definitions.all():
             await memories.session.exec(text(definition))
 
-    results = await memories.search_by_embedding(unit_vector(0), team.id, limit=6)
+    results = await memories.search_by_embedding(unit_vector(0), team_id=team.id, limit=6)
     assert [r.id for r in results] == same
     if exact:
-        results = await memories.search_by_embedding(unit_vector(0), team.id, limit=3)
+        results = await memories.search_by_embedding(unit_vector(0), team_id=team.id, limit=3)
         assert [r.id for r in results] == same[:3]
 
 
@@ -318,19 +326,24 @@ async def test_find_similar_uses_a_threshold(memories: MemoryRepository, team: T
     await memory(memories, team, "identical", 0)
     await memory(memories, team, "near duplicate", embedding=near)
     await memory(memories, team, "related", 0, 1)
-    found = await memories.find_similar(unit_vector(0), team.id)
+    found = await memories.find_similar(unit_vector(0), team_id=team.id)
     assert contents(found) == ["identical", "near duplicate"]
     assert found[1].similarity == pytest.approx(1.09**-0.5, abs=1e-6)
-    assert len(await memories.find_similar(unit_vector(0), team.id, threshold=0.5)) == 3
-    assert len(await memories.find_similar(unit_vector(0), team.id, threshold=0.5, limit=1)) == 1
+    assert len(await memories.find_similar(unit_vector(0), team_id=team.id, threshold=0.5)) == 3
+    assert (
+        len(await memories.find_similar(unit_vector(0), team_id=team.id, threshold=0.5, limit=1))
+        == 1
+    )
 
 
 BAD_READS: dict[str, Callable[[MemoryRepository, Team], Awaitable[Any]]] = {
-    "search limit < 0": lambda r, t: r.search_by_embedding(unit_vector(0), t.id, limit=-1),
-    "search all-zero query": lambda r, t: r.search_by_embedding([0.0] * len(unit_vector(0)), t.id),
-    "search of another dimension": lambda r, t: r.search_by_embedding([1.0, 0.0], t.id),
-    "with_tag limit < 0": lambda r, t: r.with_tag(t.id, "tea", limit=-1),
-    "with_tag NUL": lambda r, t: r.with_tag(t.id, "te\x00a"),
+    "search limit < 0": lambda r, t: r.search_by_embedding(unit_vector(0), team_id=t.id, limit=-1),
+    "search all-zero query": lambda r, t: r.search_by_embedding(
+        [0.0] * len(unit_vector(0)), team_id=t.id
+    ),
+    "search of another dimension": lambda r, t: r.search_by_embedding([1.0, 0.0], team_id=t.id),
+    "with_tag limit < 0": lambda r, t: r.with_tag("tea", team_id=t.id, limit=-1),
+    "with_tag NUL": lambda r, t: r.with_tag("te\x00a", team_id=t.id),
 }
 
 
@@ -341,7 +354,7 @@ async def test_bad_read_arguments_raise_value_error_and_keep_the_session(
     await memory(memories, team, "Ada likes tea.", 0, tags=["tea"])
     with pytest.raises(ValueError):
         await BAD_READS[case](memories, team)
-    assert contents(await memories.with_tag(team.id, "tea")) == ["Ada likes tea."]
+    assert contents(await memories.with_tag("tea", team_id=team.id)) == ["Ada likes tea."]
 
 
 # -- team isolation ---------------------------------------------------------------------
@@ -362,9 +375,9 @@ async def two_teams(
 
 
 ISOLATED_READS: dict[str, Callable[[MemoryRepository, uuid.UUID], Awaitable[set[uuid.UUID]]]] = {
-    "search_by_embedding": lambda r, t: ids(r.search_by_embedding(unit_vector(0), t)),
-    "find_similar": lambda r, t: ids(r.find_similar(unit_vector(0), t, threshold=0.0)),
-    "with_tag": lambda r, t: ids(r.with_tag(t, "tea")),
+    "search_by_embedding": lambda r, t: ids(r.search_by_embedding(unit_vector(0), team_id=t)),
+    "find_similar": lambda r, t: ids(r.find_similar(unit_vector(0), team_id=t, threshold=0.0)),
+    "with_tag": lambda r, t: ids(r.with_tag("tea", team_id=t)),
     "list": lambda r, t: ids(r.list(team_id=t)),
 }
 
@@ -383,10 +396,10 @@ async def test_count_and_get_see_only_their_team(
     (team_a, own_a), (team_b, own_b) = two_teams.items()
     assert await memories.count(team_id=team_a) == await memories.count(team_id=team_b) == 2
     for memory_id in own_a:
-        assert (await memories.get(memory_id, team_a)).team_id == team_a
+        assert (await memories.get(memory_id, team_id=team_a)).team_id == team_a
     for memory_id in own_b:
         with pytest.raises(NotFoundError):
-            await memories.get(memory_id, team_a)
+            await memories.get(memory_id, team_id=team_a)
 
 
 # -- access, versions, links ------------------------------------------------------------
@@ -431,7 +444,9 @@ async def test_supersede_makes_a_new_version(
         second.id
     ]
     for hot in (0, 1, 2):
-        found = await memories.search_by_embedding(unit_vector(hot), team.id, min_similarity=0.5)
+        found = await memories.search_by_embedding(
+            unit_vector(hot), team_id=team.id, min_similarity=0.5
+        )
         assert contents(found) == (["Ada likes cocoa."] if hot == 2 else [])
 
 
@@ -461,8 +476,8 @@ async def test_a_new_version_of_a_pinned_memory_is_pinned_unless_its_data_says_o
     from_model = await memories.supersede(from_dict.id, data(team, "v3", **given))
     session.expunge_all()
 
-    assert (await memories.get(from_dict.id, team.id)).is_pinned is new_pinned
-    assert (await memories.get(from_model.id, team.id)).is_pinned is new_pinned
+    assert (await memories.get(from_dict.id, team_id=team.id)).is_pinned is new_pinned
+    assert (await memories.get(from_model.id, team_id=team.id)).is_pinned is new_pinned
 
 
 SUPERSEDE_FAILURES: dict[
@@ -530,12 +545,12 @@ async def test_mark_contradiction(
     )
     assert (first.id, second.id) == (a.id, b.id)
     session.expunge_all()
-    a, b = [await memories.get(m.id, team.id) for m in (a, b)]
+    a, b = [await memories.get(m.id, team_id=team.id) for m in (a, b)]
     assert (a.status, b.status) == (MemoryStatus.DISPUTED, MemoryStatus.DISPUTED)
     assert (a.contradicts, b.contradicts) == ([b.id], [a.id])
     assert (a.version, b.version) == (1, 1)
     assert (await audit(memories, a))[-1] == ("disputed", "judge", "both?")
-    assert await memories.search_by_embedding(unit_vector(0), team.id) == []
+    assert await memories.search_by_embedding(unit_vector(0), team_id=team.id) == []
 
 
 async def test_relate_links_both_ways_once(
@@ -546,7 +561,7 @@ async def test_relate_links_both_ways_once(
     await memories.relate(b.id, a.id, team_id=team.id)
     await memories.relate(a.id, c.id, team_id=team.id)
     session.expunge_all()
-    a, b, c = [await memories.get(m.id, team.id) for m in (a, b, c)]
+    a, b, c = [await memories.get(m.id, team_id=team.id) for m in (a, b, c)]
     assert (a.related_to, b.related_to, c.related_to) == ([b.id, c.id], [a.id], [a.id])
     assert {a.status, b.status, c.status} == {MemoryStatus.ACTIVE}
 
@@ -595,7 +610,7 @@ async def test_set_tier_is_logged_as_promotion_or_demotion(
         ("promoted", "curator", None),
         ("demoted", "system", None),
     ]
-    assert (await memories.get(m.id, m.team_id)).tier == MemoryTier.COLD
+    assert (await memories.get(m.id, team_id=m.team_id)).tier == MemoryTier.COLD
 
 
 async def test_archive_hides_a_memory_from_search(
@@ -605,7 +620,7 @@ async def test_archive_hides_a_memory_from_search(
     archived = await memory(memories, team, "archived", 0)
     await memories.archive(archived.id, team_id=archived.team_id, reason="stale")
     assert await status(session, archived.id) == "archived"
-    assert await ids(memories.search_by_embedding(unit_vector(0), team.id)) == {kept.id}
+    assert await ids(memories.search_by_embedding(unit_vector(0), team_id=team.id)) == {kept.id}
     assert (await audit(memories, archived))[-1] == ("archived", "system", "stale")
 
 
@@ -640,7 +655,7 @@ async def test_delete_keeps_the_history(
     assert await memories.delete(m.id, team_id=team.id, actor="dpo", reason="erasure request")
     assert await memories.delete(m.id, team_id=team.id) is False
     with pytest.raises(NotFoundError):
-        await memories.get(m.id, team.id)
+        await memories.get(m.id, team_id=team.id)
     assert await memories.tags(m.id, team_id=m.team_id) == []
     assert await audit(memories, m) == [
         ("created", "system", None),
@@ -657,9 +672,9 @@ async def test_add_and_remove_tags(memories: MemoryRepository, team: Team) -> No
     assert await memories.add_tags(m.id, ["c", "a", "b", " a "], team_id=team.id) == ["a", "b", "c"]
     assert await memories.remove_tags(m.id, ["a", "z"], team_id=team.id) == 1
     assert await memories.tags(m.id, team_id=m.team_id) == ["b", "c"]
-    assert await ids(memories.with_tag(team.id, "c")) == {m.id}
-    assert await ids(memories.with_tag(team.id, "a")) == {other.id}
-    assert await memories.with_tag(team.id, "z") == []
+    assert await ids(memories.with_tag("c", team_id=team.id)) == {m.id}
+    assert await ids(memories.with_tag("a", team_id=team.id)) == {other.id}
+    assert await memories.with_tag("z", team_id=team.id) == []
 
 
 async def test_tags_to_remove_are_read_like_tags_to_add(
@@ -801,5 +816,23 @@ async def test_a_superseded_memory_cannot_be_brought_back_or_changed(
     with pytest.raises(ValidationError, match=r"only by MemoryRepository\.supersede"):
         await memories.update(new.id, {"status": "superseded"}, team_id=team.id)
     assert await fingerprint(session) == before
-    hits = await memories.search_by_embedding(unit_vector(0), team.id)
+    hits = await memories.search_by_embedding(unit_vector(0), team_id=team.id)
     assert [hit.id for hit in hits] == [new.id]
+
+
+async def test_a_loaded_memory_dumps_its_fields_in_the_models_order(
+    memories: MemoryRepository, session: AsyncSession, team: Team
+) -> None:
+    created = await memory(
+        memories, team, "Ada likes tea", 0, importance=7, metadata={"source": "chat"}
+    )
+    await memories.update(created.id, {"importance": 8}, team_id=team.id)  # refreshed columns
+    session.expunge_all()
+
+    loaded = await memories.get(created.id, team_id=team.id)
+    dumped = loaded.model_dump(mode="json")
+
+    expected = [field.serialization_alias or name for name, field in Memory.model_fields.items()]
+    assert list(dumped) == expected
+    assert expected[:6] == ["id", "team_id", "agent_id", "user_id", "memory_type", "content"]
+    assert dumped["metadata"] == {"source": "chat"}

@@ -30,6 +30,7 @@ from skill_store import (
     MemoryCreate,
     MemoryRepository,
     MemoryType,
+    NotFoundError,
     RetrievalWeights,
     ScoredMemory,
     Team,
@@ -312,7 +313,7 @@ async def test_lexical_recall_finds_memories_the_vectors_miss(
     )
 
     found = await retrieve(memories, team, agent_id=agent.id, weights=SEMANTIC_ONLY, limit=1)
-    nearest = await memories.search_by_embedding(unit_vector(0), team.id, limit=4)
+    nearest = await memories.search_by_embedding(unit_vector(0), team_id=team.id, limit=4)
 
     assert ids(found) == [words]  # "climbing" matches "climb", stemmed in English
     assert words not in [memory.id for memory in nearest]
@@ -329,7 +330,7 @@ async def test_record_access_counts_what_is_returned_in_the_same_statement(
 
     await retrieve(memories, team)
     [found] = await retrieve(memories, team, record_access=True)
-    again = await memories.get(kept, team.id)
+    again = await memories.get(kept, team_id=team.id)
     await memories.session.refresh(again)
 
     assert found.access_count == 0
@@ -346,7 +347,7 @@ async def test_the_token_budget_is_never_exceeded(
     for number in range(12):
         await add(memories, team, f"Ada climbs at crag {number} " + "and more " * number)
 
-    context = await memories.context_for(agent, QUERY)
+    context = await memories.context_for(QUERY, team_id=agent.team_id, agent_id=agent.id)
     packed = await memories.retrieve(
         QUERY, team_id=team.id, token_budget=30, query_embedding=unit_vector(0)
     )
@@ -359,6 +360,64 @@ async def test_the_token_budget_is_never_exceeded(
     assert packed
 
 
+async def test_a_hit_has_the_similarity_a_search_gives_it_and_none_without_a_vector(
+    memories: MemoryRepository, team: Team
+) -> None:
+    close = await add(memories, team, "Ada climbs at the crag", embedding=near(2, 0.5))
+    far = await add(memories, team, "Ada climbs in Fontainebleau", embedding=unit_vector(1))
+    wordy = await add(memories, team, "Ada climbs", embedding=None)
+
+    found = {memory.id: memory.similarity for memory in await retrieve(memories, team)}
+    searched = await memories.search_by_embedding(unit_vector(0), team_id=team.id)
+
+    assert found == {**{hit.id: hit.similarity for hit in searched}, wordy: None}
+    assert found[close] == pytest.approx(1.25**-0.5, abs=1e-6)
+    assert found[far] == pytest.approx(0.0, abs=1e-6)
+
+
+async def test_context_for_reads_its_agent_in_the_team_and_its_overrides_win(
+    memories: MemoryRepository, session: AsyncSession, team: Team, agent: Agent
+) -> None:
+    await AgentRepository(session).update(
+        agent.id, AgentUpdate(memory=AgentMemoryConfig(token_budget=100)), team_id=team.id
+    )
+    for number in range(12):
+        await add(memories, team, f"Ada climbs at crag {number} " + "and more " * number)
+    other = await TeamRepository(session).create(
+        TeamCreate(name="Other", slug="other", owner_id=team.owner_id)
+    )
+    options = {"query_embedding": unit_vector(0), "now": NOW}
+
+    budgeted = await memories.context_for(QUERY, team_id=team.id, agent_id=agent.id, **options)
+    smaller = await memories.context_for(
+        QUERY, team_id=team.id, agent_id=agent.id, token_budget=30, **options
+    )
+    with pytest.raises(NotFoundError, match=f"agent {agent.id} does not exist"):
+        await memories.context_for(QUERY, team_id=other.id, agent_id=agent.id, **options)
+
+    assert 30 < budgeted.tokens <= 100  # the agent's budget
+    assert 0 < smaller.tokens <= 30  # the caller's
+
+
+async def test_context_for_counts_an_access_of_the_memories_it_keeps_only(
+    memories: MemoryRepository, session: AsyncSession, team: Team, agent: Agent
+) -> None:
+    kept = await add(memories, team, "Ada climbs")
+    left = await add(memories, team, "Ada climbs " + "at the crag " * 100, embedding=near(2, 0.1))
+
+    context = await memories.context_for(
+        QUERY, team_id=team.id, agent_id=agent.id, token_budget=10, record_access=True, now=NOW
+    )
+    counts = {
+        memory.id: memory.access_count
+        for memory in await memories.list(team_id=team.id)
+        if memory.id in (kept, left)
+    }
+
+    assert [memory.id for memory in context.memories] == [kept]
+    assert counts == {kept: 1, left: 0}
+
+
 async def test_a_pluggable_token_counter(session: AsyncSession, team: Team, agent: Agent) -> None:
     words = MemoryRepository(
         session,
@@ -367,7 +426,7 @@ async def test_a_pluggable_token_counter(session: AsyncSession, team: Team, agen
     )
     await add(words, team, "Ada climbs at the crag")
 
-    context = await words.context_for(agent, QUERY)
+    context = await words.context_for(QUERY, team_id=agent.team_id, agent_id=agent.id)
 
     assert (context.tokens, context.text) == (6, "- Ada climbs at the crag")
 
@@ -398,7 +457,7 @@ async def test_created_at_dates_an_import_but_not_the_future(
     memories: MemoryRepository, team: Team
 ) -> None:
     then = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
-    created = await memories.get(await add(memories, team, "Ada", created_at=then), team.id)
+    created = await memories.get(await add(memories, team, "Ada", created_at=then), team_id=team.id)
     copied = await memories.add_many(
         [
             {"team_id": team.id, "memory_type": "episodic", "content": "Bo", "created_at": then},
@@ -453,7 +512,7 @@ async def test_the_audit_dates_an_imported_creation_by_its_created_at(
     assert await memories.content_at(created, then - timedelta(seconds=1), team_id=team.id) is None
     # A memory dated by its own transaction is logged at the time of the change.
     [creation] = await memories.history(fresh, team_id=team.id)
-    assert creation.created_at > (await memories.get(fresh, team.id)).created_at
+    assert creation.created_at > (await memories.get(fresh, team_id=team.id)).created_at
 
 
 async def test_an_unknown_language_indexes_words_as_they_are(

@@ -161,7 +161,7 @@ async def retrieve_reading(
     async with world.factory() as session:
         start = await rows_read(session)
         await MemoryRepository(session).search_by_embedding(
-            QUERY_VECTOR, team_id, limit=max(RETRIEVAL_DEPTH, 4 * LIMIT)
+            QUERY_VECTOR, team_id=team_id, limit=max(RETRIEVAL_DEPTH, 4 * LIMIT)
         )
         searched = await rows_read(session) - start
     async with world.factory() as session:

@@ -216,9 +216,11 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
         lambda: teams.create({"name": "Acme", "slug": f"acme-{suffix}", "owner_id": ada.id}),
     )
     t = {"team_id": team.id}
-    await call("TeamRepository.add_member", lambda: teams.add_member(team.id, grace.id))
-    await call("TeamRepository.set_role", lambda: teams.set_role(team.id, grace.id, "admin"))
-    await call("TeamRepository.members", lambda: teams.members(team.id))
+    await call("TeamRepository.add_member", lambda: teams.add_member(grace.id, team_id=team.id))
+    await call(
+        "TeamRepository.set_role", lambda: teams.set_role(grace.id, "admin", team_id=team.id)
+    )
+    await call("TeamRepository.members", lambda: teams.members(team_id=team.id))
     await call("TeamRepository.teams_for_user", lambda: teams.teams_for_user(ada.id))
     await call("TeamRepository.get_by_slug", lambda: teams.get_by_slug(team.slug))
     await call("TeamRepository.get_by_slug_or_raise", lambda: teams.get_by_slug_or_raise(team.slug))
@@ -242,8 +244,8 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
     )
     await call("AgentRepository.get_by_id", lambda: agents.get_by_id(kyra.id, **t))
     await call("AgentRepository.get_or_raise", lambda: agents.get_or_raise(kyra.id, **t))
-    await call("AgentRepository.get_by_slug", lambda: agents.get_by_slug(team.id, "kyra"))
-    await call("AgentRepository.list_for_team", lambda: agents.list_for_team(team.id))
+    await call("AgentRepository.get_by_slug", lambda: agents.get_by_slug("kyra", team_id=team.id))
+    await call("AgentRepository.list_for_team", lambda: agents.list_for_team(team_id=team.id))
     await call("AgentRepository.list", lambda: agents.list(**t, slug="kyra"))
     await call("AgentRepository.count", lambda: agents.count(**t))
     await call("AgentRepository.update", lambda: agents.update(kyra.id, {"tagline": "Hi"}, **t))
@@ -263,14 +265,15 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
     )
     await call(
         "ConversationRepository.messages",
-        lambda: conversations.messages(chat.id, 10, before=first.id, **t),
+        lambda: conversations.messages(chat.id, limit=10, before=first.id, **t),
     )
     await call(
         "ConversationRepository.set_feedback",
         lambda: conversations.set_feedback(first.id, "positive", **t),
     )
     await call(
-        "ConversationRepository.list_for_user", lambda: conversations.list_for_user(team.id, ada.id)
+        "ConversationRepository.list_for_user",
+        lambda: conversations.list_for_user(ada.id, team_id=team.id),
     )
     await call(
         "ConversationRepository.update",
@@ -315,11 +318,18 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
     await call(
         "MemoryRepository.search_by_embedding",
         lambda: memories.search_by_embedding(
-            unit_vector(0), team.id, kyra.id, ada.id, [MemoryType.SEMANTIC], 5, 0.1
+            unit_vector(0),
+            team_id=team.id,
+            agent_id=kyra.id,
+            user_id=ada.id,
+            memory_types=[MemoryType.SEMANTIC],
+            limit=5,
+            min_similarity=0.1,
         ),
     )
     await call(
-        "MemoryRepository.find_similar", lambda: memories.find_similar(unit_vector(0), team.id)
+        "MemoryRepository.find_similar",
+        lambda: memories.find_similar(unit_vector(0), team_id=team.id),
     )
     await call(
         "MemoryRepository.retrieve",
@@ -327,8 +337,11 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
             "tea", team_id=team.id, query_embedding=unit_vector(0), record_access=True
         ),
     )
-    await call("MemoryRepository.context_for", lambda: memories.context_for(kyra, "tea"))
-    await call("MemoryRepository.get", lambda: memories.get(tea.id, team.id))
+    await call(
+        "MemoryRepository.context_for",
+        lambda: memories.context_for("tea", team_id=kyra.team_id, agent_id=kyra.id),
+    )
+    await call("MemoryRepository.get", lambda: memories.get(tea.id, team_id=team.id))
     await call("MemoryRepository.get_by_id", lambda: memories.get_by_id(tea.id, **t))
     await call("MemoryRepository.get_or_raise", lambda: memories.get_or_raise(tea.id, **t))
     await call("MemoryRepository.list", lambda: memories.list(**t, memory_type="semantic"))
@@ -350,7 +363,7 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
     await call("MemoryRepository.add_tags", lambda: memories.add_tags(tea.id, ["drinks"], **t))
     await call("MemoryRepository.remove_tags", lambda: memories.remove_tags(tea.id, ["tea"], **t))
     await call("MemoryRepository.tags", lambda: memories.tags(tea.id, **t))
-    await call("MemoryRepository.with_tag", lambda: memories.with_tag(team.id, "bulk"))
+    await call("MemoryRepository.with_tag", lambda: memories.with_tag("bulk", team_id=team.id))
     newer = await call(
         "MemoryRepository.supersede",
         lambda: memories.supersede(
@@ -358,7 +371,7 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
         ),
     )
     await call("MemoryRepository.archive", lambda: memories.archive(newer.id, **t))
-    await call("MemoryRepository.expire", lambda: memories.expire(datetime.now(UTC), **t))
+    await call("MemoryRepository.expire", lambda: memories.expire(now=datetime.now(UTC), **t))
     await call("MemoryRepository.history", lambda: memories.history(tea.id, **t))
     await call(
         "MemoryRepository.content_at", lambda: memories.content_at(tea.id, datetime.now(UTC), **t)
@@ -366,7 +379,9 @@ async def workload(session: AsyncSession, capture: Capture) -> dict[str, uuid.UU
     await call("export_memories", lambda: collect(export_memories(session, team.id)))
     await call("MemoryRepository.delete", lambda: memories.delete(tea.id, **t))
     await call("ConversationRepository.delete", lambda: conversations.delete(chat.id, **t))
-    await call("TeamRepository.remove_member", lambda: teams.remove_member(team.id, grace.id))
+    await call(
+        "TeamRepository.remove_member", lambda: teams.remove_member(grace.id, team_id=team.id)
+    )
     await call("AgentRepository.delete", lambda: agents.delete(kyra.id, **t, cascade=True))
     return {"team": team.id, "owner": ada.id}
 

@@ -219,7 +219,7 @@ async def test_deletes_and_leaving_a_team_are_not_blocked(
         """INSERT INTO "user" (email, password_hash, display_name)"""
         " VALUES ('grace@example.com', 'x', 'Grace') RETURNING id",
     )
-    await TeamRepository(session).add_member(team.id, grace)
+    await TeamRepository(session).add_member(grace, team_id=team.id)
     orion = await new_agent(session, team, "orion")
     graces = await scalar(
         session,
@@ -228,7 +228,7 @@ async def test_deletes_and_leaving_a_team_are_not_blocked(
         o=orion,
         g=grace,
     )
-    assert await TeamRepository(session).remove_member(team.id, grace)
+    assert await TeamRepository(session).remove_member(grace, team_id=team.id)
     await run(session, "UPDATE conversation SET title = 'kept' WHERE id = :c", c=graces)
 
     message_id = await new_message(session, graces, agent.id)

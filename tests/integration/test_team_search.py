@@ -224,7 +224,9 @@ async def test_each_team_finds_its_own_nearest_beside_the_crowd(
         async with world.factory() as session:
             expected = await exact_top(session, query, team_id)
         async with world.factory() as session:
-            hits = await MemoryRepository(session).search_by_embedding(query, team_id, limit=LIMIT)
+            hits = await MemoryRepository(session).search_by_embedding(
+                query, team_id=team_id, limit=LIMIT
+            )
             assert await paths(session, query, team_id) == {EXPECTED_PATH[size, queries]}
         assert len(hits) == LIMIT
         assert {hit.team_id for hit in hits} == {team_id}
@@ -241,7 +243,7 @@ async def test_similarities_are_exact_on_every_path(world: World, queries: str) 
     for size, team_id in world.teams.items():
         query = world.queries[queries][1]
         async with world.factory() as session:
-            hits = await MemoryRepository(session).search_by_embedding(query, team_id)
+            hits = await MemoryRepository(session).search_by_embedding(query, team_id=team_id)
             exact = await session.exec(
                 text(
                     "SELECT id, 1 - (embedding <=> CAST(:query AS vector)) FROM memory"
@@ -260,7 +262,7 @@ async def test_similarities_are_exact_on_every_path(world: World, queries: str) 
 async def test_a_hundred_hits_when_a_hundred_are_asked(world: World, size: str) -> None:
     async with world.factory() as session:
         hits = await MemoryRepository(session).search_by_embedding(
-            world.queries["crowded"][0], world.teams[size], limit=100
+            world.queries["crowded"][0], team_id=world.teams[size], limit=100
         )
     assert len(hits) == 100
 
@@ -297,7 +299,7 @@ async def test_a_large_team_without_its_index_is_searched_exactly(world: World) 
         expected = await exact_top(session, query, team_id)
     async with world.factory() as session:
         await drop_team_index(session, team_id)
-        hits = await MemoryRepository(session).search_by_embedding(query, team_id)
+        hits = await MemoryRepository(session).search_by_embedding(query, team_id=team_id)
         reported = await paths(session, query, team_id)
         await session.rollback()
     assert reported == {"unindexed"}
@@ -329,7 +331,7 @@ async def test_a_scan_cut_short_is_answered_by_the_teams_ivf_index(world: World)
         )
         assert len(raw.all()) < LIMIT
         hits = await MemoryRepository(session).search_by_embedding(
-            query, world.crowd, memory_types=[MemoryType.PROCEDURAL]
+            query, team_id=world.crowd, memory_types=[MemoryType.PROCEDURAL]
         )
         reported = await paths(session, query, world.crowd, types=["procedural"])
     assert reported == {"wide"}
@@ -345,7 +347,7 @@ async def test_the_caller_generic_plans_do_not_hide_the_team_index(world: World)
         async with world.factory() as session:
             await session.exec(text("SET LOCAL plan_cache_mode = force_generic_plan"))
             before = await team_index_use(session, team_id)
-            hits = await MemoryRepository(session).search_by_embedding(query, team_id)
+            hits = await MemoryRepository(session).search_by_embedding(query, team_id=team_id)
             scans, entries = (
                 now - then
                 for now, then in zip(await team_index_use(session, team_id), before, strict=True)
@@ -366,7 +368,7 @@ async def test_a_search_is_one_statement(world: World, size: str) -> None:
 
         event.listen(connection.sync_connection, "before_cursor_execute", record)
         hits = await MemoryRepository(session).search_by_embedding(
-            world.queries["crowded"][0], world.teams[size]
+            world.queries["crowded"][0], team_id=world.teams[size]
         )
         event.remove(connection.sync_connection, "before_cursor_execute", record)
     assert len(statements) == 1, statements
@@ -378,10 +380,10 @@ async def test_min_similarity_keeps_the_best_hits_on_each_path(world: World, siz
     team_id = world.teams[size]
     query = world.queries["crowded"][2]
     async with world.factory() as session:
-        everything = await MemoryRepository(session).search_by_embedding(query, team_id)
+        everything = await MemoryRepository(session).search_by_embedding(query, team_id=team_id)
         threshold = everything[2].similarity
         hits = await MemoryRepository(session).search_by_embedding(
-            query, team_id, min_similarity=threshold
+            query, team_id=team_id, min_similarity=threshold
         )
         reported = await paths(session, query, team_id, min_similarity=threshold)
     assert [hit.id for hit in hits] == [hit.id for hit in everything[:3]]
@@ -394,7 +396,7 @@ async def test_an_unmet_min_similarity_stops_the_index_scan_at_once(world: World
     async with world.factory() as session:
         _, before = await team_index_use(session, team_id)
         hits = await MemoryRepository(session).search_by_embedding(
-            world.queries["crowded"][0], team_id, min_similarity=0.999
+            world.queries["crowded"][0], team_id=team_id, min_similarity=0.999
         )
         _, after = await team_index_use(session, team_id)
         read = after - before
@@ -410,7 +412,7 @@ async def test_counting_candidates_stops_at_the_bound(world: World) -> None:
             )
         ).one()[0]
         await MemoryRepository(session).search_by_embedding(
-            world.queries["crowded"][0], world.crowd
+            world.queries["crowded"][0], team_id=world.crowd
         )
         after = (
             await session.exec(
@@ -432,7 +434,7 @@ async def test_search_settings_last_only_for_the_search(world: World) -> None:
     async with world.factory() as session:
         await session.exec(text("SET LOCAL hnsw.ef_search = 77"))
         hits = await MemoryRepository(session).search_by_embedding(
-            world.queries["crowded"][0], world.teams["large"]
+            world.queries["crowded"][0], team_id=world.teams["large"]
         )
         after = [(await session.exec(text(f"SHOW {name}"))).one()[0] for name in names]
     assert len(hits) == 20

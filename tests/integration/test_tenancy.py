@@ -178,23 +178,23 @@ async def test_repository_reads_of_another_team_find_nothing(world: World) -> No
         team = {"team_id": theirs.id}
         assert await memories.get_by_id(theirs.memory_id, **team) is None
         with pytest.raises(NotFoundError):
-            await memories.get(theirs.memory_id, theirs.id)
-        assert await memories.search_by_embedding(unit_vector(1), theirs.id) == []
+            await memories.get(theirs.memory_id, team_id=theirs.id)
+        assert await memories.search_by_embedding(unit_vector(1), team_id=theirs.id) == []
         assert (
             await memories.retrieve("tea", team_id=theirs.id, query_embedding=unit_vector(1)) == []
         )
         assert await memories.history(theirs.memory_id, **team) == []
         assert await memories.history(theirs.deleted_memory_id, **team) == []
         assert await memories.tags(theirs.memory_id, **team) == []
-        assert await memories.with_tag(theirs.id, "tea") == []
+        assert await memories.with_tag("tea", team_id=theirs.id) == []
         assert await memories.content_at(theirs.memory_id, datetime.now(UTC), **team) is None
         assert await AgentRepository(session).get_by_id(theirs.agent_id, **team) is None
-        assert await AgentRepository(session).list_for_team(theirs.id) == []
+        assert await AgentRepository(session).list_for_team(team_id=theirs.id) == []
         conversations = ConversationRepository(session)
         assert await conversations.get_by_id(theirs.conversation_id, **team) is None
         assert await conversations.messages(theirs.conversation_id, **team) == []
         assert await TeamRepository(session).get_by_id(theirs.id) is None
-        assert await TeamRepository(session).members(theirs.id) == []
+        assert await TeamRepository(session).members(team_id=theirs.id) == []
         assert [team.id for team in await TeamRepository(session).list()] == [world.ours.id]
 
 
@@ -210,7 +210,7 @@ async def test_a_scoped_session_retrieves_and_records_access_of_its_own_memories
             query_embedding=unit_vector(0),
             record_access=True,
         )
-        touched = await memories.get(world.ours.memory_id, world.ours.id)
+        touched = await memories.get(world.ours.memory_id, team_id=world.ours.id)
         await session.refresh(touched)
         accesses = touched.access_count
         await session.rollback()
@@ -268,7 +268,7 @@ async def tag_their_memory(session: AsyncSession, world: World) -> Any:
 
 
 async def join_their_team(session: AsyncSession, world: World) -> Any:
-    return await TeamRepository(session).add_member(world.theirs.id, world.ours.owner_id)
+    return await TeamRepository(session).add_member(world.ours.owner_id, team_id=world.theirs.id)
 
 
 async def create_a_team(session: AsyncSession, world: World) -> Any:
@@ -366,13 +366,13 @@ REFUSED: list[Attempt] = [
 
 async def add_a_stranger_as_our_owner(session: AsyncSession, world: World) -> Any:
     return await TeamRepository(session).add_member(
-        world.ours.id, world.theirs.owner_id, UserRole.OWNER
+        world.theirs.owner_id, role=UserRole.OWNER, team_id=world.ours.id
     )
 
 
 async def demote_our_owner(session: AsyncSession, world: World) -> Any:
     return await TeamRepository(session).set_role(
-        world.ours.id, world.ours.owner_id, UserRole.VIEWER
+        world.ours.owner_id, UserRole.VIEWER, team_id=world.ours.id
     )
 
 
@@ -467,7 +467,7 @@ async def test_the_same_attempts_succeed_for_our_own_team(world: World) -> None:
             MemoryCreate(team_id=world.ours.id, memory_type=MemoryType.SEMANTIC, content="ours 2"),
         )
         assert await memories.update_access([newer.id], team_id=world.ours.id) == 1
-        hits = await memories.search_by_embedding(unit_vector(0), world.ours.id, limit=5)
+        hits = await memories.search_by_embedding(unit_vector(0), team_id=world.ours.id, limit=5)
         assert [hit.id for hit in hits] == [world.ours.memory_id]
         conversations = ConversationRepository(session)
         await conversations.add_message(
@@ -653,7 +653,7 @@ async def test_a_scoped_session_reads_its_members_without_their_password_hashes(
         assert await users.get_by_email("OURS@example.com") == owner
         assert [user.id for user in await users.list()] == [ours.owner_id]
         assert await users.get_by_id(world.theirs.owner_id) is None
-        [membership] = await TeamRepository(session).members(ours.id)
+        [membership] = await TeamRepository(session).members(team_id=ours.id)
         assert membership.user.email == "ours@example.com"
         with pytest.raises(InvalidRequestError, match="password_hash"):
             _ = owner.password_hash

@@ -127,16 +127,21 @@ def test_hashing_embedder_is_an_embedder() -> None:
     assert embedder.model == HASHING_MODEL == "hashing"
 
 
-def test_the_fallback_to_hashing_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    without_key = Settings(_env_file=None, embedding_api_key=None)
+async def test_the_fallback_to_hashing_is_logged_once_when_it_first_embeds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    without_key = Settings(_env_file=None, embedding_api_key=None, embedding_dimensions=8)
     with_key = Settings(_env_file=None, embedding_api_key=SecretStr("sk-x"))
     embeddings._warn_of_hashing.cache_clear()
 
     with caplog.at_level(logging.WARNING, logger="skill_store.embeddings"):
         embedder_from_settings(with_key)
-        assert caplog.records == []
-        embedder_from_settings(without_key)
-        embedder_from_settings(without_key)
+        fallback = embedder_from_settings(without_key)
+        assert await fallback.embed([]) == []
+        assert caplog.records == []  # made, and asked for nothing: no warning yet
+        await fallback.embed(["Ada likes tea"])
+        await embedder_from_settings(without_key).embed(["Ada climbs"])
+        assert await HashingEmbedder(8).embed(["chosen"])  # chosen by the caller: no warning
 
     [record] = caplog.records
     assert record.levelno == logging.WARNING

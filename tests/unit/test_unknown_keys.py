@@ -10,6 +10,7 @@ from skill_store import (
     AgentCreate,
     AgentMemoryConfig,
     AgentPersonality,
+    ConversationUpdate,
     MemoryCreate,
     MemoryType,
     MemoryUpdate,
@@ -48,12 +49,13 @@ def test_a_memory_with_an_unknown_key_is_refused_naming_it(key: str) -> None:
     assert (error["type"], error["loc"]) == ("extra_forbidden", (key,))
 
 
-def test_metadata_is_the_input_name_of_metadata_json() -> None:
+def test_metadata_is_the_name_of_metadata_json_in_and_out() -> None:
     assert MemoryCreate.model_validate(memory(metadata={"k": 1})).metadata_json == {"k": 1}
     assert MemoryCreate.model_validate(memory(metadata_json={"k": 2})).metadata_json == {"k": 2}
     assert MemoryCreate(**memory(metadata={"k": 3})).metadata_json == {"k": 3}
     update = MemoryUpdate.model_validate({"metadata": {"k": 4}})
-    assert update.model_dump(exclude_unset=True) == {"metadata_json": {"k": 4}}
+    assert update.model_dump(exclude_unset=True) == {"metadata": {"k": 4}}
+    assert ConversationUpdate.model_validate({"metadata": {"k": 5}}).metadata_json == {"k": 5}
 
 
 def test_an_update_with_a_misspelt_field_is_refused() -> None:
