@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlmodel import col, func, select
 
-from skill_store.models import Memory, MemorySignals
+from skill_store.models import Memory, MemoryRead, MemorySignals
 from skill_store.models._types import Vector
 
 EMBEDDING_COLUMN = (
@@ -18,6 +18,13 @@ EMBEDDING_COLUMN = (
     )
 )
 """The dimension of `memory.embedding`: one row, one column."""
+
+READ_FIELDS = tuple(MemoryRead.model_fields)
+"""The names of a memory's fields in a hit, in the order the statements select them."""
+
+# Columns, not the `Memory` entity: a hit is built from its row's values, with neither the
+# ORM's loading nor an instance in the session for each (half the time of a small search).
+_READ_COLUMNS = tuple(sa.inspect(Memory).columns[name] for name in READ_FIELDS)
 
 _MEMORY_TYPES = postgresql.ARRAY(sa.inspect(Memory).columns["memory_type"].type)
 
@@ -34,12 +41,13 @@ filters may return, None for none known: one row, an array of two."""
 
 
 def search_statement() -> Any:
-    """Rows of (column dimension, memory or None, similarity, path): `search_memories`' hits.
+    """Rows of (column dimension, *memory fields, similarity, path): `search_memories`' hits.
 
-    Built once; its parameters are bound at each execution. The column's dimension comes
-    first in every row, and is the only row when there is no hit. A query of another
-    dimension is not passed to the function (which would raise, aborting the caller's
-    transaction): the repository raises instead.
+    Built once; its parameters are bound at each execution. The memory's fields are
+    `READ_FIELDS`. The column's dimension comes first in every row, and is the only value
+    not None when there is no hit. A query of another dimension is not passed to the
+    function (which would raise, aborting the caller's transaction): the repository raises
+    instead.
     """
     column = EMBEDDING_COLUMN.subquery("embedding_column")
     query = sa.cast(sa.bindparam("query", type_=Vector()), Vector())
@@ -61,7 +69,7 @@ def search_statement() -> Any:
         .lateral("hit")
     )
     return (
-        select(column.c.dimensions, Memory, hits.c.similarity, hits.c.path)
+        sa.select(column.c.dimensions, *_READ_COLUMNS, hits.c.similarity, hits.c.path)
         .select_from(column)
         .outerjoin(hits, sa.true())
         .outerjoin(Memory, sa.and_(col(Memory.team_id) == team, col(Memory.id) == hits.c.id))
@@ -75,7 +83,7 @@ SIGNALS = tuple(MemorySignals.model_fields)
 
 
 def retrieve_statement() -> Any:
-    """Rows of (column dimension, memory or None, similarity, score, five signals) by rank.
+    """Rows of (column dimension, *memory fields, similarity, score, five signals) by rank.
 
     The similarity is the cosine similarity of the memory's vector to the query, as
     `search_memories` gives it (None for a memory without a vector). As `search_statement`:
@@ -116,9 +124,9 @@ def retrieve_statement() -> Any:
     )
     similarity = 1 - col(Memory.embedding).op("<=>", return_type=sa.Float)(fitting)
     return (
-        select(
+        sa.select(
             column.c.dimensions,
-            Memory,
+            *_READ_COLUMNS,
             similarity,
             hits.c.score,
             *(hits.c[name] for name in SIGNALS),

@@ -24,7 +24,6 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 from pydantic import AfterValidator, BaseModel, TypeAdapter
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm.attributes import instance_dict
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -42,7 +41,6 @@ from skill_store.models import (
     MemoryContext,
     MemoryCreate,
     MemoryLog,
-    MemoryRead,
     MemorySearchResult,
     MemorySignals,
     MemoryStatus,
@@ -66,6 +64,7 @@ from skill_store.repositories._bulk import (
 from skill_store.repositories._search import (
     EMBEDDING_COLUMN,
     EMBEDDING_MODELS,
+    READ_FIELDS,
     RETRIEVE,
     SEARCH,
     SIGNALS,
@@ -236,7 +235,11 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             EmbeddingDimensionError: If `parameters["query"]` has another dimension.
         """
         async with translated_errors():
-            rows: Sequence[Any] = (await self.session.exec(statement, params=parameters)).all()
+            # The statement runs on the session's connection, outside the ORM, which would
+            # have flushed the session's changes first: so that they count, as they would.
+            await self.session.flush()
+            connection = await self.session.connection()
+            rows: Sequence[Any] = (await connection.execute(statement, parameters)).all()
         dimensions = int(rows[0][0])
         _COLUMN_DIMENSIONS[self.session.get_bind().engine] = dimensions
         _check_length(parameters["query"], dimensions)
@@ -828,11 +831,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             "exact_max_rows": EXACT_SEARCH_MAX_ROWS,
         }
         rows = await self._vector_rows(RETRIEVE, parameters)
-        scored = [
-            _scored(memory, similarity, score, signals)
-            for _dimensions, memory, similarity, score, *signals in rows
-            if memory is not None
-        ]
+        scored = [_scored(row) for row in rows if row[_ID] is not None]
         if token_budget is None:
             return scored
         kept = self._pack(scored, token_budget, lambda memory: memory.content)[0]
@@ -1055,11 +1054,7 @@ class MemoryRepository(TeamRowRepository[Memory, MemoryCreate, MemoryUpdate]):
             "exact_max_rows": EXACT_SEARCH_MAX_ROWS,
         }
         rows = await self._vector_rows(SEARCH, parameters)
-        return [
-            _search_result(memory, similarity)
-            for _dimensions, memory, similarity, _path in rows
-            if memory is not None
-        ]
+        return [_search_result(row) for row in rows if row[_ID] is not None]
 
     async def find_similar(
         self,
@@ -1122,19 +1117,21 @@ def _check_length(embedding: VectorLike, expected: int) -> None:
         raise EmbeddingDimensionError(expected=expected, got=len(embedding))
 
 
-def _read_fields(memory: Memory) -> dict[str, Any]:
-    """The `MemoryRead` fields of a row as loaded; the database's own data is not validated.
-
-    The values are read from the instance's dict, which the load has just filled, rather
-    than through SQLAlchemy's attribute descriptors (half the time of a hit).
-    """
-    loaded = instance_dict(memory)
-    return {name: loaded[name] for name in MemoryRead.model_fields}
+# Where a hit's values are in a row of `SEARCH` or `RETRIEVE`: after the column's dimension,
+# the memory's fields, then what the statement adds.
+_FIELDS = slice(1, 1 + len(READ_FIELDS))
+_ID = 1 + READ_FIELDS.index("id")
+_AFTER_FIELDS = 1 + len(READ_FIELDS)
 
 
-def _search_result(memory: Memory, similarity: float) -> MemorySearchResult:
-    """A search hit from a row as loaded."""
-    return MemorySearchResult.model_construct(**_read_fields(memory), similarity=similarity)
+def _read_fields(row: Sequence[Any]) -> dict[str, Any]:
+    """The `MemoryRead` fields of a hit's row; the database's own data is not validated."""
+    return dict(zip(READ_FIELDS, row[_FIELDS], strict=True))
+
+
+def _search_result(row: Sequence[Any]) -> MemorySearchResult:
+    """A search hit from its row of `SEARCH`."""
+    return MemorySearchResult.model_construct(**_read_fields(row), similarity=row[_AFTER_FIELDS])
 
 
 def _dated(item: MemoryCreate) -> dict[str, datetime]:
@@ -1144,15 +1141,14 @@ def _dated(item: MemoryCreate) -> dict[str, datetime]:
     return {"created_at": item.created_at, "last_accessed_at": item.created_at}
 
 
-def _scored(
-    memory: Memory, similarity: float | None, score: float, signals: Sequence[float]
-) -> ScoredMemory:
-    """A retrieved memory from a row as loaded."""
+def _scored(row: Sequence[Any]) -> ScoredMemory:
+    """A retrieved memory from its row of `RETRIEVE`."""
+    similarity, score, *signals = row[_AFTER_FIELDS:]
     return ScoredMemory.model_construct(
-        **_read_fields(memory),
+        **_read_fields(row),
         similarity=similarity,
         score=score,
-        signals=MemorySignals.model_validate(dict(zip(SIGNALS, signals, strict=True))),
+        signals=MemorySignals.model_construct(**dict(zip(SIGNALS, signals, strict=True))),
     )
 
 

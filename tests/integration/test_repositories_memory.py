@@ -624,6 +624,22 @@ async def test_archive_hides_a_memory_from_search(
     assert (await audit(memories, archived))[-1] == ("archived", "system", "stale")
 
 
+async def test_search_and_retrieve_see_the_sessions_unflushed_changes(
+    session: AsyncSession, memories: MemoryRepository, team: Team
+) -> None:
+    kept = await memory(memories, team, "kept", 0)
+    changed = await memory(memories, team, "changed", 0)
+    loaded = await session.get(Memory, (team.id, changed.id))
+    assert loaded is not None
+    loaded.status = MemoryStatus.ARCHIVED  # on the instance, not flushed yet
+
+    assert await ids(memories.search_by_embedding(unit_vector(0), team_id=team.id)) == {kept.id}
+    retrieved = await memories.retrieve(
+        "kept changed", team_id=team.id, query_embedding=unit_vector(0)
+    )
+    assert {memory.id for memory in retrieved} == {kept.id}
+
+
 async def test_expire_archives_what_has_expired(
     session: AsyncSession, memories: MemoryRepository, team: Team
 ) -> None:
