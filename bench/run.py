@@ -277,19 +277,35 @@ def raw_record(memory_id: uuid.UUID, item: dict[str, Any]) -> tuple[Any, ...]:
 # -- the database ---------------------------------------------------------------------
 
 
-async def connect(url: str) -> Any:
-    """A raw asyncpg connection to the database of `url`, with pgvector's codecs."""
+def connect_arguments(url: str) -> dict[str, Any]:
+    """The arguments of `asyncpg.connect` for the database of `url`."""
     parsed = make_url(url)
     host = parsed.query.get("host", parsed.host)
-    connection = await asyncpg.connect(
-        host=host if isinstance(host, str) else None,
-        port=parsed.port,
-        user=parsed.username,
-        password=parsed.password,
-        database=parsed.database,
-    )
+    return {
+        "host": host if isinstance(host, str) else None,
+        "port": parsed.port,
+        "user": parsed.username,
+        "password": parsed.password,
+        "database": parsed.database,
+    }
+
+
+async def connect(url: str) -> Any:
+    """A raw asyncpg connection to the database of `url`, with pgvector's codecs."""
+    connection = await asyncpg.connect(**connect_arguments(url))
     await register_vector(connection)
     return connection
+
+
+def raw_pool(url: str) -> Any:
+    """A raw asyncpg pool of one connection to the database of `url`, with pgvector's codecs.
+
+    Each release resets the connection's state, as the package's engine does when a session
+    gives its connection back.
+    """
+    return asyncpg.create_pool(
+        **connect_arguments(url), min_size=1, max_size=1, init=register_vector
+    )
 
 
 async def relation_size(raw: Any, name: str) -> int:
@@ -788,7 +804,8 @@ class Bench:
         """`search_by_embedding` and `retrieve` on small teams beside raw SQL function calls.
 
         The raw calls return the same rows (each hit's memory, and its scores): what the
-        package adds where a search costs least. In one open session, and a session a call.
+        package adds where a search costs least. In one open session beside one open asyncpg
+        connection, and a session a call beside a connection taken from an asyncpg pool.
         """
         queries = self.world.queries("small", self.options.queries, seed=QUERY_SEEDS["small"])
         rng = np.random.default_rng(RETRIEVAL_SEED)
@@ -796,30 +813,41 @@ class Bench:
         asked = [
             (team, vector, words) for (team, vector), words in zip(queries, texts, strict=True)
         ]
-        for retrieving in (False, True):
-            for per_call in (False, True):
-                ours: list[float] = []
-                raw: list[float] = []
-                async with self.factory() as session:
-                    for number, (team, vector, words) in enumerate(asked):
-                        calls = [
-                            (
-                                ours,
-                                self.call_ours(session, per_call, retrieving, team, vector, words),
-                            ),
-                            (raw, self.call_raw(retrieving, team, vector, words)),
-                        ]
-                        for seconds, work in calls if number % 2 else calls[::-1]:
-                            seconds.append(await timed(work))
-                self.add(
-                    f"{'retrieve' if retrieving else 'search_by_embedding'} top-10, small teams"
-                    f" (100 rows), {'a session per call' if per_call else 'one open session'}",
-                    latency(ours[5:]),
-                    latency(raw[5:]),
-                    ratio(ours[5:], raw[5:]),
-                    "raw: the same SQL function called by asyncpg for the same rows (each hit's"
-                    " memory and its scores); own-topic queries",
-                )
+        async with raw_pool(self.url) as pool:
+            for retrieving in (False, True):
+                for per_call in (False, True):
+                    ours: list[float] = []
+                    raw: list[float] = []
+                    async with self.factory() as session:
+                        for number, (team, vector, words) in enumerate(asked):
+                            calls = [
+                                (
+                                    ours,
+                                    self.call_ours(
+                                        session, per_call, retrieving, team, vector, words
+                                    ),
+                                ),
+                                (
+                                    raw,
+                                    self.call_raw(
+                                        pool if per_call else None, retrieving, team, vector, words
+                                    ),
+                                ),
+                            ]
+                            for seconds, work in calls if number % 2 else calls[::-1]:
+                                seconds.append(await timed(work))
+                    self.add(
+                        f"{'retrieve' if retrieving else 'search_by_embedding'} top-10, small"
+                        f" teams (100 rows),"
+                        f" {'a session per call' if per_call else 'one open session'}",
+                        latency(ours[5:]),
+                        latency(raw[5:]),
+                        ratio(ours[5:], raw[5:]),
+                        "raw: the same SQL function called by asyncpg for the same rows (each"
+                        " hit's memory and its scores), on "
+                        + ("a connection of a pool per call" if per_call else "one connection")
+                        + "; own-topic queries",
+                    )
 
     def call_ours(
         self,
@@ -852,14 +880,25 @@ class Bench:
             await memories.search_by_embedding(vector, team_id=team.id, limit=LIMIT)
 
     def call_raw(
-        self, retrieving: bool, team: Team, vector: list[float], words: str
+        self, pool: Any, retrieving: bool, team: Team, vector: list[float], words: str
     ) -> Callable[[], Awaitable[Any]]:
-        """The raw call of the SQL function behind the search or the retrieval."""
-        if retrieving:
-            return functools.partial(
-                self.raw.fetch, RAW_RETRIEVE_CALL, vector, team.id, LIMIT, words
-            )
-        return functools.partial(self.raw.fetch, RAW_SEARCH_CALL, vector, team.id, LIMIT)
+        """The raw call of the SQL function behind the search or the retrieval.
+
+        On a connection of `pool` taken for the call, else on the open raw connection.
+        """
+        statement, arguments = (
+            (RAW_RETRIEVE_CALL, (vector, team.id, LIMIT, words))
+            if retrieving
+            else (RAW_SEARCH_CALL, (vector, team.id, LIMIT))
+        )
+
+        async def work() -> Any:
+            if pool is None:
+                return await self.raw.fetch(statement, *arguments)
+            async with pool.acquire() as connection:
+                return await connection.fetch(statement, *arguments)
+
+        return work
 
     # -- single rows ----------------------------------------------------------------------
 
