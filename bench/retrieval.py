@@ -56,8 +56,9 @@ from skill_store import (
     migrate,
 )
 from skill_store.database import start_embedded_server
-from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS, RETRIEVAL_DEPTH
+from skill_store.repositories.memory import RETRIEVAL_DEPTH
 from skill_store.settings import get_settings
+from skill_store.team_indexes import EXACT_SEARCH_MAX_ROWS
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # platformdirs warns at import when XDG_RUNTIME_DIR is unset

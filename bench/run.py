@@ -55,8 +55,8 @@ from skill_store import (
 )
 from skill_store.database import start_embedded_server
 from skill_store.repositories._bulk import COPY_COLUMNS
-from skill_store.repositories.memory import EXACT_SEARCH_MAX_ROWS
 from skill_store.settings import get_settings, normalize_database_url
+from skill_store.team_indexes import EXACT_SEARCH_MAX_ROWS
 from tests.support import create_database, drop_database
 
 with warnings.catch_warnings():
@@ -532,7 +532,8 @@ class Bench:
             seconds = await timed(lambda: index_large_teams(self.engine))
         sizes = await self.raw.fetch(
             "SELECT pg_relation_size(indexrelid) AS size, reltuples,"
-            " split_part(relname, '_', 5) <> '' AS ivf FROM pg_index"
+            " split_part(relname, '_', 5) <> '' AS ivf,"
+            " nullif(split_part(relname, '_', 5), '')::integer AS lists FROM pg_index"
             " JOIN pg_class ON pg_class.oid = indexrelid"
             " WHERE indrelid = 'memory'::regclass AND relname LIKE 'memory\\_team\\_%'"
         )
@@ -541,12 +542,15 @@ class Bench:
         indexed = sum(row["reltuples"] for row in hnsw)
         hnsw_size = sum(row["size"] for row in hnsw)
         ivf_size = sum(row["size"] for row in ivf)
+        lists = sorted({row["lists"] for row in ivf})
+        lists_shown = "-".join(f"{count:,}" for count in lists[:: max(1, len(lists) - 1)])
         self.add(
             f"index build, halfvec({self.options.dimensions}), HNSW + IVF per large team",
             f"{seconds:.1f} s",
             notes=f"{len(hnsw)} teams, {indexed:,.0f} rows; index_large_teams (CONCURRENTLY);"
             f" HNSW (m=16, ef_construction=64) {megabytes(hnsw_size)},"
-            f" {hnsw_size / max(indexed, 1):,.0f} B a memory; IVF (a list a 125 memories)"
+            f" {hnsw_size / max(indexed, 1):,.0f} B a memory; IVF ({lists_shown} lists: one a"
+            " 125 memories, as many as the build's memory fits)"
             f" {megabytes(ivf_size)}, {ivf_size / max(indexed, 1):,.0f} B a memory",
         )
         heap = await relation_size(self.raw, "memory")
