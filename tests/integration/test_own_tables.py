@@ -1,8 +1,8 @@
 """An application's own tables and migrations beside the package's, in one database.
 
-A scratch application, made by the real `alembic init -t async` and edited as README.md's
-"Your own tables" shows (its blocks are the application's files), autogenerates, upgrades and
-checks its history; the package's checks and upgrade still find nothing to do.
+A scratch application, made by the real `alembic init -t async` and edited as
+docs/guide/own-tables.md shows (its blocks are the application's files), autogenerates,
+upgrades and checks its history; the package's checks and upgrade still find nothing to do.
 """
 
 import os
@@ -18,16 +18,16 @@ from skill_store.database import latest_revision
 
 from ..support import migrated_database
 
-README = Path(__file__).parents[2] / "README.md"
+GUIDE = Path(__file__).parents[2] / "docs" / "guide" / "own-tables.md"
 SKILL_STORE = Path(sys.executable).with_name("skill-store")
 APPLICATION_FILE = re.compile(r"^```python (\S+)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 CONFIGURE_ARGUMENTS = ("include_object=alembic_include_object", "version_table=VERSION_TABLE")
 
 
-def readme_files() -> dict[str, list[str]]:
-    """The application's files in README.md: each ```python <path> block, by path."""
+def guide_files() -> dict[str, list[str]]:
+    """The application's files in the guide: each ```python <path> block, by path."""
     files: dict[str, list[str]] = {}
-    for block in APPLICATION_FILE.finditer(README.read_text(encoding="utf-8")):
+    for block in APPLICATION_FILE.finditer(GUIDE.read_text(encoding="utf-8")):
         files.setdefault(block.group(1), []).append(block.group(2))
     return files
 
@@ -40,12 +40,12 @@ def run(folder: Path, *args: str, url: str) -> subprocess.CompletedProcess[str]:
 
 
 def make_application(folder: Path, url: str) -> Path:
-    """`alembic init -t async migrations` in `folder`, edited as the README says."""
+    """`alembic init -t async migrations` in `folder`, edited as the guide says."""
     made = run(
         folder, sys.executable, "-m", "alembic", "init", "-t", "async", "migrations", url=url
     )
     assert made.returncode == 0, made.stderr
-    files = readme_files()
+    files = guide_files()
     [models] = files["myapp/models.py"]
     env_lines, configure = files["migrations/env.py"]
 

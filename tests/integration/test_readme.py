@@ -1,9 +1,10 @@
-"""Every Python example of README.md, then each script of examples/ (but the web service),
-runs as written, in order, on one empty database; and all of them run again.
+"""Every Python example of README.md and of the guides in docs/, then each script of
+examples/ (but the web service), runs as written, in order, on one empty database; and all of
+them run again.
 
 Each block runs as a script of its own (a new namespace, `__name__ == "__main__"`), as a
 reader who pastes it into a file would run it: a name it does not define or import fails.
-Line numbers in a traceback are those of README.md. Shell blocks (```bash) are not run, nor
+Line numbers in a traceback are those of its page. Shell blocks (```bash) are not run, nor
 are blocks that name a file of an application (```python myapp/models.py): those are files of
 a scratch application in `test_own_tables.py`.
 """
@@ -16,7 +17,9 @@ import pytest
 
 from skill_store.settings import get_settings
 
-README = Path(__file__).parents[2] / "README.md"
+ROOT = Path(__file__).parents[2]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("**/*.md"))]
 SCRIPTS = sorted(
     path
     for path in (Path(__file__).parents[2] / "examples").glob("*.py")
@@ -45,14 +48,19 @@ def test_readme_python_examples_and_example_scripts_run_twice(
     """A reader runs them again: what one run writes must not make the next one fail."""
     monkeypatch.setenv("DATABASE_URL", empty_database_url)
     get_settings.cache_clear()
-    blocks = python_blocks(README.read_text(encoding="utf-8"))
-    assert len(blocks) >= 5
+    blocks = [
+        (page, source)
+        for page in PAGES
+        for _line, source in python_blocks(page.read_text(encoding="utf-8"))
+    ]
+    assert len(python_blocks(README.read_text(encoding="utf-8"))) >= 2
+    assert len(blocks) >= 7
     assert SCRIPTS
 
     try:
         for _run in range(2):
-            for _line, source in blocks:
-                exec(compile(source, str(README), "exec"), {"__name__": "__main__"})
+            for page, source in blocks:
+                exec(compile(source, str(page), "exec"), {"__name__": "__main__"})
             for script in SCRIPTS:
                 runpy.run_path(str(script), run_name="__main__")
 
