@@ -18,9 +18,10 @@ Each large team now has two indexes of its embeddings as half-precision vectors 
   list stored whole in the index's pages)
   answers the others: `ceil(3 * sqrt(lists))` lists read (at least `WIDE_MIN_PROBES`), more
   while the filters leave too few hits (`ivfflat.iterative_scan`), up to every list. On the
-  benchmark's memories it found crowded queries' top 10 with recall 0.955 reading 32 of 200
-  lists (25,000 memories, 3.8 ms) and 128 of 2,000 (250,000 memories, 32 ms); it builds in
-  seconds (2.9 s for 25,000).
+  benchmark's memories, measured alone, it found crowded queries' top 10 with recall 0.955
+  reading 32 of 200 lists (25,000 memories, 3.8 ms); in `python -m bench` the searches'
+  recall was 0.999 for teams of 25,000 (64 of 200 lists) and 0.978 for one of 250,000 (128
+  of 1,805 lists), see BENCHMARKS.md. It builds in seconds (2.9 s for 25,000).
 
 Both passes re-rank their candidates (the hits asked for and a quarter more, at least
 `RERANKED_EXTRA` more) by their exact single-precision distance, so the similarities
