@@ -23,7 +23,8 @@ READ_FIELDS = tuple(MemoryRead.model_fields)
 """The names of a memory's fields in a hit, in the order the statements select them."""
 
 # Columns, not the `Memory` entity: a hit is built from its row's values, with neither the
-# ORM's loading nor an instance in the session for each (half the time of a small search).
+# ORM's loading nor an instance in the session for each (about a fifth of a small team's
+# search, see BENCHMARKS.md).
 _READ_COLUMNS = tuple(sa.inspect(Memory).columns[name] for name in READ_FIELDS)
 
 _MEMORY_TYPES = postgresql.ARRAY(sa.inspect(Memory).columns["memory_type"].type)
