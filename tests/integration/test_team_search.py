@@ -310,7 +310,8 @@ async def test_a_scan_cut_short_is_answered_by_the_teams_ivf_index(world: World)
     """The crowd's 600 procedures lie behind its 24,000 other memories in its own index.
 
     With a small `work_mem` the HNSW index's iterative scan stops before it reaches ten of
-    them; the IVF index reads lists until it has them.
+    them; the IVF index reads lists until it has them. Its lists come from a k-means of a
+    random sample, so which of the true nearest it finds varies from build to build.
     """
     query = world.queries["crowded"][0]
     async with world.factory() as session:
@@ -335,7 +336,8 @@ async def test_a_scan_cut_short_is_answered_by_the_teams_ivf_index(world: World)
         )
         reported = await paths(session, query, world.crowd, types=["procedural"])
     assert reported == {"wide"}
-    assert [hit.id for hit in hits[:LIMIT]] == expected
+    assert {hit.memory_type for hit in hits} == {MemoryType.PROCEDURAL}
+    assert recall([hit.id for hit in hits[:LIMIT]], expected) >= 0.9
 
 
 async def test_the_caller_generic_plans_do_not_hide_the_team_index(world: World) -> None:
