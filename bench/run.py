@@ -25,8 +25,8 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1034,16 +1034,34 @@ async def start_server(data_dir: Path, shared_buffers: str) -> str:
     return await asyncio.to_thread(start_embedded_server, data_dir)
 
 
+@asynccontextmanager
+async def bench_server(database_url: str | None, shared_buffers: str) -> AsyncIterator[str]:
+    """The URL of the server to benchmark: `database_url`'s, else a throwaway embedded one.
+
+    The throwaway server is stopped and its data directory removed afterwards.
+    """
+    if database_url:
+        yield normalize_database_url(database_url)
+        return
+    temporary = Path(tempfile.mkdtemp(prefix="skill_store_bench_"))
+    progress(f"starting an embedded server in {temporary}")
+    url = await start_server(temporary / "pgdata", shared_buffers)
+    try:
+        yield url
+    finally:
+        get_server(temporary / "pgdata").cleanup()
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def load_average() -> str:
+    """The machine's load average now, as the benchmarks print it."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min)"
+
+
 async def run(options: Options) -> None:
     """Every size, then the table."""
     started = time.perf_counter()
-    temporary: Path | None = None
-    if options.database_url:
-        server_url = normalize_database_url(options.database_url)
-    else:
-        temporary = Path(tempfile.mkdtemp(prefix="skill_store_bench_"))
-        progress(f"starting an embedded server in {temporary}")
-        server_url = await start_server(temporary / "pgdata", options.shared_buffers)
     rows: list[Row] = []
     versions = ("?", "?", "?")
     worlds: list[tuple[str, int, list[TeamClass] | None]] = [
@@ -1052,7 +1070,7 @@ async def run(options: Options) -> None:
     if options.one_team:
         one = options.one_team
         worlds.append((f"skill_store_bench_one_{one}", one, [TeamClass("one", 1, one)]))
-    try:
+    async with bench_server(options.database_url, options.shared_buffers) as server_url:
         for name, size, classes in worlds:
             url = await create_database(server_url, name)
             engine = await get_engine(url)
@@ -1066,12 +1084,7 @@ async def run(options: Options) -> None:
                 await engine.dispose()
                 if not options.keep:
                     await drop_database(server_url, name)
-    finally:
-        if temporary is not None:
-            get_server(temporary / "pgdata").cleanup()
-            shutil.rmtree(temporary, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    load = os.getloadavg()
     print(
         f"skill_store benchmark — {os.cpu_count()} CPUs, Python {platform.python_version()},"
         f" PostgreSQL {versions[0]} (shared_buffers {versions[2]}), pgvector {versions[1]},"
@@ -1080,10 +1093,7 @@ async def run(options: Options) -> None:
     print()
     print(table(rows))
     print()
-    print(
-        f"wall time {elapsed / 60:.1f} min; load average at the end"
-        f" {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)"
-    )
+    print(f"wall time {elapsed / 60:.1f} min; load average at the end {load_average()}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
