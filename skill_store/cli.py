@@ -299,6 +299,14 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
 
+def _print_made(made: BaseModel, as_json: bool, line: str) -> None:
+    """What a command made: its fields as JSON with `--json`, else `line`."""
+    if as_json:
+        _print_json(made.model_dump(mode="json"))
+    else:
+        console.print(line, soft_wrap=True)
+
+
 def _on_database(action: Callable[["Config"], T]) -> T:
     """Run `action` with an alembic config on the configured database, printing where it is."""
     with _user_errors():
@@ -830,10 +838,7 @@ def create_user(
         return UserRead.model_validate(user)
 
     user = _in_session(work)
-    if as_json:
-        _print_json(user.model_dump(mode="json"))
-    else:
-        console.print(f"created user {user.email} ({user.display_name})", soft_wrap=True)
+    _print_made(user, as_json, f"created user {user.email} ({user.display_name})")
 
 
 @_command(teams, "create")
@@ -853,10 +858,7 @@ def create_team(
         return TeamRead.model_validate(await TeamRepository(session).create(data))
 
     team = _in_session(work)
-    if as_json:
-        _print_json(team.model_dump(mode="json"))
-    else:
-        console.print(f"created team {team.slug} ({team.name}), owned by {owner}", soft_wrap=True)
+    _print_made(team, as_json, f"created team {team.slug} ({team.name}), owned by {owner}")
 
 
 @_command(teams, "add-member")
@@ -887,10 +889,7 @@ def add_member(
         return TeamMembershipRead.model_validate(membership)
 
     membership = _in_session(work)
-    if as_json:
-        _print_json(membership.model_dump(mode="json"))
-    else:
-        console.print(f"added {email} to team {team} as {membership.role.value}", soft_wrap=True)
+    _print_made(membership, as_json, f"added {email} to team {team} as {membership.role.value}")
 
 
 @_command(teams, "list")
@@ -984,12 +983,7 @@ def create_agent(
         return await repository.dna(agent.id, team_id=team_id)
 
     created = _in_session(work)
-    if as_json:
-        _print_json(created.model_dump(mode="json"))
-    else:
-        console.print(
-            f"created agent {created.slug} ({created.name}) in team {team}", soft_wrap=True
-        )
+    _print_made(created, as_json, f"created agent {created.slug} ({created.name}) in team {team}")
 
 
 @_command(agents, "list")
