@@ -36,16 +36,10 @@ LOGGED_COLUMNS = (*memory_embedder.LOGGED_COLUMNS, "embedding_model")
 
 VECTORS_COMPARED = "OLD.embedding IS DISTINCT FROM NEW.embedding"
 VECTORS_COMPARED_AS_ARRAYS = "OLD.embedding::real[] IS DISTINCT FROM NEW.embedding::real[]"
-
-
-def changed(columns: Sequence[str]) -> str:
-    """Whether any of `columns` changed, the embedding compared as `real[]`."""
-    return " OR ".join(
-        VECTORS_COMPARED_AS_ARRAYS
-        if column == "embedding"
-        else f"OLD.{column} IS DISTINCT FROM NEW.{column}"
-        for column in columns
-    )
+COMPARED = tuple(
+    "embedding::real[]" if column == "embedding" else column for column in LOGGED_COLUMNS
+)
+"""`LOGGED_COLUMNS` as the audit's condition compares them, the embedding as `real[]`."""
 
 
 def begin_embedder_migration(compared: str) -> str:
@@ -76,7 +70,7 @@ $$"""
 
 def upgrade() -> None:
     op.execute("DROP TRIGGER trg_memory_log_update ON memory")
-    op.execute(audit.log_update_trigger(changed(LOGGED_COLUMNS)))
+    op.execute(audit.log_update_trigger(audit.changed(COMPARED)))
     op.execute(begin_embedder_migration(VECTORS_COMPARED_AS_ARRAYS))
     op.execute(REMAKE_EMBEDDING_NEXT_TRIGGER.format(compared=VECTORS_COMPARED_AS_ARRAYS))
 

@@ -1120,8 +1120,8 @@ def _check_length(embedding: VectorLike, expected: int) -> None:
 # Where a hit's values are in a row of `SEARCH` or `RETRIEVE`: after the column's dimension,
 # the memory's fields, then what the statement adds.
 _FIELDS = slice(1, 1 + len(READ_FIELDS))
-_ID = 1 + READ_FIELDS.index("id")
-_AFTER_FIELDS = 1 + len(READ_FIELDS)
+_ID = _FIELDS.start + READ_FIELDS.index("id")
+_AFTER_FIELDS = _FIELDS.stop
 
 
 def _read_fields(row: Sequence[Any]) -> dict[str, Any]:
