@@ -22,6 +22,9 @@ from skill_store import (
     AgentPersonality,
     Conversation,
     ConversationCreate,
+    Embedder,
+    HashingEmbedder,
+    MemoryRepository,
     Team,
     TeamCreate,
     TeamMembership,
@@ -30,7 +33,7 @@ from skill_store import (
     UserRole,
 )
 from skill_store.database import get_engine, migrate
-from skill_store.settings import normalize_database_url
+from skill_store.settings import get_settings, normalize_database_url
 from skill_store.team_indexes import finish_index_builds
 
 from ..support import (
@@ -156,3 +159,15 @@ async def conversation(session: AsyncSession, team: Team, agent: Agent, user: Us
     session.add(conversation)
     await session.flush()
     return conversation
+
+
+@pytest.fixture
+def embedder() -> Embedder:
+    """The offline embedder, at the settings' dimensions (a test module may use another)."""
+    return HashingEmbedder(get_settings().embedding_dimensions)
+
+
+@pytest.fixture
+def memories(session: AsyncSession, embedder: Embedder) -> MemoryRepository:
+    """The memory repository of the test's session, embedding with `embedder`."""
+    return MemoryRepository(session, embedder=embedder)

@@ -25,21 +25,10 @@ from skill_store import (
     TeamCreate,
     TeamRepository,
     User,
-    get_settings,
 )
 from skill_store.portability import ImportCounts, export_memories, import_memories
 
 from ..support import fingerprint, unit_vector
-
-
-@pytest.fixture
-def embedder() -> HashingEmbedder:
-    return HashingEmbedder(get_settings().embedding_dimensions)
-
-
-@pytest.fixture
-def memories(session: AsyncSession, embedder: HashingEmbedder) -> MemoryRepository:
-    return MemoryRepository(session, embedder=embedder)
 
 
 async def new_agent(session: AsyncSession, team: Team, slug: str) -> Agent:

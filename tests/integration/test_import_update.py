@@ -18,21 +18,10 @@ from skill_store import (
     MemoryTier,
     MemoryType,
     Team,
-    get_settings,
 )
 from skill_store.portability import ImportCounts, export_memories, import_memories
 
 from ..support import fingerprint
-
-
-@pytest.fixture
-def embedder() -> HashingEmbedder:
-    return HashingEmbedder(get_settings().embedding_dimensions)
-
-
-@pytest.fixture
-def memories(session: AsyncSession, embedder: HashingEmbedder) -> MemoryRepository:
-    return MemoryRepository(session, embedder=embedder)
 
 
 async def exported(session: AsyncSession, team: Team) -> list[dict[str, Any]]:

@@ -46,11 +46,6 @@ def embedder() -> RecordingEmbedder:
     return RecordingEmbedder(get_settings().embedding_dimensions)
 
 
-@pytest.fixture
-def memories(session: AsyncSession, embedder: RecordingEmbedder) -> MemoryRepository:
-    return MemoryRepository(session, embedder=embedder)
-
-
 async def memory_rows(session: AsyncSession) -> int:
     return int((await session.exec(text("SELECT count(*) FROM memory"))).one()[0])  # type: ignore[call-overload]
 
