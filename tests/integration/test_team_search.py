@@ -311,33 +311,37 @@ async def test_a_scan_cut_short_is_answered_by_the_teams_ivf_index(world: World)
 
     With a small `work_mem` the HNSW index's iterative scan stops before it reaches ten of
     them; the IVF index reads lists until it has them. Its lists come from a k-means of a
-    random sample, so which of the true nearest it finds varies from build to build.
+    random sample, so which of the true nearest it finds varies from build to build: over
+    25 builds a query missed one of its ten in one build of five, two once; the five
+    queries together never missed more than two of their fifty.
     """
-    query = world.queries["crowded"][0]
-    async with world.factory() as session:
-        expected = await exact_top(session, query, world.crowd, memory_types=["procedural"])
-    async with world.factory() as session:
-        await session.exec(text("SET LOCAL work_mem = '64kB'"))
-        await session.exec(text("SET LOCAL hnsw.iterative_scan = strict_order"))
-        await session.exec(text("SET LOCAL enable_sort = off"))
-        raw = await session.exec(
-            text(
-                "SELECT id FROM memory WHERE team_id = :team_id AND status = 'active'"
-                " AND memory_team_key(team_id) = memory_team_key(:team_id)"
-                " AND coalesce(load_batch, 0) <= 0 AND memory_type = 'procedural'"
-                " ORDER BY embedding::halfvec(32) <=> CAST(:query AS vector)::halfvec(32)"
-                " LIMIT :limit"
-            ),
-            params={"team_id": world.crowd, "query": query, "limit": LIMIT},
-        )
-        assert len(raw.all()) < LIMIT
-        hits = await MemoryRepository(session).search_by_embedding(
-            query, team_id=world.crowd, memory_types=[MemoryType.PROCEDURAL]
-        )
-        reported = await paths(session, query, world.crowd, types=["procedural"])
-    assert reported == {"wide"}
-    assert {hit.memory_type for hit in hits} == {MemoryType.PROCEDURAL}
-    assert recall([hit.id for hit in hits[:LIMIT]], expected) >= 0.9
+    found = []
+    for query in world.queries["crowded"]:
+        async with world.factory() as session:
+            expected = await exact_top(session, query, world.crowd, memory_types=["procedural"])
+        async with world.factory() as session:
+            await session.exec(text("SET LOCAL work_mem = '64kB'"))
+            await session.exec(text("SET LOCAL hnsw.iterative_scan = strict_order"))
+            await session.exec(text("SET LOCAL enable_sort = off"))
+            raw = await session.exec(
+                text(
+                    "SELECT id FROM memory WHERE team_id = :team_id AND status = 'active'"
+                    " AND memory_team_key(team_id) = memory_team_key(:team_id)"
+                    " AND coalesce(load_batch, 0) <= 0 AND memory_type = 'procedural'"
+                    " ORDER BY embedding::halfvec(32) <=> CAST(:query AS vector)::halfvec(32)"
+                    " LIMIT :limit"
+                ),
+                params={"team_id": world.crowd, "query": query, "limit": LIMIT},
+            )
+            assert len(raw.all()) < LIMIT
+            hits = await MemoryRepository(session).search_by_embedding(
+                query, team_id=world.crowd, memory_types=[MemoryType.PROCEDURAL]
+            )
+            reported = await paths(session, query, world.crowd, types=["procedural"])
+        assert reported == {"wide"}
+        assert {hit.memory_type for hit in hits} == {MemoryType.PROCEDURAL}
+        found.append(recall([hit.id for hit in hits[:LIMIT]], expected))
+    assert sum(found) / len(found) >= 0.9
 
 
 async def test_the_caller_generic_plans_do_not_hide_the_team_index(world: World) -> None:
