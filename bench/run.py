@@ -85,8 +85,9 @@ HNSW_ORDER = "embedding::halfvec({dimensions}) <=> $1::halfvec({dimensions})"
 IVF_ORDER = (
     "l2_normalize(embedding)::halfvec({dimensions}) <-> l2_normalize($1)::halfvec({dimensions})"
 )
-WIDE_MIN_PROBES = 64
-"""As `search_memories` reads lists of a team's IVF index for a crowded query (migration 0016)."""
+WIDE_MIN_PROBES = 40
+"""As `search_memories` reads lists of a team's IVF index for an unfiltered crowded query
+(migration 0019)."""
 # The SQL functions behind `search_by_embedding` and `retrieve`, called by raw asyncpg for
 # the same result rows: each hit's memory, and its similarity or its score and signals.
 RAW_SEARCH_CALL = (

@@ -231,7 +231,7 @@ async def test_each_team_finds_its_own_nearest_beside_the_crowd(
         assert len(hits) == LIMIT
         assert {hit.team_id for hit in hits} == {team_id}
         recalls.append(recall([hit.id for hit in hits], expected))
-    if queries == "crowded":  # every list of the IVF index read: exact at up to 8,000 memories
+    if queries == "crowded":  # every list of the IVF index read: exact at up to 5,000 memories
         assert recalls == [1.0] * len(recalls)
     assert min(recalls) >= 0.9
     assert sum(recalls) / len(recalls) >= 0.95
@@ -306,6 +306,26 @@ async def test_a_large_team_without_its_index_is_searched_exactly(world: World) 
     assert [hit.id for hit in hits[:LIMIT]] == expected
 
 
+async def test_a_crowded_query_is_searched_exactly_until_the_ivf_index_is_built(
+    world: World,
+) -> None:
+    team_id = world.teams["large"]
+    query = world.queries["crowded"][1]
+    async with world.factory() as session:
+        expected = await exact_top(session, query, team_id)
+    async with world.factory() as session:
+        name = await session.exec(
+            text("SELECT index_name || '_' || lists FROM memory_team_index(:team)"),
+            params={"team": team_id},
+        )
+        await session.exec(text(f'DROP INDEX "{name.one()[0]}"'))
+        hits = await MemoryRepository(session).search_by_embedding(query, team_id=team_id)
+        reported = await paths(session, query, team_id)
+        await session.rollback()
+    assert reported == {"fallback"}
+    assert [hit.id for hit in hits[:LIMIT]] == expected
+
+
 async def test_a_scan_cut_short_is_answered_by_the_teams_ivf_index(world: World) -> None:
     """The crowd's 600 procedures lie behind its 24,000 other memories in its own index.
 
@@ -313,7 +333,9 @@ async def test_a_scan_cut_short_is_answered_by_the_teams_ivf_index(world: World)
     them; the IVF index reads lists until it has them. Its lists come from a k-means of a
     random sample, so which of the true nearest it finds varies from build to build: over
     25 builds a query missed one of its ten in one build of five, two once; the five
-    queries together never missed more than two of their fifty.
+    queries together never missed more than two of their fifty. A filtered search reads
+    more lists than an unfiltered one: reading as few (43 of 197), the five found 0.70 to
+    0.88 of their nearest in each of 8 builds.
     """
     found = []
     for query in world.queries["crowded"]:
@@ -358,9 +380,28 @@ async def test_the_caller_generic_plans_do_not_hide_the_team_index(world: World)
                 now - then
                 for now, then in zip(await team_index_use(session, team_id), before, strict=True)
             )
-        assert scans == 1
-        assert 20 <= entries <= 200
+        assert scans == 2  # the probe's short walk, then the pass
+        assert 30 <= entries <= 210
         assert recall([hit.id for hit in hits[:LIMIT]], expected) >= 0.9
+
+
+async def test_a_crowded_query_is_known_by_a_short_walk_of_the_hnsw_index(world: World) -> None:
+    """Ten entries of the team's HNSW index show that the query is crowded; its hits come
+    from the IVF index, the HNSW index not walked for them."""
+    team_id = world.teams["large"]
+    for query in world.queries["crowded"]:
+        async with world.factory() as session:
+            before = await team_index_use(session, team_id)
+            hits = await MemoryRepository(session).search_by_embedding(query, team_id=team_id)
+            scans, entries = (
+                now - then
+                for now, then in zip(await team_index_use(session, team_id), before, strict=True)
+            )
+            reported = await paths(session, query, team_id)
+        assert reported == {"wide"}
+        assert len(hits) == 20
+        assert scans == 1
+        assert entries <= 10
 
 
 @pytest.mark.parametrize("size", ["small", "large"])
