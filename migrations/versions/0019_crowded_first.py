@@ -45,7 +45,6 @@ down_revision: str | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-search = importlib.import_module("skill_store._migrations.versions.0002_search")
 crowded = importlib.import_module("skill_store._migrations.versions.0016_crowded_search")
 
 WIDE_MIN_PROBES = 40
