@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import sqlalchemy as sa
-from pydantic import EmailStr, SecretStr
+from pydantic import AfterValidator, EmailStr, SecretStr
 from pydantic import Field as PydanticField
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, Relationship
@@ -36,7 +36,26 @@ from skill_store.models.enums import UserRole, pg_enum
 if TYPE_CHECKING:
     from skill_store.models.agent import Agent
 
-Password = Annotated[SecretStr, PydanticField(min_length=8, max_length=1024)]
+PASSWORD_MIN_LENGTH = 8
+PASSWORD_MAX_LENGTH = 1024
+
+
+def _check_password(value: SecretStr) -> SecretStr:
+    if not PASSWORD_MIN_LENGTH <= len(value.get_secret_value()) <= PASSWORD_MAX_LENGTH:
+        raise ValueError(
+            f"a password must be {PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters long"
+        )
+    return value
+
+
+# Checked by a validator of its own: a length constraint on a `SecretStr` speaks of "items".
+Password = Annotated[
+    SecretStr,
+    AfterValidator(_check_password),
+    PydanticField(
+        json_schema_extra={"minLength": PASSWORD_MIN_LENGTH, "maxLength": PASSWORD_MAX_LENGTH}
+    ),
+]
 HIDE_INPUT = INPUT | {"hide_input_in_errors": True}
 """For the inputs that take a password or a secret: errors name the field, never its value."""
 

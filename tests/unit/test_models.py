@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from skill_store import (
     AgentBoundaries,
@@ -112,6 +112,19 @@ def test_password_is_secret_and_at_least_8_characters(model: type[BaseModel]) ->
     assert "8 chars!" not in repr(user)
     assert "8 chars!" not in str(user)
     assert_rejected(model, ("password",), password="7 chars")
+
+
+@pytest.mark.parametrize("model", [UserCreate, UserUpdate])
+@pytest.mark.parametrize("length", [7, 1025])
+def test_a_password_of_the_wrong_length_is_refused_in_words(
+    model: type[BaseModel], length: int
+) -> None:
+    build(model, password="x" * 1024)
+    with pytest.raises(ValidationError) as info:
+        build(model, password="x" * length)
+    assert [error["msg"] for error in info.value.errors()] == [
+        "Value error, a password must be 8 to 1024 characters long"
+    ]
 
 
 SLUG_FIELDS = [
