@@ -51,20 +51,20 @@ WIDE_MIN_PROBES = 40
 """Fewest lists a crowded query reads (all of them in a team of up to 5,000 memories)."""
 FILTERED_WIDE_MIN_PROBES = crowded.WIDE_MIN_PROBES
 """Fewest lists a crowded query reads with a filter (an agent, a person, memory types)."""
-PROBED_ROWS = 10
+WALKED_ROWS = 10
 """The memories the short walk finds, whose farthest is held against a typical one."""
 
-# The farthest of the `PROBED_ROWS` memories a short walk of the team's HNSW index finds
+# The farthest of the `WALKED_ROWS` memories a short walk of the team's HNSW index finds
 # nearest the query: the index's own predicate, no other filter, since the check is of the
 # team's memories as a whole.
-PROBE = f"""
+SHORT_WALK = f"""
 SELECT max(p.distance) FROM (
     SELECT m.embedding <=> $1 AS distance
     FROM memory AS m
     WHERE memory_team_key(m.team_id) = memory_team_key($2) AND m.status = 'active'
       AND coalesce(m.load_batch, 0) <= $3 AND m.team_id = $2
     ORDER BY {crowded.HNSW_ORDER}
-    LIMIT {PROBED_ROWS}
+    LIMIT {WALKED_ROWS}
 ) AS p"""
 
 TYPICAL = f"""
@@ -81,15 +81,31 @@ TYPICAL = f"""
 HNSW_PASS_START = "    IF chosen = 'index' THEN\n"
 FALLBACK_START = "        chosen := 'fallback';\n    END IF;\n"
 
-# The index paths: the probe, then the HNSW pass and its check, or the IVF pass, then the
-# hits of whichever pass answered.
+
+def index_pass(order: str) -> str:
+    """One pass over the team's indexes in `order` (an index's), into `ids` and `distances`,
+    then `within`: how many of them are within `min_similarity`."""
+    return f"""
+        EXECUTE format(
+            $pass${crowded.INDEX_PASS}$pass$,
+            dimensions, format('{order}', dimensions))
+        INTO ids, distances
+        USING query, team, covers, depth, agent, person, types, min_similarity;
+        within := cardinality(ids);
+        WHILE within > 0 AND distances[within] > coalesce(max_distance, 'infinity') LOOP
+            within := within - 1;
+        END LOOP;"""
+
+
+# The index paths: the short walk, then the HNSW pass and its check, or the IVF pass, then
+# the hits of whichever pass answered.
 INDEX_PATHS = f"""
     IF chosen = 'index' THEN{TYPICAL}
         -- Crowded: even the team's true tenth nearest would be hardly nearer than a typical
         -- memory, since the walk's tenth is no nearer than it.
-        PERFORM set_config('hnsw.ef_search', '{PROBED_ROWS}', true);
+        PERFORM set_config('hnsw.ef_search', '{WALKED_ROWS}', true);
         PERFORM set_config('hnsw.iterative_scan', 'off', true);
-        EXECUTE format($probe${PROBE}$probe$, dimensions) INTO nearest
+        EXECUTE format($walk${SHORT_WALK}$walk$, dimensions) INTO nearest
         USING query, team, covers;
         PERFORM set_config('hnsw.iterative_scan', 'strict_order', true);
         IF typical < {crowded.INDEX_MIN_CONTRAST} * nearest THEN
@@ -99,16 +115,7 @@ INDEX_PATHS = f"""
 
     IF chosen = 'index' THEN
         PERFORM set_config('hnsw.ef_search', least(greatest(100, depth), 1000)::text, true);
-        EXECUTE format(
-            $pass${crowded.INDEX_PASS}$pass$,
-            dimensions, format('{crowded.HNSW_ORDER}', dimensions))
-        INTO ids, distances
-        USING query, team, covers, depth, agent, person, types, min_similarity;
-        -- Hits within `min_similarity`; the scan stops at the first row beyond it.
-        within := cardinality(ids);
-        WHILE within > 0 AND distances[within] > coalesce(max_distance, 'infinity') LOOP
-            within := within - 1;
-        END LOOP;
+        -- The scan stops at the first row beyond `min_similarity`.{index_pass(crowded.HNSW_ORDER)}
         IF within = 0 AND cardinality(ids) > 0 THEN
             trusted := true;
         ELSIF cardinality(ids) = depth OR within < cardinality(ids) THEN
@@ -131,16 +138,7 @@ INDEX_PATHS = f"""
                 CASE WHEN agent IS NULL AND person IS NULL AND types IS NULL
                      THEN {WIDE_MIN_PROBES} ELSE {FILTERED_WIDE_MIN_PROBES} END,
                 ceil(3 * sqrt(lists))))::text,
-            true);
-        EXECUTE format(
-            $pass${crowded.INDEX_PASS}$pass$,
-            dimensions, format('{crowded.IVF_ORDER}', dimensions))
-        INTO ids, distances
-        USING query, team, covers, depth, agent, person, types, min_similarity;
-        within := cardinality(ids);
-        WHILE within > 0 AND distances[within] > coalesce(max_distance, 'infinity') LOOP
-            within := within - 1;
-        END LOOP;
+            true);{index_pass(crowded.IVF_ORDER)}
     END IF;
 
     IF chosen IN ('index', 'wide') THEN
@@ -163,7 +161,7 @@ def search_memories() -> str:
     declared = "    typical double precision;\n"
     assert declared in head
     head = head.replace(
-        declared, declared + "    nearest double precision;  -- the probe's tenth\n"
+        declared, declared + "    nearest double precision;  -- the short walk's tenth\n"
     )
     return head + INDEX_PATHS.lstrip("\n") + tail
 
