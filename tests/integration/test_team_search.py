@@ -22,6 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from skill_store import (
     MemoryRepository,
+    MemorySearchResult,
     MemoryType,
     TeamCreate,
     TeamIndexes,
@@ -195,6 +196,17 @@ async def team_index_use(session: AsyncSession, team_id: uuid.UUID) -> tuple[int
     )
     scans, entries = result.one()
     return int(scans), int(entries)
+
+
+async def search_reading_team_index(
+    session: AsyncSession, query: list[float], team_id: uuid.UUID, **options: Any
+) -> tuple[list[MemorySearchResult], int, int]:
+    """`search_by_embedding`'s hits, the scans of the team's index it made and the entries
+    they returned."""
+    scans, entries = await team_index_use(session, team_id)
+    hits = await MemoryRepository(session).search_by_embedding(query, team_id=team_id, **options)
+    scans_after, entries_after = await team_index_use(session, team_id)
+    return hits, scans_after - scans, entries_after - entries
 
 
 def recall(found: list[uuid.UUID], expected: list[uuid.UUID]) -> float:
@@ -374,13 +386,8 @@ async def test_the_caller_generic_plans_do_not_hide_the_team_index(world: World)
     for _ in range(7):
         async with world.factory() as session:
             await session.exec(text("SET LOCAL plan_cache_mode = force_generic_plan"))
-            before = await team_index_use(session, team_id)
-            hits = await MemoryRepository(session).search_by_embedding(query, team_id=team_id)
-            scans, entries = (
-                now - then
-                for now, then in zip(await team_index_use(session, team_id), before, strict=True)
-            )
-        assert scans == 2  # the probe's short walk, then the pass
+            hits, scans, entries = await search_reading_team_index(session, query, team_id)
+        assert scans == 2  # the short walk, then the pass
         assert 30 <= entries <= 210
         assert recall([hit.id for hit in hits[:LIMIT]], expected) >= 0.9
 
@@ -391,12 +398,7 @@ async def test_a_crowded_query_is_known_by_a_short_walk_of_the_hnsw_index(world:
     team_id = world.teams["large"]
     for query in world.queries["crowded"]:
         async with world.factory() as session:
-            before = await team_index_use(session, team_id)
-            hits = await MemoryRepository(session).search_by_embedding(query, team_id=team_id)
-            scans, entries = (
-                now - then
-                for now, then in zip(await team_index_use(session, team_id), before, strict=True)
-            )
+            hits, scans, entries = await search_reading_team_index(session, query, team_id)
             reported = await paths(session, query, team_id)
         assert reported == {"wide"}
         assert len(hits) == 20
@@ -441,12 +443,9 @@ async def test_an_unmet_min_similarity_stops_the_index_scan_at_once(world: World
     """Not a walk through the team's 5,000 memories for nothing."""
     team_id = world.teams["large"]
     async with world.factory() as session:
-        _, before = await team_index_use(session, team_id)
-        hits = await MemoryRepository(session).search_by_embedding(
-            world.queries["crowded"][0], team_id=team_id, min_similarity=0.999
+        hits, _, read = await search_reading_team_index(
+            session, world.queries["crowded"][0], team_id, min_similarity=0.999
         )
-        _, after = await team_index_use(session, team_id)
-        read = after - before
     assert hits == []
     assert 0 < read <= 100
 
