@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import collections
 import functools
+import importlib
 import json
 import math
 import os
@@ -85,9 +86,11 @@ HNSW_ORDER = "embedding::halfvec({dimensions}) <=> $1::halfvec({dimensions})"
 IVF_ORDER = (
     "l2_normalize(embedding)::halfvec({dimensions}) <-> l2_normalize($1)::halfvec({dimensions})"
 )
-WIDE_MIN_PROBES = 40
-"""As `search_memories` reads lists of a team's IVF index for an unfiltered crowded query
-(migration 0019)."""
+WIDE_MIN_PROBES: int = importlib.import_module(
+    "skill_store._migrations.versions.0019_crowded_first"
+).WIDE_MIN_PROBES
+"""The fewest lists of a team's IVF index `search_memories` reads for an unfiltered crowded
+query."""
 # The SQL functions behind `search_by_embedding` and `retrieve`, called by raw asyncpg for
 # the same result rows: each hit's memory, and its similarity or its score and signals.
 RAW_SEARCH_CALL = (
