@@ -227,6 +227,11 @@ def parse(argv: Sequence[str] | None) -> Options:
 # -- measuring ------------------------------------------------------------------------
 
 
+def wide_probes(lists: int) -> int:
+    """The lists of a team's IVF index that `search_memories` reads for a crowded query."""
+    return min(lists, max(WIDE_MIN_PROBES, math.ceil(3 * math.sqrt(lists))))
+
+
 def percentiles(seconds: Sequence[float]) -> tuple[float, float]:
     """p50 and p95 in milliseconds."""
     p50, p95 = np.percentile(np.array(seconds) * 1000, [50, 95])
@@ -386,6 +391,9 @@ class Bench:
             for crowded in (False, True):
                 for kind in kinds:
                     await self.search(kind, crowded)
+            for kind in kinds:
+                if kind in ("large", "one"):
+                    await self.crowded_lists(kind)
             for crowded in (False, True):
                 for kind in kinds:
                     await self.retrieval(kind, crowded)
@@ -576,12 +584,20 @@ class Bench:
             rows = await self.raw.fetch(EXACT_TOP, vector, team_id, LIMIT)
         return [row["id"] for row in rows]
 
-    async def raw_search(self, team_id: uuid.UUID, vector: list[float], path: str) -> float:
+    async def raw_search(
+        self,
+        team_id: uuid.UUID,
+        vector: list[float],
+        path: str,
+        probes: int | None = None,
+        found: list[uuid.UUID] | None = None,
+    ) -> float:
         """Seconds for the search written by hand, for the path the query takes, by raw asyncpg.
 
         The path is known beforehand (no candidate count, no contrast check, no re-ranking)
         and the settings are `SET LOCAL`s: `exact` the exact scan; `index` the bare query on
-        the team's HNSW index; `wide` the bare query on its IVF index, reading as many lists.
+        the team's HNSW index; `wide` the bare query on its IVF index, reading as many lists
+        as the package does, or `probes`. The ids found go into `found`, if given.
         """
         if path == "exact":
             statement, settings = RAW_EXACT_SEARCH, ""
@@ -599,7 +615,8 @@ class Bench:
             statement = RAW_INDEX_SEARCH.format(
                 key=key, covers=covers, order=order.format(dimensions=self.options.dimensions)
             )
-            probes = min(lists, max(WIDE_MIN_PROBES, math.ceil(3 * math.sqrt(lists))))
+            if probes is None:
+                probes = wide_probes(lists)
             settings = (
                 "SET LOCAL hnsw.ef_search = 100; SET LOCAL hnsw.iterative_scan = strict_order;"
                 if path == "index"
@@ -611,7 +628,9 @@ class Bench:
             async with self.raw.transaction():
                 if settings:
                     await self.raw.execute(settings)
-                await self.raw.fetch(statement, vector, team_id, LIMIT)
+                rows = await self.raw.fetch(statement, vector, team_id, LIMIT)
+            if found is not None:
+                found[:] = [row["id"] for row in rows]
 
         return await timed(work)
 
@@ -691,6 +710,46 @@ class Bench:
             f" paths: {taken}; exact scan p50 {percentiles(scans)[0]:.2f} ms;"
             f" {len(teams)} team(s), {len(queries)} queries",
         )
+
+    async def crowded_lists(self, kind: str) -> None:
+        """The bare IVF query on crowded queries, reading more or fewer lists: recall and time.
+
+        The trade-off the package's `ceil(3·√lists)` lists sits on. The same queries as the
+        crowded searches; the exact scans that give the recall come after all the timings.
+        """
+        queries = self.crowded_queries(kind, self.options.queries)
+        lists = {
+            team.id: await self.raw.fetchval("SELECT lists FROM memory_team_index($1)", team.id)
+            for team, _ in queries
+        }
+        factors = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+        timings: dict[float, list[float]] = {factor: [] for factor in factors}
+        found: dict[float, list[list[uuid.UUID]]] = {factor: [] for factor in factors}
+        for factor in factors:
+            for team, vector in queries:
+                hits: list[uuid.UUID] = []
+                probes = min(lists[team.id], math.ceil(factor * math.sqrt(lists[team.id])))
+                timings[factor].append(await self.raw_search(team.id, vector, "wide", probes, hits))
+                found[factor].append(hits)
+        truths = [set(await self.exact_top(team.id, vector)) for team, vector in queries]
+        team, _ = queries[0]
+        for factor in factors:
+            recalls = [
+                len(truth & set(hits)) / len(truth)
+                for truth, hits in zip(truths, found[factor], strict=True)
+            ]
+            probes = min(lists[team.id], math.ceil(factor * math.sqrt(lists[team.id])))
+            read = wide_probes(lists[team.id])
+            self.add(
+                f"bare IVF query, {kind} teams ({team.rows:,} rows), crowded queries,"
+                f" {probes:,} of {lists[team.id]:,} lists",
+                "",
+                latency(timings[factor]),
+                notes=f"recall@10 {statistics.fmean(recalls):.3f} (min {min(recalls):.2f});"
+                f" ceil({factor:g}·√lists) lists"
+                + (" (as many as search_memories reads)" if probes == read else "")
+                + f"; {len(queries)} queries",
+            )
 
     async def retrieval(self, kind: str, crowded: bool) -> None:
         """`retrieve` top-10 beside `search_by_embedding` top-10 on the same queries.
