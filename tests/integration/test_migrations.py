@@ -261,6 +261,7 @@ async def test_search_memories_runs_as_its_caller_with_settings_it_restores(
         "hnsw.iterative_scan=strict_order",
         "hnsw.max_scan_tuples=20000",
         "ivfflat.iterative_scan=relaxed_order",
+        "ivfflat.probes=1",
         "enable_sort=off",
         "plan_cache_mode=force_custom_plan",
     ]

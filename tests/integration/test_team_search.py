@@ -474,17 +474,19 @@ async def test_search_settings_last_only_for_the_search(world: World) -> None:
         "hnsw.iterative_scan",
         "hnsw.max_scan_tuples",
         "ivfflat.iterative_scan",
+        "ivfflat.probes",
         "enable_sort",
         "plan_cache_mode",
     )
     async with world.factory() as session:
         await session.exec(text("SET LOCAL hnsw.ef_search = 77"))
+        await session.exec(text("SET LOCAL ivfflat.probes = 3"))
         hits = await MemoryRepository(session).search_by_embedding(
             world.queries["crowded"][0], team_id=world.teams["large"]
         )
         after = [(await session.exec(text(f"SHOW {name}"))).one()[0] for name in names]
     assert len(hits) == 20
-    assert after == ["77", "off", "20000", "off", "on", "auto"]
+    assert after == ["77", "off", "20000", "off", "3", "on", "auto"]
 
 
 async def team_indexes(session: AsyncSession) -> set[str]:

@@ -1,12 +1,13 @@
 """A large team's search when its memories gather in topics and the query lies between them.
 
-The team's 10,000 memories lie around twenty topics; a query about another topic is about
-as near several of them, and its nearest memories are spread among them. A walk of the
-team's HNSW index goes down into one topic and finds there ten memories hardly farther than
-the true nearest, so the contrast check passes: such queries lost a third of their nearest,
-some half or more. The hits of the walk are checked against a few lists of the team's IVF
-index (migration 0020): a memory there nearer than a hit and not among the hits sends the
-query to the IVF pass.
+The team's 10,000 memories lie close around twenty topics; a query about another topic is
+about as near several of them, and its nearest memories are spread among them. A walk of
+the team's HNSW index goes down into one topic and finds there ten memories hardly farther
+than the true nearest, so the contrast check passes: such queries lost a third of their
+nearest (some all), and even queries about the team's own topics lost some. The walk's hits
+are checked against the lists of the team's IVF index nearest the query (migration 0020):
+the memories there that the walk missed join its hits, and more than half as many as asked
+send the query to the IVF pass.
 
 At 32 dimensions a topic's memories spread more than at 1,536, so the contrast that passes
 is higher: the same failure, at a fraction of the cost. The database is the module's own.
@@ -51,9 +52,9 @@ class Topics:
     between: list[list[float]]
 
 
-def around(rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
-    """A unit vector near each centre: noise of length about one."""
-    rows = centres + rng.normal(size=centres.shape) / np.sqrt(DIMENSIONS)
+def around(rng: np.random.Generator, centres: np.ndarray, spread: float) -> np.ndarray:
+    """A unit vector near each centre: noise of length about `spread`."""
+    rows = centres + rng.normal(size=centres.shape) * spread / np.sqrt(DIMENSIONS)
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
@@ -80,7 +81,7 @@ async def topics(engine: AsyncEngine) -> Topics:
         team = await TeamRepository(session).create(
             TeamCreate(name="Topics", slug="topics", owner_id=owner.id)
         )
-        memories = around(rng, np.repeat(own, PER_TOPIC, axis=0))
+        memories = around(rng, np.repeat(own, PER_TOPIC, axis=0), spread=0.5)
         await MemoryRepository(session).add_many(
             {"team_id": team.id, "memory_type": "semantic", "content": f"m{n}", "embedding": v}
             for n, v in enumerate(memories.tolist())
@@ -93,8 +94,8 @@ async def topics(engine: AsyncEngine) -> Topics:
     return Topics(
         factory,
         team.id,
-        own=around(rng, own[rng.integers(TOPICS, size=QUERIES)]).tolist(),
-        between=around(rng, other[rng.integers(TOPICS, size=QUERIES)]).tolist(),
+        own=around(rng, own[rng.integers(TOPICS, size=QUERIES)], spread=1.0).tolist(),
+        between=around(rng, other[rng.integers(TOPICS, size=QUERIES)], spread=1.0).tolist(),
     )
 
 
@@ -134,8 +135,9 @@ async def exact_top(topics: Topics, query: list[float]) -> set[uuid.UUID]:
 
 
 async def test_a_walk_that_misses_memories_between_topics_is_caught(topics: Topics) -> None:
-    """Without the check every query between topics took the HNSW path, and their recall
-    was 0.93 (some 0.3): none took the IVF pass."""
+    """Without the check every query between topics took the HNSW path, with recall 0.69
+    (some 0.0). With it, the walks that missed more than half take the IVF pass, and the
+    others gain the memories they missed."""
     recalls = []
     paths = []
     for query in topics.between:
@@ -145,16 +147,19 @@ async def test_a_walk_that_misses_memories_between_topics_is_caught(topics: Topi
         paths.append(path)
     assert set(paths) == {"index", "wide"}
     assert sum(recalls) / len(recalls) >= 0.97
-    assert min(recalls) >= 0.6
+    assert min(recalls) >= 0.7
 
 
-async def test_a_walk_within_a_topic_is_not_doubted(topics: Topics) -> None:
-    """The check finds the walk at fault only when it missed a memory: queries about the
-    team's own topics keep the HNSW path, and all their nearest."""
+async def test_a_walk_within_a_topic_is_seldom_doubted(topics: Topics) -> None:
+    """Queries about the team's own topics get all their nearest (without the check, 0.95,
+    one none), nearly all on the HNSW path: the check sends a query to the IVF pass only
+    when the walk missed more than half of its hits."""
+    paths = []
     for query in topics.own:
         hits, path = await search(topics, query)
-        assert path == "index"
         assert set(hits) == await exact_top(topics, query)
+        paths.append(path)
+    assert paths.count("index") >= 0.9 * len(paths)
 
 
 async def test_the_check_reads_only_what_the_search_may_return(topics: Topics) -> None:
