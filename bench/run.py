@@ -723,13 +723,18 @@ class Bench:
             for team, _ in queries
         }
         factors = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+        probes = {
+            (team_id, factor): min(count, math.ceil(factor * math.sqrt(count)))
+            for team_id, count in lists.items()
+            for factor in factors
+        }
         timings: dict[float, list[float]] = {factor: [] for factor in factors}
         found: dict[float, list[list[uuid.UUID]]] = {factor: [] for factor in factors}
         for factor in factors:
             for team, vector in queries:
                 hits: list[uuid.UUID] = []
-                probes = min(lists[team.id], math.ceil(factor * math.sqrt(lists[team.id])))
-                timings[factor].append(await self.raw_search(team.id, vector, "wide", probes, hits))
+                read = probes[team.id, factor]
+                timings[factor].append(await self.raw_search(team.id, vector, "wide", read, hits))
                 found[factor].append(hits)
         truths = [set(await self.exact_top(team.id, vector)) for team, vector in queries]
         team, _ = queries[0]
@@ -738,16 +743,19 @@ class Bench:
                 len(truth & set(hits)) / len(truth)
                 for truth, hits in zip(truths, found[factor], strict=True)
             ]
-            probes = min(lists[team.id], math.ceil(factor * math.sqrt(lists[team.id])))
-            read = wide_probes(lists[team.id])
+            read = probes[team.id, factor]
             self.add(
                 f"bare IVF query, {kind} teams ({team.rows:,} rows), crowded queries,"
-                f" {probes:,} of {lists[team.id]:,} lists",
+                f" {read:,} of {lists[team.id]:,} lists",
                 "",
                 latency(timings[factor]),
                 notes=f"recall@10 {statistics.fmean(recalls):.3f} (min {min(recalls):.2f});"
                 f" ceil({factor:g}·√lists) lists"
-                + (" (as many as search_memories reads)" if probes == read else "")
+                + (
+                    " (as many as search_memories reads)"
+                    if read == wide_probes(lists[team.id])
+                    else ""
+                )
                 + f"; {len(queries)} queries",
             )
 

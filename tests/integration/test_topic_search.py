@@ -99,23 +99,24 @@ async def topics(engine: AsyncEngine) -> Topics:
     )
 
 
-async def search(topics: Topics, query: list[float]) -> tuple[list[uuid.UUID], str]:
-    """The hits of `search_memories` and its path, beside nothing else."""
-    async with topics.factory() as session:
-        rows = await session.exec(
-            text(
-                "SELECT id, path FROM search_memories(CAST(:query AS vector), :team, NULL, NULL,"
-                " CAST(:types AS memory_type_enum[]), :limit, NULL, :exact_max)"
-            ),
-            params={
-                "query": query,
-                "team": topics.team,
-                "types": None,
-                "limit": LIMIT,
-                "exact_max": memory_module.EXACT_SEARCH_MAX_ROWS,
-            },
-        )
-        found = rows.all()
+async def search(
+    session: AsyncSession, team: uuid.UUID, query: list[float], types: list[str] | None = None
+) -> tuple[list[uuid.UUID], str]:
+    """The hits of `search_memories` and the path that found them, beside nothing else."""
+    rows = await session.exec(
+        text(
+            "SELECT id, path FROM search_memories(CAST(:query AS vector), :team, NULL, NULL,"
+            " CAST(:types AS memory_type_enum[]), :limit, NULL, :exact_max)"
+        ),
+        params={
+            "query": query,
+            "team": team,
+            "types": types,
+            "limit": LIMIT,
+            "exact_max": memory_module.EXACT_SEARCH_MAX_ROWS,
+        },
+    )
+    found = rows.all()
     return [row[0] for row in found], found[0][1]
 
 
@@ -141,7 +142,8 @@ async def test_a_walk_that_misses_memories_between_topics_is_caught(topics: Topi
     recalls = []
     paths = []
     for query in topics.between:
-        hits, path = await search(topics, query)
+        async with topics.factory() as session:
+            hits, path = await search(session, topics.team, query)
         expected = await exact_top(topics, query)
         recalls.append(len(set(hits) & expected) / LIMIT)
         paths.append(path)
@@ -156,7 +158,8 @@ async def test_a_walk_within_a_topic_is_seldom_doubted(topics: Topics) -> None:
     when the walk missed more than half of its hits."""
     paths = []
     for query in topics.own:
-        hits, path = await search(topics, query)
+        async with topics.factory() as session:
+            hits, path = await search(session, topics.team, query)
         assert set(hits) == await exact_top(topics, query)
         paths.append(path)
     assert paths.count("index") >= 0.9 * len(paths)
@@ -180,20 +183,8 @@ async def test_the_check_reads_only_what_the_search_may_return(topics: Topics) -
         filtered = await memories.search_by_embedding(
             query, team_id=topics.team, limit=LIMIT, memory_types=[MemoryType.SEMANTIC]
         )
-        rows = await session.exec(
-            text(
-                "SELECT DISTINCT path FROM search_memories(CAST(:query AS vector), :team, NULL,"
-                " NULL, CAST(:types AS memory_type_enum[]), :limit, NULL, :exact_max)"
-            ),
-            params={
-                "query": query,
-                "team": topics.team,
-                "types": ["semantic"],
-                "limit": LIMIT,
-                "exact_max": memory_module.EXACT_SEARCH_MAX_ROWS,
-            },
-        )
-        assert rows.all() == [("index",)]
+        _, path = await search(session, topics.team, query, types=["semantic"])
+        assert path == "index"
         await session.rollback()
     assert [hit.id for hit in filtered] == [hit.id for hit in nearest]
 
